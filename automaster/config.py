@@ -1,0 +1,229 @@
+"""Configuration: frozen dataclasses per concern, a TOML/YAML file, and ``--set a.b=c`` overrides.
+
+Every section has defaults that run on a laptop. Unknown keys are errors (a typo must not be
+silently ignored). ``Config.to_dict()`` / ``flat_dict()`` go to Ray and MLflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid (unknown key, bad value)."""
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """Analysis settings shared by the dataset, the model and mastering."""
+
+    sample_rate: int = 44100
+    n_fft: int = 2048
+    hop_length: int = 512
+    n_mels: int = 128
+    # "fixed": a fixed dB range -> [0, 1] (keeps absolute level); "minmax": per-clip (thesis).
+    normalization: str = "fixed"
+    db_min: float = -60.0
+    db_max: float = 40.0
+
+
+@dataclass(frozen=True)
+class DegradeConfig:
+    """How demastering draws its parameters (ranges come from the ParamSpec table)."""
+
+    # Relative size of the slow wobble of per-frame trajectories around their base value.
+    trajectory_wobble: float = 0.25
+    # Control points of the smooth per-frame trajectories over a clip.
+    trajectory_points: int = 4
+    # Peak ceiling (linear) after the chain; above it a headroom gain is applied and recorded.
+    peak_ceiling: float = 0.999
+
+
+@dataclass(frozen=True)
+class DemasterConfig:
+    """The demaster job."""
+
+    seed: int = 0
+    variants: int = 1
+    clip_seconds: float = 30.0
+    min_seconds: float = 3.0
+    # Silence threshold: a clip whose RMS is below this (dBFS) is rejected as silent.
+    silence_db: float = -70.0
+    limit: int = 0
+    workers: int = 0  # 0: one per CPU of the cluster
+    write_audio: bool = True
+    write_png: bool = True
+    write_txt: bool = True
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The U-Net + LSTM cascade."""
+
+    mode: str = "cascade"  # restore | params | cascade
+    unet_depth: int = 4
+    unet_width: int = 24
+    lstm_hidden: int = 128
+    lstm_layers: int = 2
+    dropout: float = 0.0
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss weights, keyed like the logged metrics (``train/mel_l1`` <- ``mel_l1``)."""
+
+    mel_l1: float = 1.0  # lambda1
+    params: float = 1.0  # lambda2
+    perceptual: float = 0.1  # lambda3
+    huber_delta: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training loop and Ray Train scaling."""
+
+    epochs: int = 10
+    batch_size: int = 8
+    crop_frames: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lr_patience: int = 2
+    lr_factor: float = 0.5
+    workers: int = 1
+    use_gpu: bool = False
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything, one section per concern."""
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    degrade: DegradeConfig = field(default_factory=DegradeConfig)
+    demaster: DemasterConfig = field(default_factory=DemasterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat_dict(self) -> dict[str, Any]:
+        """``{"train.lr": 0.001, ...}``: one level, for MLflow params."""
+        return {f"{s}.{k}": v for s, sec in self.to_dict().items() for k, v in sec.items()}
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert ``value`` (from TOML/YAML/JSON or a ``--set`` string) to the field type ``typ``."""
+    if typ in (int, float, bool, str) and isinstance(value, str):
+        try:
+            if typ is bool:
+                low = value.strip().lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return typ(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+    if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if typ in (int, bool, str) and not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for key, value in data.items():
+        typ = hints[key]
+        if dataclasses.is_dataclass(typ):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{where}.{key}] must be a table, got {value!r}")
+            kwargs[key] = _build(typ, value, f"{where}.{key}" if where else key)
+        else:
+            kwargs[key] = _coerce(value, typ, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a (possibly partial) nested dict; unknown keys raise."""
+    return _build(Config, data, "")
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into a nested dict."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        if path.suffix == ".toml":
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            return yaml.safe_load(text) or {}
+        if path.suffix == ".json":
+            return json.loads(text)
+    except Exception as exc:  # parse errors of three libraries; re-raised as one type
+        raise ConfigError(f"cannot parse config {path}: {exc}") from None
+    raise ConfigError(f"config {path}: expected .toml, .yaml, .yml or .json")
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["train.lr=3e-4", "model.mode=params"]`` -> nested dict of strings."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        dotted, value = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        out.setdefault(parts[0], {})[parts[1]] = value.strip()
+    return out
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Defaults <- ``base`` <- config file <- ``--set`` overrides."""
+    data: dict[str, Any] = dict(base or {})
+    if path:
+        data = _merge(data, read_file(path))
+    data = _merge(data, parse_overrides(overrides))
+    return from_dict(data)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write ``config`` as JSON (readable back by :func:`load_config`)."""
+    Path(path).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
