@@ -1,0 +1,149 @@
+"""``automaster <command>``: thin entry points that parse arguments and call one function.
+
+A user's mistake (bad argument, missing folder, unknown config key) prints one line and exits 2;
+a job that ran exits 0 even when some tracks failed (they are in its summary), 1 when nothing
+could be processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from automaster.config import ConfigError, load_config
+
+log = logging.getLogger("automaster")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(ValueError):
+    """A user's mistake on the command line."""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("urllib3", "matplotlib", "numba", "alembic", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML/YAML/JSON config file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    p.add_argument("--experiment", help="MLflow experiment name")
+    p.add_argument("--run-name", help="MLflow run name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local loopback Ray)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _demaster_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demaster", help="corpus of music -> paired (clean, degraded) dataset on Ray Data")
+    p.add_argument("--corpus", required=True, help="FMA root (fma_metadata/ + fma_small/...) or any folder of audio")
+    p.add_argument("--out", required=True, help="output folder or URI")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--variants", type=int, help="degraded versions per track (default 1)")
+    p.add_argument("--limit", type=int, help="process at most this many tracks (0: all)")
+    p.add_argument("--clip-seconds", type=float, help="excerpt length in seconds (default 30)")
+    p.add_argument("--min-seconds", type=float, help="reject tracks shorter than this (default 3)")
+    p.add_argument("--workers", type=int, help="parallel workers (default: every CPU of the cluster)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_demaster)
+
+
+def _overrides(args: argparse.Namespace, section: str, names: Sequence[str]) -> list[str]:
+    out = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            out.append(f"{section}.{name}={value}")
+    return out
+
+
+def _cmd_demaster(args: argparse.Namespace) -> int:
+    from automaster.pipelines.demaster import run_demaster
+
+    sets = _overrides(args, "demaster", ["seed", "variants", "limit", "clip_seconds", "min_seconds", "workers"])
+    config = load_config(args.config, sets + args.set)
+    summary = run_demaster(
+        _location(args.corpus, must_exist=True),
+        _location(args.out),
+        config,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment or "automaster-demaster",
+        run_name=args.run_name,
+        ray_address=args.ray_address,
+    )
+    print(
+        f"demaster: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped, "
+        f"{summary['tracks_per_s']:.2f} tracks/s\n"
+        f"  outputs: {summary['out']}\n  summary: {summary['out']}/summary.json\n"
+        f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
+    )
+    if summary["ok"] == 0 and summary["skipped"] == 0:
+        log.error("no track could be processed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _location(value: str, must_exist: bool = False) -> str:
+    """An absolute local path (or a URI unchanged); in a submitted job relative paths are refused."""
+    from automaster.pipelines.runtime import in_ray_job
+
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and in_ray_job() and _cwd_is_ray_working_dir():
+        raise UsageError(
+            f"{value!r} is a relative path inside a submitted Ray job, whose working directory is a "
+            "temporary copy; pass an absolute path or a URI (s3://, gs://)"
+        )
+    path = path.resolve()
+    if must_exist and not path.exists():
+        raise UsageError(f"{value!r} does not exist")
+    return str(path)
+
+
+def _cwd_is_ray_working_dir() -> bool:
+    return "runtime_resources" in str(Path.cwd())
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_demaster_parser]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="automaster", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "verbose", False))
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"automaster {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:
+        from automaster.corpus import CorpusError
+
+        if isinstance(exc, CorpusError):
+            print(f"automaster {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

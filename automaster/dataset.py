@@ -1,0 +1,98 @@
+"""The paired dataset's Parquet schema: one row per track and variant.
+
+Plain Arrow types only (lists plus explicit shapes), so the files read back with shapes intact
+in Ray Data, pandas or bare pyarrow. Mels are absolute dB (``10 log10(max(P, 1e-6))``), row-major
+``(n_mels, n_frames)``; waveforms are the 16-bit PCM samples of the written WAVs; every ParamSpec
+entry has a column: per-frame ones a list of ``n_frames`` values, per-clip ones a float.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from automaster.effects.params import PARAMS
+
+DATASET_DIR = "dataset"
+META_FILE = "dataset_meta.json"
+SCHEMA_VERSION = 1
+
+_BASE_FIELDS = [
+    pa.field("track_id", pa.string()),
+    pa.field("variant", pa.int32()),
+    pa.field("split", pa.string()),
+    pa.field("genre", pa.string()),
+    pa.field("source_path", pa.string()),
+    pa.field("seed", pa.int64()),
+    pa.field("sample_rate", pa.int32()),
+    pa.field("n_samples", pa.int64()),
+    pa.field("n_mels", pa.int32()),
+    pa.field("n_frames", pa.int32()),
+    pa.field("input_gain_db", pa.float32()),
+    pa.field("rms_db", pa.float32()),
+    pa.field("mel_original_db", pa.list_(pa.float32())),
+    pa.field("mel_degraded_db", pa.list_(pa.float32())),
+    pa.field("wave_original", pa.list_(pa.int16())),
+    pa.field("wave_degraded", pa.list_(pa.int16())),
+    pa.field("audio_original", pa.string()),
+    pa.field("audio_degraded", pa.string()),
+]
+SCHEMA = pa.schema(
+    _BASE_FIELDS
+    + [pa.field(p.name, pa.list_(pa.float32()) if p.per_frame else pa.float32()) for p in PARAMS]
+)
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """Float audio in [-1, 1] -> int16 (rounded; the caller guarantees the range)."""
+    return np.round(np.asarray(x, dtype=np.float32) * 32767.0).astype(np.int16)
+
+
+def from_pcm16(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float32) / 32767.0
+
+
+def table_from_rows(rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (numpy arrays for list columns) -> an Arrow table with :data:`SCHEMA`."""
+    columns = {}
+    for field in SCHEMA:
+        values = [row[field.name] for row in rows]
+        if pa.types.is_list(field.type):
+            values = [np.asarray(v).reshape(-1) for v in values]
+        columns[field.name] = pa.array(values, type=field.type)
+    return pa.table(columns, schema=SCHEMA)
+
+
+def parquet_bytes(rows: list[dict[str, Any]]) -> bytes:
+    """Serialise rows as one Parquet file (zstd), ready for an atomic write."""
+    sink = io.BytesIO()
+    pq.write_table(table_from_rows(rows), sink, compression="zstd")
+    return sink.getvalue()
+
+
+def decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as read back (lists) -> numpy arrays with their shapes restored.
+
+    ``mel_*_db``: ``(n_mels, n_frames)``; ``wave_*``: float32 ``(n_samples,)``; per-frame params
+    ``(n_frames,)``; everything else unchanged.
+    """
+    out = dict(row)
+    shape = (int(row["n_mels"]), int(row["n_frames"]))
+    for key in ("mel_original_db", "mel_degraded_db"):
+        out[key] = np.asarray(row[key], dtype=np.float32).reshape(shape)
+    for key in ("wave_original", "wave_degraded"):
+        if row.get(key) is not None:
+            out[key] = from_pcm16(np.asarray(row[key]))
+    for p in PARAMS:
+        if p.per_frame:
+            out[p.name] = np.asarray(row[p.name], dtype=np.float32)
+    return out
+
+
+def read_table(path: str, columns: list[str] | None = None) -> pa.Table:
+    """Read a dataset folder or file with bare pyarrow (no Ray)."""
+    return pq.read_table(path, columns=columns)

@@ -1,0 +1,119 @@
+"""Demastering: draw effect parameters reproducibly and apply the chain to clean audio.
+
+Drawing is separate from applying (audiotools style): :func:`draw_params` is cheap and seeded by
+``(seed, track_id, variant)`` so a dataset never depends on order or parallelism;
+:func:`degrade` applies the chain and the headroom gain that keeps the result from clipping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+
+from automaster.config import DegradeConfig
+from automaster.effects.params import BY_NAME, PARAMS
+
+# Compressor thresholds are drawn relative to the clip's own RMS level, so every clip is really
+# compressed (an absolute threshold above a quiet track's level would do nothing).
+THRESHOLD_BELOW_RMS_DB = (-3.0, 12.0)
+
+
+def seed_for(seed: int, track_id: str, variant: int = 0) -> int:
+    """A 63-bit seed from ``(seed, track_id, variant)``, stable across runs and machines."""
+    digest = hashlib.sha256(f"{seed}:{track_id}:{variant}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def make_generator(seed: int, track_id: str, variant: int = 0) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded by :func:`seed_for`."""
+    return torch.Generator().manual_seed(seed_for(seed, track_id, variant))
+
+
+def _uniform(generator: torch.Generator, *shape: int) -> torch.Tensor:
+    return torch.rand(shape, generator=generator, dtype=torch.float32)
+
+
+def smooth_trajectory(
+    base: torch.Tensor, n_frames: int, generator: torch.Generator, wobble: float, points: int
+) -> torch.Tensor:
+    """A smooth normalised trajectory ``(n_frames,)`` in [0, 1] wobbling around ``base``.
+
+    ``points`` control points uniform in ``base ± wobble`` joined by raised-cosine segments,
+    so the curve and its slope are continuous (no zipper noise in the EQ).
+    """
+    controls = (base + wobble * (2.0 * _uniform(generator, points) - 1.0)).clamp(0.0, 1.0)
+    if n_frames == 1 or points == 1:
+        return controls[:1].expand(n_frames).clone()
+    pos = torch.linspace(0.0, points - 1.0, n_frames)
+    left = pos.floor().clamp(max=points - 2).long()
+    frac = pos - left
+    ease = 0.5 - 0.5 * torch.cos(math.pi * frac)
+    return controls[left] * (1.0 - ease) + controls[left + 1] * ease
+
+
+def draw_params(
+    n_frames: int,
+    generator: torch.Generator,
+    config: DegradeConfig = DegradeConfig(),
+    clip_rms_db: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """Draw one clip's physical parameters: per-frame ``(1, F)``, per-clip ``(1,)``.
+
+    Uniform in each ParamSpec's normalised range (log-uniform for log parameters). The
+    compressor threshold sits ``THRESHOLD_BELOW_RMS_DB`` under ``clip_rms_db`` when given.
+    ``output_gain_db`` is 0 here: :func:`degrade` sets it from the peak.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for spec in PARAMS:  # fixed table order: the draw sequence never changes
+        u = _uniform(generator, 1)
+        if spec.per_frame:
+            traj = smooth_trajectory(u[0], n_frames, generator, config.trajectory_wobble, config.trajectory_points)
+            out[spec.name] = spec.denormalize(traj).unsqueeze(0)
+        else:
+            out[spec.name] = spec.denormalize(u)
+    if clip_rms_db is not None:
+        lo, hi = THRESHOLD_BELOW_RMS_DB
+        below = lo + (hi - lo) * _uniform(generator, 1)
+        spec = BY_NAME["comp_threshold_db"]
+        out["comp_threshold_db"] = (clip_rms_db - below).clamp(spec.low, spec.high)
+    out["output_gain_db"] = torch.zeros(1)
+    return out
+
+
+@dataclass
+class Degraded:
+    """A degraded clip and everything needed to reproduce or undo it."""
+
+    audio: torch.Tensor  # (B, C, T) degraded, peak <= ceiling
+    params: dict[str, torch.Tensor]  # physical values, output_gain_db filled in
+
+
+def degrade(
+    clean: torch.Tensor,
+    sample_rate: int,
+    params: dict[str, torch.Tensor],
+    generator: torch.Generator,
+    config: DegradeConfig = DegradeConfig(),
+    stft_clean: torch.Tensor | None = None,
+) -> Degraded:
+    """Apply the chain to ``clean`` ``(B, C, T)`` and a headroom gain so the peak stays below
+    ``config.peak_ceiling`` (never hard-clipped). ``stft_clean`` (the clean STFT, if the caller
+    already computed it for its mel spectrogram) saves one STFT.
+    """
+    from automaster.effects.chain import apply_chain
+
+    params = dict(params)
+    params["output_gain_db"] = torch.zeros(clean.shape[0])
+    with torch.no_grad():
+        wet = apply_chain(clean, sample_rate, params, generator=generator, stft_x=stft_clean)
+        peak = wet.abs().amax(dim=(1, 2)).clamp_min(1e-9)
+        gain_db = (20.0 * torch.log10(config.peak_ceiling / peak)).clamp(max=0.0)
+        spec = BY_NAME["output_gain_db"]
+        if bool((gain_db < spec.low).any()):
+            raise ValueError(f"degraded peak needs {float(gain_db.min()):.1f} dB of headroom, beyond {spec.low} dB")
+        wet = wet * torch.pow(10.0, gain_db / 20.0).view(-1, 1, 1)
+    params["output_gain_db"] = gain_db
+    return Degraded(audio=wet, params=params)

@@ -1,0 +1,125 @@
+"""MLflow: where runs go, and small helpers every job shares.
+
+With no ``--tracking-uri`` and no ``MLFLOW_TRACKING_URI``, runs go to a SQLite store in the
+working directory (``sqlite:///<cwd>/mlflow.db``). The URI is resolved to an absolute one in the
+driver and handed to workers, whose working directory differs (PLATFORM.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+log = logging.getLogger(__name__)
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+_MAX_PARAM_CHARS = 500
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """``uri`` or ``$MLFLOW_TRACKING_URI`` or the local store, as an absolute URI.
+
+    A bare path becomes ``sqlite:///<abs>`` (a ``.db`` file) or ``file://<abs>`` (a folder).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if "://" in uri or uri.startswith("sqlite:"):
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            # sqlite:///relative.db -> absolute, so workers in other folders find the same store
+            return f"sqlite:///{Path(uri[len('sqlite:///'):]).resolve()}"
+        return uri
+    path = Path(uri).expanduser().resolve()
+    if path.suffix == ".db":
+        return f"sqlite:///{path}"
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return path.as_uri()
+
+
+def configure(uri: str | None = None, experiment: str | None = None) -> str:
+    """Point MLflow at ``uri`` (resolved) and create/select ``experiment``; returns the URI."""
+    import mlflow
+
+    resolved = resolve_tracking_uri(uri)
+    if resolved.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(resolved)
+    os.environ["MLFLOW_TRACKING_URI"] = resolved  # children (Ray workers, Tune trials) inherit it
+    if experiment:
+        mlflow.set_experiment(experiment)
+    return resolved
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b": v}``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def log_params(params: dict[str, Any]) -> None:
+    """Log a (nested) dict as MLflow params, values shortened to MLflow's limits."""
+    import mlflow
+
+    flat = {k: str(v)[:_MAX_PARAM_CHARS] for k, v in flatten(params).items()}
+    items = list(flat.items())
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        mlflow.log_params(dict(items[i : i + 100]))
+
+
+def log_json(data: Any, artifact_file: str) -> None:
+    import mlflow
+
+    mlflow.log_dict(data, artifact_file)
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment: str,
+    run_name: str | None = None,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+    nested: bool = False,
+) -> Iterator[Any]:
+    """``with start_run("automaster-demaster", "x") as run:`` on the resolved store."""
+    import mlflow
+
+    uri = configure(tracking_uri, experiment)
+    with mlflow.start_run(run_name=run_name, tags=tags or {}, nested=nested) as run:
+        log.info("MLflow run %s in experiment %r at %s", run.info.run_id, experiment, uri)
+        yield run
+
+
+def log_file_artifact(path: str | Path, artifact_path: str | None = None) -> None:
+    """Log a local file; missing files are skipped with a warning (never fail a finished job)."""
+    import mlflow
+
+    path = Path(path)
+    if not path.exists():
+        log.warning("artifact %s does not exist; not logged", path)
+        return
+    mlflow.log_artifact(str(path), artifact_path)
+
+
+def log_bytes_artifact(data: bytes, name: str, artifact_path: str | None = None) -> None:
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = Path(tmp) / name
+        target.write_bytes(data)
+        mlflow.log_artifact(str(target), artifact_path)
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str)
