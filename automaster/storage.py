@@ -1,0 +1,206 @@
+"""Paths and URIs through ``pyarrow.fs``: local folders, ``file://``, ``s3://``, ``gs://``.
+
+A thin layer so that jobs on a multi-node cluster can read and write shared storage with the same
+code as on a laptop. Plain paths (no scheme) are local. Local writes are atomic: data goes to a
+hidden temporary file in the destination folder, is fsynced, then renamed over the destination
+(``os.replace``), so readers never see half a file and a re-run never mistakes a partial output for
+a finished one. An object-store put only becomes visible when complete, so it is already atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pathlib
+import tempfile
+from collections.abc import Iterator
+from urllib.parse import unquote, urlparse
+
+import pyarrow.fs as pafs
+
+logger = logging.getLogger(__name__)
+
+_LOCAL = pafs.LocalFileSystem()
+
+
+def _scheme(uri: str) -> str:
+    """URI scheme in lower case, ``""`` for a plain path (a Windows drive letter is not a scheme)."""
+    head, sep, _ = str(uri).partition("://")
+    if not sep or len(head) < 2 or not head.replace("+", "").replace("-", "").replace(".", "").isalnum():
+        return ""
+    return head.lower()
+
+
+def is_local(uri: str | os.PathLike) -> bool:
+    """True for a plain path or a ``file://`` URI."""
+    return _scheme(os.fspath(uri)) in ("", "file")
+
+
+def local_path(uri: str | os.PathLike) -> str:
+    """The absolute local path of a plain path or ``file://`` URI.
+
+    Raises:
+        ValueError: ``uri`` is on a remote file system.
+    """
+    uri = os.fspath(uri)
+    scheme = _scheme(uri)
+    if scheme == "file":
+        parsed = urlparse(uri)
+        if parsed.netloc not in ("", "localhost"):
+            raise ValueError(f"file:// URI with a host is not a local path: {uri!r}")
+        return os.path.abspath(unquote(parsed.path))
+    if scheme:
+        raise ValueError(f"not a local path: {uri!r}")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """``(filesystem, path inside it)`` for a local path or any URI ``pyarrow.fs`` understands."""
+    uri = os.fspath(uri)
+    if is_local(uri):
+        return _LOCAL, local_path(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def join(base: str | os.PathLike, *parts: str) -> str:
+    """Join path components; URIs keep their scheme and use ``/``."""
+    base = os.fspath(base)
+    if not _scheme(base):
+        return os.path.join(base, *parts)
+    out = base
+    for part in parts:
+        out = out.rstrip("/") + "/" + str(part).lstrip("/")
+    return out
+
+
+def exists(uri: str | os.PathLike) -> bool:
+    """True if a file or folder exists at ``uri``."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str | os.PathLike) -> bool:
+    """True if ``uri`` is a folder (on object stores: a prefix with objects under it)."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def is_file(uri: str | os.PathLike) -> bool:
+    """True if ``uri`` is a file."""
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def makedirs(uri: str | os.PathLike) -> None:
+    """Create the folder ``uri`` and its parents; nothing happens if it exists."""
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def read_bytes(uri: str | os.PathLike) -> bytes:
+    """The whole content of the file at ``uri``."""
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def open_input_file(uri: str | os.PathLike) -> pafs.NativeFile:
+    """A seekable, readable binary file object for ``uri`` (close it, or use ``with``)."""
+    fs, path = resolve(uri)
+    return fs.open_input_file(path)
+
+
+@contextlib.contextmanager
+def atomic_local_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success fsync it and rename it to ``path``.
+
+    The temporary name is hidden (``.name.XXXX.tmp``) so that folder listings skip it. If the
+    body raises, the temporary file is removed and ``path`` is left as it was.
+    """
+    path = local_path(path)
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def write_bytes_atomic(uri: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``uri`` so that readers see either the old file or the whole new one."""
+    uri = os.fspath(uri)
+    if is_local(uri):
+        with atomic_local_path(uri) as tmp, open(tmp, "wb") as f:
+            f.write(data)
+        return
+    fs, path = resolve(uri)
+    parent = path.rsplit("/", 1)[0]
+    if parent and parent != path:
+        fs.create_dir(parent, recursive=True)
+    with fs.open_output_stream(path) as f:
+        f.write(data)
+
+
+def list_files(uri: str | os.PathLike, recursive: bool = True) -> list[str]:
+    """Sorted paths of the files under the folder ``uri``, in the same form as ``uri``.
+
+    A plain path gives absolute local paths; a URI gives URIs with the same scheme and host.
+    Hidden files are included (callers filter). Local listings do not descend into symlinked
+    folders (no cycles) and log, rather than fail on, unreadable sub-folders.
+
+    Raises:
+        FileNotFoundError: ``uri`` is not a folder.
+    """
+    uri = os.fspath(uri)
+    if is_local(uri):
+        root = local_path(uri)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"not a folder: {uri!r}")
+        found = []
+        for folder, dirs, files in os.walk(root, onerror=_log_walk_error):
+            found.extend(os.path.join(folder, name) for name in files)
+            if not recursive:
+                dirs.clear()
+        found.sort()
+        return found if _scheme(uri) == "" else [pathlib.Path(p).as_uri() for p in found]
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileNotFoundError(f"not a folder: {uri!r}")
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
+    base = path.rstrip("/")
+    rel = sorted(i.path[len(base):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
+    return [join(uri, r) for r in rel]
+
+
+def _log_walk_error(err: OSError) -> None:
+    logger.warning("skipping unreadable folder while listing: %s", err)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: str) -> None:
+    """Persist a rename (POSIX); silently skipped where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
