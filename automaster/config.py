@@ -100,6 +100,15 @@ class TrainConfig:
     use_gpu: bool = False
     keep_checkpoints: int = 2
     seed: int = 0
+    # Rows fetched from the dataset at a time, and random crops drawn from each per epoch.
+    rows_per_batch: int = 4
+    crops_per_track: int = 4
+    cpus_per_worker: float = 1.0
+    # "auto": val/mel_l1_db, which does not depend on the loss weights.
+    monitor: str = "auto"
+    max_failures: int = 1
+    # Testing aid: the last worker raises once after this epoch (-1: never).
+    fail_at_epoch: int = -1
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,13 @@ SCHEMA = pa.schema(
 
 
 def to_pcm16(x: np.ndarray) -> np.ndarray:
-    """Float audio in [-1, 1] -> int16 (rounded; the caller guarantees the range)."""
-    return np.round(np.asarray(x, dtype=np.float32) * 32767.0).astype(np.int16)
+    """Float audio in [-1, 1) -> int16, scaled by 32768 as libsndfile does, so writing
+    :func:`from_pcm16` of the result as PCM_16 stores exactly these integers."""
+    return np.clip(np.round(np.asarray(x, dtype=np.float32) * 32768.0), -32768, 32767).astype(np.int16)
 
 
 def from_pcm16(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float32) / 32767.0
+    return np.asarray(x, dtype=np.float32) / 32768.0
 
 
 def table_from_rows(rows: list[dict[str, Any]]) -> pa.Table:

@@ -2,39 +2,73 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
 
 
-def _colorize(db: np.ndarray, db_min: float, db_max: float) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def _lut(name: str = "magma") -> np.ndarray:
     from matplotlib import colormaps
 
-    u = np.clip((db - db_min) / (db_max - db_min), 0.0, 1.0)
-    rgba = colormaps["magma"](u[::-1], bytes=True)  # low frequencies at the bottom
-    return rgba[..., :3]
+    return colormaps[name](np.linspace(0.0, 1.0, 256), bytes=True)[:, :3]
 
 
-def mel_pair_png(
-    left_db: np.ndarray,
-    right_db: np.ndarray,
+def _colorize(db: np.ndarray, db_min: float, db_max: float) -> np.ndarray:
+    """dB -> RGB uint8 through a 256-entry lookup table (low frequencies at the bottom)."""
+    index = np.clip((db[::-1] - db_min) * (255.0 / (db_max - db_min)), 0, 255).astype(np.uint8)
+    return _lut()[index]
+
+
+def mel_strip_png(
+    mels_db: list[np.ndarray],
     db_min: float = -60.0,
     db_max: float = 40.0,
     gap: int = 6,
-    max_width: int = 1600,
+    max_width: int = 2400,
 ) -> bytes:
-    """Two mel spectrograms ``(n_mels, F)`` in dB side by side, as PNG bytes.
-
-    Long clips are decimated in time to at most ``max_width`` pixels in all.
-    """
+    """Mel spectrograms ``(n_mels, F)`` in dB side by side (e.g. degraded | restored | clean),
+    as PNG bytes. Long clips are decimated in time to at most ``max_width`` pixels in all."""
     from PIL import Image
 
-    step = max(1, int(np.ceil((left_db.shape[1] + right_db.shape[1] + gap) / max_width)))
-    left = _colorize(left_db[:, ::step], db_min, db_max)
-    right = _colorize(right_db[:, ::step], db_min, db_max)
-    sep = np.full((left.shape[0], gap, 3), 255, dtype=np.uint8)
-    image = np.concatenate([left, sep, right], axis=1)
-    image = np.repeat(image, 2, axis=0)  # 256 px tall: readable
+    total = sum(m.shape[1] for m in mels_db) + gap * (len(mels_db) - 1)
+    step = max(1, int(np.ceil(total / max_width)))
+    tiles = []
+    for i, mel in enumerate(mels_db):
+        if i:
+            tiles.append(np.full((mel.shape[0], gap, 3), 255, dtype=np.uint8))
+        tiles.append(_colorize(mel[:, ::step], db_min, db_max))
+    image = np.repeat(np.concatenate(tiles, axis=1), 2, axis=0)  # 256 px tall: readable
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def mel_pair_png(left_db: np.ndarray, right_db: np.ndarray, db_min: float = -60.0, db_max: float = 40.0) -> bytes:
+    """Original | degraded, the demaster job's picture."""
+    return mel_strip_png([left_db, right_db], db_min, db_max)
+
+
+def loss_curve_png(history: list[dict[str, float]]) -> bytes:
+    """Every ``train/*`` and ``val/*`` series of ``history`` (one dict per epoch) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = sorted({k for h in history for k in h if k.startswith(("train/", "val/mel_l1_db", "val/mrstft"))})
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key in keys:
+        ax = axes[0] if key.startswith("train/") else axes[1]
+        ax.plot([h.get(key, np.nan) for h in history], marker="o", label=key)
+    for ax, title in zip(axes, ("training losses", "validation (dB / MR-STFT)")):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
     return buf.getvalue()

@@ -24,7 +24,7 @@ from automaster import storage
 from automaster.audio import AudioError, audio_info, read_audio, write_audio
 from automaster.config import Config, from_dict
 from automaster.corpus import scan_corpus
-from automaster.dataset import DATASET_DIR, META_FILE, SCHEMA_VERSION, parquet_bytes, to_pcm16
+from automaster.dataset import DATASET_DIR, META_FILE, SCHEMA_VERSION, from_pcm16, parquet_bytes, to_pcm16
 from automaster.degrade import degrade, draw_params, seed_for, make_generator
 from automaster.dsp.mel import mel_from_power
 from automaster.dsp.scale import power_to_db
@@ -151,7 +151,7 @@ class TrackProcessor:
             t = time.perf_counter()
             degraded_name = f"{track_id}_degraded{suffix}.wav"
             if dm.write_audio:
-                write_audio(storage.join(audio_dir, degraded_name), wave_y[None], sr, subtype="PCM_16")
+                write_audio(storage.join(audio_dir, degraded_name), from_pcm16(wave_y)[None], sr, subtype="PCM_16")
             if png is not None:
                 storage.write_bytes_atomic(storage.join(self.out, PNG_DIR, f"{track_id}{suffix}.png"), png)
             if dm.write_txt:
@@ -186,7 +186,7 @@ class TrackProcessor:
 
         t = time.perf_counter()
         if dm.write_audio:
-            write_audio(storage.join(audio_dir, clean_name), wave_clean[None], sr, subtype="PCM_16")
+            write_audio(storage.join(audio_dir, clean_name), from_pcm16(wave_clean)[None], sr, subtype="PCM_16")
         # Written last and atomically: its presence means every output of the track is complete.
         storage.write_bytes_atomic(dataset_file(self.out, track_id), parquet_bytes(rows))
         stages["writes"] += time.perf_counter() - t

@@ -1,0 +1,390 @@
+"""The training job: the paired dataset -> a trained cascade, on Ray Train.
+
+The driver reads the dataset's splits with Ray Data, opens one MLflow run and starts a
+``TorchTrainer``; each worker takes its shard, draws random fixed-length crops, and steps a DDP
+model (gloo on CPU, nccl on GPU). Rank 0 validates on full-length clips, logs every epoch to
+MLflow and reports a checkpoint (model, optimiser, scheduler, epoch, history, full config); Ray
+keeps the best K by the validation metric. A killed worker restarts from the last checkpoint
+(``FailureConfig``) and re-running the same ``--run-name`` into the same ``--out`` resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from automaster import storage
+from automaster.config import Config, from_dict
+from automaster.dataset import DATASET_DIR, META_FILE
+from automaster.effects.params import PARAMS
+
+log = logging.getLogger(__name__)
+
+MODEL_DIR = "model"
+# Only the columns training reads (the dataset also holds paths and bookkeeping).
+_COLUMNS = [
+    "track_id", "variant", "split", "sample_rate", "n_samples", "n_mels", "n_frames",
+    "mel_original_db", "mel_degraded_db", "wave_original", "wave_degraded",
+] + [p.name for p in PARAMS]  # fmt: skip
+
+
+def monitor_metric(config: Config) -> str:
+    """The λ-independent validation metric the scheduler and checkpoints rank by."""
+    return config.train.monitor if config.train.monitor != "auto" else "val/mel_l1_db"
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _all_reduce_mean(values: dict[str, float]) -> dict[str, float]:
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+
+
+def _broadcast(metrics: dict[str, float], keys: list[str]) -> dict[str, float]:
+    """Rank 0's validation metrics to every rank (same scheduler steps everywhere)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return metrics
+    t = torch.tensor([metrics.get(k, float("nan")) for k in keys], dtype=torch.float64)
+    dist.broadcast(t, src=0)
+    return dict(zip(keys, t.tolist()))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """One Ray Train worker: the whole training loop, linear and visible (nanoGPT style)."""
+    import ray.train
+    import ray.train.torch
+
+    from automaster.model.batches import collate, random_crops, rows_from_batch
+    from automaster.model.cascade import Cascade
+    from automaster.model.checkpoint import load_training_state, save_checkpoint
+    from automaster.model.losses import CompositeLoss
+    from automaster.model.validate import validation_metrics
+
+    config = from_dict(loop_config["config"])
+    tc, audio = config.train, config.audio
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(tc.seed + rank)
+    if not tc.use_gpu:
+        torch.set_num_threads(max(1, int(loop_config.get("threads_per_worker", 1))))
+
+    model = Cascade.from_config(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=tc.lr_factor, patience=tc.lr_patience)
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:  # a restarted worker or a re-run of the same run name: resume
+        with checkpoint.as_directory() as ckpt_dir:
+            state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            meta = load_training_state(ckpt_dir, optimizer, scheduler)
+            start_epoch = int(meta["epoch"]) + 1
+            history = json.loads(meta["extra"].get("history", "[]"))
+        if rank == 0:
+            log.info("resuming from epoch %d", start_epoch)
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    bare = model.module if hasattr(model, "module") else model
+    loss_fn = CompositeLoss(config.loss, db_range=audio.db_max - audio.db_min)
+    monitor = monitor_metric(config)
+
+    mlflow = None
+    if rank == 0 and loop_config.get("mlflow_run_id"):
+        import mlflow
+
+        mlflow.set_tracking_uri(loop_config["tracking_uri"])
+        mlflow.start_run(run_id=loop_config["mlflow_run_id"])
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+    means = loop_config["param_means"]
+    crops_seen = 0
+    for epoch in range(start_epoch, tc.epochs):
+        model.train()
+        rng = np.random.default_rng([tc.seed, epoch, rank])
+        sums: dict[str, float] = {}
+        steps, t0 = 0, time.perf_counter()
+        for raw in train_shard.iter_batches(batch_size=tc.rows_per_batch, batch_format="numpy"):
+            crops = random_crops(rows_from_batch(raw), tc.crop_frames, tc.crops_per_track, rng, audio)
+            order = rng.permutation(len(crops))
+            for i in range(0, len(crops), tc.batch_size):
+                batch = collate([crops[j] for j in order[i : i + tc.batch_size]], audio, audio.sample_rate)
+                batch = {k: v.to(device) for k, v in batch.items()}
+                outputs = model(batch["mel_degraded"])
+                total, terms = loss_fn(outputs, batch)
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                for name, value in {"loss": total, **terms}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                steps += 1
+                crops_seen += len(batch["mel_degraded"])
+        epoch_s = time.perf_counter() - t0
+        train_metrics = _all_reduce_mean({f"train/{k}": v / max(steps, 1) for k, v in sums.items()})
+        crops_per_s = _all_reduce_mean({"c": crops_seen / max(epoch_s, 1e-9)})["c"] * world
+        crops_seen = 0
+
+        figure = None
+        if rank == 0:
+            val_rows = [r for raw in val_shard.iter_batches(batch_size=1, batch_format="numpy") for r in rows_from_batch(raw)]
+            val_metrics, figure = validation_metrics(bare, val_rows, audio, means, device)
+        else:
+            val_metrics = {}
+        keys = loop_config["val_keys"]
+        val_metrics = _broadcast(val_metrics, keys)
+        scheduler.step(val_metrics[monitor])
+        metrics = {
+            **train_metrics,
+            **{k: v for k, v in val_metrics.items() if not math.isnan(v)},
+            "epoch": epoch,
+            "lr": optimizer.param_groups[0]["lr"],
+            "perf/crops_per_s": crops_per_s,
+            "perf/epoch_s": epoch_s,
+        }
+        history.append({k: v for k, v in metrics.items() if k.startswith(("train/", "val/mel", "val/mrstft", "val/mae_ratio"))})
+
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = None
+            if rank == 0:
+                save_checkpoint(
+                    tmp, bare, config,
+                    extra={"history": json.dumps(history), "monitor": monitor, "metrics": json.dumps(metrics)},
+                    optimizer=optimizer, scheduler=scheduler, epoch=epoch,
+                )  # fmt: skip
+                ckpt = ray.train.Checkpoint.from_directory(tmp)
+                if mlflow is not None:
+                    _log_epoch(mlflow, metrics, history, figure, epoch, audio)
+            ray.train.report(metrics, checkpoint=ckpt)
+        if tc.fail_at_epoch >= 0 and epoch == tc.fail_at_epoch and rank == world - 1 and not checkpoint:
+            raise RuntimeError(f"injected failure after epoch {epoch} (train.fail_at_epoch)")
+    if mlflow is not None:
+        mlflow.end_run()
+
+
+def _log_epoch(mlflow, metrics: dict[str, float], history: list[dict], figure: dict | None, epoch: int, audio) -> None:
+    """Per-epoch MLflow logging (rank 0): metrics, a loss curve and a spectrogram comparison."""
+    from automaster.plots import loss_curve_png, mel_strip_png
+
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
+    mlflow.log_image(_png_array(loss_curve_png(history)), f"plots/loss_curve_epoch{epoch:03d}.png")
+    if figure is not None:
+        mels = [figure["degraded"]] + ([figure["restored"]] if figure["restored"] is not None else []) + [figure["clean"]]
+        png = mel_strip_png(mels, audio.db_min, audio.db_max)
+        mlflow.log_image(_png_array(png), f"plots/spectrograms_epoch{epoch:03d}.png")
+
+
+def _png_array(png: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def _read_meta(data: str) -> dict[str, Any]:
+    path = storage.join(data, META_FILE)
+    if not storage.exists(path):
+        raise ValueError(f"{data!r} is not a demaster output: {META_FILE} is missing (run `automaster demaster` first)")
+    meta = json.loads(storage.read_bytes(path))
+    names = [p["name"] for p in meta.get("params", [])]
+    if names != [p.name for p in PARAMS]:
+        raise ValueError(f"{data!r} was made with other effect parameters ({names}); re-run demaster")
+    return meta
+
+
+def _load_splits(data: str):
+    """Train and validation Ray Datasets.
+
+    Validation is the ``validation`` split, else ``test``; a corpus too small to have either
+    (a folder of a few files) holds out its last ~10% of training tracks instead, with a warning.
+    """
+    import ray
+
+    ds = ray.data.read_parquet(storage.join(data, DATASET_DIR), columns=_COLUMNS)
+    splits = {s: ds.filter(expr=f"split == '{s}'").materialize() for s in ("training", "validation", "test")}
+    counts = {s: d.count() for s, d in splits.items()}
+    if counts["training"] == 0:
+        raise ValueError(f"{data!r} has no training rows (splits: {counts})")
+    for name in ("validation", "test"):
+        if counts[name]:
+            return splits["training"], splits[name], counts, name
+    ids = sorted({str(i) for i in splits["training"].unique("track_id")})
+    if len(ids) < 2:
+        raise ValueError(f"{data!r} has a single track: nothing to validate on (splits: {counts})")
+    held = set(ids[-max(1, len(ids) // 10) :])
+    log.warning("no validation or test rows in %s: holding out training tracks %s for validation", data, sorted(held))
+    train = splits["training"].filter(lambda r: r["track_id"] not in held).materialize()
+    val = splits["training"].filter(lambda r: r["track_id"] in held).materialize()
+    counts.update(training=train.count(), validation=val.count())
+    return train, val, counts, "held-out training tracks"
+
+
+def _training_means(train_ds) -> dict[str, float]:
+    sums = {p.name: 0.0 for p in PARAMS}
+    n = 0
+    for batch in train_ds.select_columns([p.name for p in PARAMS]).iter_batches(batch_format="numpy", batch_size=256):
+        for p in PARAMS:
+            sums[p.name] += float(sum(np.mean(v) for v in batch[p.name]))
+        n += len(batch[PARAMS[0].name])
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def _val_keys(config: Config) -> list[str]:
+    keys = ["val/mel_l1_db", "val/mel_l1_db_identity"]
+    if config.model.mode != "restore":
+        keys += ["val/mrstft", "val/mrstft_identity", "val/chain_mel_l1_db", "val/mae_ratio"]
+        keys += [f"val/mae/{p.name}" for p in PARAMS] + [f"val/mae_baseline/{p.name}" for p in PARAMS]
+    return keys
+
+
+def _find_run(experiment: str, run_name: str) -> str | None:
+    """The MLflow run of an earlier attempt of the same training run (to resume into it)."""
+    import mlflow
+
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`automaster.train_name` = '{run_name}'", max_results=1, output_format="list")
+    return runs[0].info.run_id if runs else None
+
+
+def run_train(
+    data: str,
+    out: str,
+    config: Config = Config(),
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = "automaster-train",
+    run_name: str | None = None,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """Train on the demaster output ``data``; checkpoints and the final model go under ``out``."""
+    import mlflow
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from automaster.pipelines import runtime, tracking
+
+    meta = _read_meta(data)
+    tc = config.train
+    if tc.workers < 1:
+        raise ValueError(f"train.workers must be >= 1, got {tc.workers}")
+    run_name = run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+    runtime.init_ray(ray_address)
+    if tc.use_gpu and runtime.cluster_gpus() < tc.workers:
+        raise ValueError(f"--gpu with {tc.workers} workers needs {tc.workers} GPUs; the cluster has {runtime.cluster_gpus()}")
+    train_ds, val_ds, counts, val_name = _load_splits(data)
+    means = _training_means(train_ds)
+    log.info("dataset %s: %s rows; validating on %r", data, counts, val_name)
+
+    # Leave room for Ray Data's tasks: workers that take every CPU deadlock the data pipeline.
+    cpus = runtime.cluster_cpus()
+    cpu_per_worker = 1.0 if tc.use_gpu else max(0.25, min(float(tc.cpus_per_worker), (cpus - 0.5) / tc.workers))
+    storage_path = storage.join(out, "ray_results")
+    if storage.is_local(storage_path):
+        storage_path = str(Path(storage_path).resolve())
+        Path(storage_path).mkdir(parents=True, exist_ok=True)
+
+    uri = tracking.configure(tracking_uri, experiment)
+    run_id = _find_run(experiment, run_name)
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name) as run:
+        if run_id is None:
+            mlflow.set_tags({"automaster.job": "train", "automaster.train_name": run_name, "dataset": data,
+                             "demaster_run_id": _demaster_run_id(data)})  # fmt: skip
+            tracking.log_params({**config.to_dict(), "data": data, "out": out, "rows": counts})
+        mlflow.end_run()  # rank 0 reopens it by id; the driver logs the final artifacts below
+        loop_config = {
+            "config": config.to_dict(),
+            "mlflow_run_id": run.info.run_id,
+            "tracking_uri": uri,
+            "param_means": means,
+            "val_keys": _val_keys(config),
+            "threads_per_worker": max(1, int(cpu_per_worker)),
+        }
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": cpu_per_worker}),
+            datasets={"train": train_ds, "val": val_ds},
+            dataset_config=DataConfig(datasets_to_split=["train"]),
+            run_config=RunConfig(
+                name=run_name,
+                storage_path=storage_path,
+                failure_config=FailureConfig(max_failures=tc.max_failures),
+                checkpoint_config=CheckpointConfig(
+                    num_to_keep=tc.keep_checkpoints,
+                    checkpoint_score_attribute=monitor_metric(config),
+                    checkpoint_score_order="min",
+                ),
+            ),
+        )
+        t0 = time.time()
+        result = trainer.fit()
+        wall = time.time() - t0
+
+    best = result.get_best_checkpoint(metric=monitor_metric(config), mode="min") or result.checkpoint
+    if best is None:
+        raise RuntimeError("training finished without a checkpoint")
+    model_dir = storage.join(out, MODEL_DIR)
+    with best.as_directory() as ckpt_dir:
+        _export_model(ckpt_dir, model_dir)
+        best_metrics = json.loads(_extra(ckpt_dir).get("metrics", "{}"))
+    summary = {
+        "run_name": run_name,
+        "mlflow_run_id": run.info.run_id,
+        "tracking_uri": uri,
+        "model": model_dir,
+        "best_metrics": best_metrics,
+        "monitor": monitor_metric(config),
+        "wall_s": wall,
+        "rows": counts,
+        "workers": tc.workers,
+    }
+    storage.write_bytes_atomic(storage.join(out, "train_summary.json"), tracking.dumps(summary).encode())
+    with mlflow.start_run(run_id=run.info.run_id):
+        mlflow.log_metric("wall_s", wall)
+        if storage.is_local(model_dir):
+            mlflow.log_artifacts(model_dir, "model")
+        tracking.log_json(summary, "train_summary.json")
+    return summary
+
+
+def _extra(ckpt_dir: str) -> dict[str, Any]:
+    state = torch.load(Path(ckpt_dir) / "model.pt", map_location="cpu", weights_only=True)
+    return state.get("extra", {})
+
+
+def _export_model(ckpt_dir: str, model_dir: str) -> None:
+    """The best checkpoint -> ``<out>/model`` (model.pt + config.json), written atomically per file."""
+    storage.makedirs(model_dir)
+    for name in ("model.pt", "config.json"):
+        storage.write_bytes_atomic(storage.join(model_dir, name), (Path(ckpt_dir) / name).read_bytes())
+
+
+def _demaster_run_id(data: str) -> str:
+    path = storage.join(data, "summary.json")
+    if storage.exists(path):
+        return str(json.loads(storage.read_bytes(path)).get("mlflow_run_id", ""))
+    return ""
