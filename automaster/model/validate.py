@@ -74,7 +74,7 @@ def validation_metrics(
             if "wave_degraded" in batch:
                 from automaster.model.cascade import restore_waveform
 
-                wave_d, wave_o = batch["wave_degraded"][:, None], batch["wave_original"][:, None]  # (1, 1, T)
+                wave_d, wave_o = batch["wave_degraded"], batch["wave_original"]  # (1, 1, T)
                 repaired = restore_waveform(wave_d, int(row["sample_rate"]), out["params"])
                 sums["val/mrstft"].append(float(mrstft(repaired, wave_o)))
                 sums["val/mrstft_identity"].append(float(mrstft(wave_d, wave_o)))
