@@ -1,0 +1,78 @@
+"""One-tap echo ``y = x + gain x(t - delay_s)`` and its IIR inverse, both in the frequency domain.
+
+The delay is a phase ramp ``exp(-j 2 pi f delay_s)``, so fractional delays are exact (band-limited)
+and differentiable w.r.t. ``delay_s``. The inverse ``x = y - gain x(t - delay_s)`` is the division
+``Y / (1 + gain exp(-j 2 pi f delay_s))``; its impulse response decays as ``gain^k`` at ``k`` delays,
+so the signal is zero-padded until that tail is below ``WRAP_TOLERANCE`` before it wraps around.
+
+Shapes: audio ``(B, C, T)``; ``delay_s`` (seconds) and ``gain`` (linear) per clip ``(B,)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from automaster.effects._checks import (
+    ParamLike, check_audio, check_sample_rate, clip_param, fast_fft_size, irfft, rfft,
+)
+
+WRAP_TOLERANCE = 1e-5  # -100 dB: what the inverse's wrapped-around tail may leave
+MAX_INVERSE_GAIN = 0.99  # the IIR inverse needs |gain| < 1
+# Extra zeros after the delayed copy: a fractional delay rings like a sinc (~1 / (pi n)), and
+# what rings past the buffer's end wraps onto its start; 4096 samples keep that near -80 dB.
+SINC_GUARD = 4096
+
+
+def _params(x: torch.Tensor, delay_s: ParamLike, gain: ParamLike) -> tuple[torch.Tensor, torch.Tensor]:
+    delay = clip_param("delay_s", delay_s, x.shape[0], x)
+    gain_ = clip_param("gain", gain, x.shape[0], x)
+    if not bool((delay >= 0).all()):
+        raise ValueError(f"expected delay_s >= 0, got {delay.detach().cpu().tolist()}")
+    return delay, gain_
+
+
+def echo_transfer(sample_rate: float, delay_s: torch.Tensor, gain: torch.Tensor, n_fft: int) -> torch.Tensor:
+    """Frequency response ``1 + gain exp(-j 2 pi f delay_s)``, complex ``(B, 1, n_fft // 2 + 1)``."""
+    # The phase reaches ~1e5 rad at the top bins: float32 would misplace the tap by ~1e-3.
+    freqs = torch.fft.rfftfreq(n_fft, d=1.0 / sample_rate, dtype=torch.float64, device=delay_s.device)
+    phase = -2.0 * math.pi * freqs * delay_s.double().unsqueeze(-1)  # (B, n_bins)
+    tap = torch.polar(torch.ones_like(phase), phase).to(torch.promote_types(delay_s.dtype, torch.complex64))
+    return (1.0 + tap * gain.unsqueeze(-1)).unsqueeze(1)
+
+
+def delay_padding(sample_rate: float, delay_s: torch.Tensor) -> int:
+    """Samples of zero padding that hold the longest delay and its fractional-delay ringing."""
+    return int(math.ceil(float(delay_s.detach().max()) * sample_rate)) + SINC_GUARD
+
+
+def inverse_padding(sample_rate: float, delay_s: torch.Tensor, gain: torch.Tensor) -> int:
+    """Zero padding for the IIR inverse: enough delays that ``|gain|^k < WRAP_TOLERANCE``."""
+    largest = float(gain.detach().abs().max())
+    if largest == 0.0:
+        return 0
+    if largest > MAX_INVERSE_GAIN:
+        raise ValueError(f"the echo inverse needs |gain| <= {MAX_INVERSE_GAIN}, got {largest:.4g}")
+    taps = math.ceil(math.log(WRAP_TOLERANCE) / math.log(largest))
+    return taps * int(math.ceil(float(delay_s.detach().max()) * sample_rate)) + SINC_GUARD
+
+
+def echo(x: torch.Tensor, sample_rate: float, delay_s: ParamLike, gain: ParamLike) -> torch.Tensor:
+    """Add one echo to ``x`` ``(B, C, T)`` -> ``(B, C, T)``."""
+    check_audio(x)
+    sample_rate = check_sample_rate(sample_rate)
+    delay, gain_ = _params(x, delay_s, gain)
+    n_fft = fast_fft_size(x.shape[-1] + delay_padding(sample_rate, delay))
+    spec = rfft(x, n=n_fft) * echo_transfer(sample_rate, delay, gain_, n_fft)
+    return irfft(spec, n=n_fft)[..., : x.shape[-1]]
+
+
+def echo_inverse(y: torch.Tensor, sample_rate: float, delay_s: ParamLike, gain: ParamLike) -> torch.Tensor:
+    """Remove the echo from ``y`` ``(B, C, T)`` with the same ``delay_s`` and ``gain``."""
+    check_audio(y)
+    sample_rate = check_sample_rate(sample_rate)
+    delay, gain_ = _params(y, delay_s, gain)
+    n_fft = fast_fft_size(y.shape[-1] + inverse_padding(sample_rate, delay, gain_))
+    spec = rfft(y, n=n_fft) / echo_transfer(sample_rate, delay, gain_, n_fft)
+    return irfft(spec, n=n_fft)[..., : y.shape[-1]]

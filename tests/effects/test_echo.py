@@ -1,0 +1,78 @@
+"""Echo: the tap sits at its delay with its gain, fractional delays are exact, the IIR inverse."""
+
+import math
+
+import pytest
+import torch
+
+from automaster.effects import echo, echo_inverse
+
+RATES = [44100, 48000]
+CHANNELS = [1, 2]
+
+
+@pytest.mark.parametrize("sample_rate", RATES)
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("delay_samples,gain", [(441, 0.5), (2000, 0.25)])
+def test_impulse_response_has_its_tap(sample_rate, channels, delay_samples, gain):
+    x = torch.zeros(1, channels, 4000)
+    x[..., 100] = 1.0
+    y = echo(x, sample_rate, delay_samples / sample_rate, gain)
+    expected = x.clone()
+    expected[..., 100 + delay_samples] = gain
+    torch.testing.assert_close(y, expected, atol=5e-5, rtol=0)
+
+
+def test_fractional_delay_is_band_limited_shift():
+    sample_rate, delay = 44100, 0.0123456  # 544.44 samples
+    t = torch.arange(8192) / sample_rate
+    freq = 441.0
+    x = torch.sin(2 * math.pi * freq * t).view(1, 1, -1)
+    y = echo(x, sample_rate, delay, 0.5)
+    expected = x + 0.5 * torch.sin(2 * math.pi * freq * (t - delay)) * (t >= delay)
+    mid = slice(1500, 7000)  # away from the onset of the echo and the clip's end
+    torch.testing.assert_close(y[..., mid], expected[..., mid], atol=5e-3, rtol=0)
+
+
+@pytest.mark.parametrize("sample_rate", RATES)
+@pytest.mark.parametrize("channels", CHANNELS)
+@pytest.mark.parametrize("delay_s,gain", [(0.05, 0.5), (0.2512, 0.3), (0.5, 0.5)])
+def test_inverse_removes_echo_even_from_short_clips(sample_rate, channels, delay_s, gain):
+    x = torch.randn(1, channels, int(0.6 * sample_rate))  # barely longer than the delay
+    x_hat = echo_inverse(echo(x, sample_rate, delay_s, gain), sample_rate, delay_s, gain)
+    snr = 10 * math.log10(x.square().sum() / (x - x_hat).square().sum())
+    assert snr > 60  # band-limited (sinc) fractional delays leak a little across the clip end
+
+
+def test_zero_gain_is_identity():
+    x = torch.randn(2, 2, 3000)
+    torch.testing.assert_close(echo(x, 44100, 0.1, 0.0), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(echo_inverse(x, 44100, 0.1, 0.0), x, atol=1e-5, rtol=0)
+
+
+def test_batched_item_equals_single_run():
+    x = torch.randn(3, 2, 5000)
+    delay, gain = torch.tensor([0.01, 0.05, 0.1]), torch.tensor([0.1, 0.3, 0.5])
+    for fn in (echo, echo_inverse):
+        batched = fn(x, 44100, delay, gain)
+        for i in range(3):
+            single = fn(x[i : i + 1], 44100, delay[i : i + 1], gain[i : i + 1])
+            torch.testing.assert_close(batched[i : i + 1], single, atol=1e-4, rtol=1e-4)  # FFT sizes differ
+
+
+def test_gradients_reach_delay_and_gain():
+    x = torch.randn(1, 2, 5000, requires_grad=True)
+    delay = torch.tensor([0.0314], requires_grad=True)
+    gain = torch.tensor([0.4], requires_grad=True)
+    (echo(x, 44100, delay, gain).square().mean() + echo_inverse(x, 44100, delay, gain).square().mean()).backward()
+    for name, v in (("x", x), ("delay", delay), ("gain", gain)):
+        assert torch.isfinite(v.grad).all() and v.grad.abs().sum() > 0, name
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match=r"expected \(B, C, T\) audio, got shape \(5,\)"):
+        echo(torch.zeros(5), 44100, 0.1, 0.5)
+    with pytest.raises(ValueError, match=r"\|gain\| <= 0.99"):
+        echo_inverse(torch.zeros(1, 1, 100), 44100, 0.1, 1.0)
+    with pytest.raises(ValueError, match="delay_s >= 0"):
+        echo(torch.zeros(1, 1, 100), 44100, -0.1, 0.5)
