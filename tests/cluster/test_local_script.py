@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -179,12 +180,18 @@ def test_start_reports_loopback_token_and_client_env(cluster):
 
 
 def test_every_listener_is_on_loopback(cluster):
-    pids = cluster.pids()
-    assert pids, "no processes found for the cluster"
-    listeners = _listeners(pids)
-    ports = {port for _, port, _ in listeners}
+    expected = {cluster.port, cluster.dashboard_port, cluster.client_port}
+    deadline = time.monotonic() + 60  # under load the Ray Client server comes up last
+    while True:
+        pids = cluster.pids()
+        assert pids, "no processes found for the cluster"
+        listeners = _listeners(pids)
+        ports = {port for _, port, _ in listeners}
+        if expected <= ports or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     # the GCS, the dashboard/job server and the Ray Client server, at least
-    assert {cluster.port, cluster.dashboard_port, cluster.client_port} <= ports, listeners
+    assert expected <= ports, listeners
     exposed = [(a, p) for a, p, _ in listeners if not _is_loopback(a)]
     assert not exposed, f"Ray listens beyond loopback: {exposed}"
 
