@@ -185,7 +185,73 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_demaster_parser, _train_parser, _demo_parser]
+def _master_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("master", help="master every audio file of a folder with a trained model on Ray Data")
+    p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
+    p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
+    p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, summary.json)")
+    p.add_argument("--inversion", choices=["chain", "mask", "griffinlim"], default="chain",
+                   help="chain: predicted parameters drive the inverse effects (default); mask: the U-Net's mel gain on "
+                   "the input STFT; griffinlim: the restored mel through Griffin-Lim (thesis)")
+    p.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations (default 32)")
+    p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the input's phase")
+    p.add_argument("--target-lufs", type=float, help="normalise integrated loudness to this (e.g. -14)")
+    p.add_argument("--true-peak", type=float, help="true-peak ceiling in dBTP (e.g. -1)")
+    p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
+    p.add_argument("--experiment", help="MLflow experiment name (default automaster-master)")
+    p.add_argument("--run-name", help="MLflow run name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local loopback Ray)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_master)
+
+
+def _cmd_master(args: argparse.Namespace) -> int:
+    from automaster.mastering import MasteringError
+    from automaster.model.checkpoint import CheckpointError
+    from automaster.pipelines.master import run_master
+
+    model = args.model
+    if model is None:
+        shipped = Path(__file__).resolve().parents[1] / "models" / "reference"
+        if not shipped.exists():
+            raise UsageError(f"no --model given and no shipped model at {shipped}; pass --model <checkpoint dir or model.pt>")
+        model = str(shipped)
+    try:
+        summary = run_master(
+            _location(model, must_exist=True),
+            _location(args.input, must_exist=True),
+            _location(args.out),
+            inversion=args.inversion,
+            iterations=args.iterations,
+            init_phase=args.init_phase,
+            target_lufs=args.target_lufs,
+            true_peak_dbtp=args.true_peak,
+            workers=args.workers,
+            gpu=args.gpu,
+            overwrite=args.overwrite,
+            tracking_uri=args.tracking_uri,
+            experiment=args.experiment or "automaster-master",
+            run_name=args.run_name,
+            ray_address=args.ray_address,
+        )
+    except (MasteringError, CheckpointError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+    print(
+        f"master: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped, "
+        f"{summary['ignored']} ignored (not audio), {summary['files_per_s']:.2f} files/s\n"
+        f"  outputs: {summary['out']}\n  summary: {summary['out']}/summary.json\n"
+        f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
+    )
+    if summary["ok"] == 0 and summary["skipped"] == 0:
+        log.error("no file could be mastered")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_demaster_parser, _train_parser, _demo_parser, _master_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
