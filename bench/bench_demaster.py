@@ -111,8 +111,10 @@ for t in list_corpus({corpus!r})[:{limit}]:
     proc(asdict(t))
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
+    from automaster.pipelines.runtime import WORKER_ENV
+
     res = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, **WORKER_ENV, "OMP_NUM_THREADS": "1"})  # fmt: skip
     return float(res.stdout.strip().splitlines()[-1])
 
 

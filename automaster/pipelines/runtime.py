@@ -22,6 +22,16 @@ LOCAL_ENV = {
 }
 
 
+# glibc malloc: keep large blocks on the heap and don't hand them back after every track. Each
+# clip allocates and frees tens of MB of tensors; with the defaults every one is a fresh mmap and
+# page faults cost more than the FFTs (measured: 0.53 -> 0.40 s per 30 s track). Read by glibc at
+# process start, so they go into the workers' runtime_env.
+WORKER_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+}
+
+
 def in_ray_job() -> bool:
     """True inside a job started by ``ray job submit``."""
     return bool(os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_ADDRESS"))
@@ -47,7 +57,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         include_dashboard=False,
         logging_level=logging.WARNING,
         # Workers must import automaster even when it is not installed (a plain checkout).
-        runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}},
+        runtime_env={"env_vars": {"PYTHONPATH": _pythonpath(), **WORKER_ENV}},
     )
 
 

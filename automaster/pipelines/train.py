@@ -270,6 +270,80 @@ def _find_run(experiment: str, run_name: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def prepare_data(data: str, config: Config):
+    """Checks and reads the demaster output ``data``: (train_ds, val_ds, counts, val_name, means)."""
+    _read_meta(data)
+    train_ds, val_ds, counts, val_name = _load_splits(data)
+    means = _training_means(train_ds)
+    log.info("dataset %s: %s rows; validating on %r", data, counts, val_name)
+    return train_ds, val_ds, counts, val_name, means
+
+
+def worker_cpus(config: Config, cpus: float, workers: int | None = None) -> float:
+    """CPUs per Ray Train worker that leave room for Ray Data's tasks.
+
+    ``cpus`` is what the trainer may take (the cluster's, or a Tune trial's share); workers that
+    take every CPU deadlock the data pipeline.
+    """
+    tc = config.train
+    workers = workers or tc.workers
+    return 1.0 if tc.use_gpu else max(0.25, min(float(tc.cpus_per_worker), (cpus - 0.5) / workers))
+
+
+def build_trainer(
+    config: Config,
+    train_ds,
+    val_ds,
+    means: dict[str, float],
+    *,
+    name: str,
+    storage_path: str,
+    cpu_per_worker: float,
+    mlflow_run_id: str | None,
+    tracking_uri: str | None,
+    callbacks: list | None = None,
+):
+    """The ``TorchTrainer`` of one training run (``run_train`` and every Tune trial)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    tc = config.train
+    loop_config = {
+        "config": config.to_dict(),
+        "mlflow_run_id": mlflow_run_id,
+        "tracking_uri": tracking_uri,
+        "param_means": means,
+        "val_keys": _val_keys(config),
+        "threads_per_worker": max(1, int(cpu_per_worker)),
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": cpu_per_worker}),
+        datasets={"train": train_ds, "val": val_ds},
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=tc.keep_checkpoints,
+                checkpoint_score_attribute=monitor_metric(config),
+                checkpoint_score_order="min",
+            ),
+            callbacks=callbacks or None,
+        ),
+    )
+
+
+def local_storage_path(path: str) -> str:
+    """``path`` absolute (and created) when local; URIs unchanged (Ray needs absolute paths)."""
+    if storage.is_local(path):
+        path = str(Path(path).resolve())
+        Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def run_train(
     data: str,
     out: str,
@@ -282,12 +356,10 @@ def run_train(
 ) -> dict[str, Any]:
     """Train on the demaster output ``data``; checkpoints and the final model go under ``out``."""
     import mlflow
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     from automaster.pipelines import runtime, tracking
 
-    meta = _read_meta(data)
+    _read_meta(data)
     tc = config.train
     if tc.workers < 1:
         raise ValueError(f"train.workers must be >= 1, got {tc.workers}")
@@ -295,17 +367,10 @@ def run_train(
     runtime.init_ray(ray_address)
     if tc.use_gpu and runtime.cluster_gpus() < tc.workers:
         raise ValueError(f"--gpu with {tc.workers} workers needs {tc.workers} GPUs; the cluster has {runtime.cluster_gpus()}")
-    train_ds, val_ds, counts, val_name = _load_splits(data)
-    means = _training_means(train_ds)
-    log.info("dataset %s: %s rows; validating on %r", data, counts, val_name)
+    train_ds, val_ds, counts, _, means = prepare_data(data, config)
 
-    # Leave room for Ray Data's tasks: workers that take every CPU deadlock the data pipeline.
-    cpus = runtime.cluster_cpus()
-    cpu_per_worker = 1.0 if tc.use_gpu else max(0.25, min(float(tc.cpus_per_worker), (cpus - 0.5) / tc.workers))
-    storage_path = storage.join(out, "ray_results")
-    if storage.is_local(storage_path):
-        storage_path = str(Path(storage_path).resolve())
-        Path(storage_path).mkdir(parents=True, exist_ok=True)
+    cpu_per_worker = worker_cpus(config, runtime.cluster_cpus())
+    storage_path = local_storage_path(storage.join(out, "ray_results"))
 
     uri = tracking.configure(tracking_uri, experiment)
     run_id = _find_run(experiment, run_name)
@@ -315,31 +380,10 @@ def run_train(
                              "demaster_run_id": _demaster_run_id(data)})  # fmt: skip
             tracking.log_params({**config.to_dict(), "data": data, "out": out, "rows": counts})
         mlflow.end_run()  # rank 0 reopens it by id; the driver logs the final artifacts below
-        loop_config = {
-            "config": config.to_dict(),
-            "mlflow_run_id": run.info.run_id,
-            "tracking_uri": uri,
-            "param_means": means,
-            "val_keys": _val_keys(config),
-            "threads_per_worker": max(1, int(cpu_per_worker)),
-        }
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            scaling_config=ScalingConfig(num_workers=tc.workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": cpu_per_worker}),
-            datasets={"train": train_ds, "val": val_ds},
-            dataset_config=DataConfig(datasets_to_split=["train"]),
-            run_config=RunConfig(
-                name=run_name,
-                storage_path=storage_path,
-                failure_config=FailureConfig(max_failures=tc.max_failures),
-                checkpoint_config=CheckpointConfig(
-                    num_to_keep=tc.keep_checkpoints,
-                    checkpoint_score_attribute=monitor_metric(config),
-                    checkpoint_score_order="min",
-                ),
-            ),
-        )
+        trainer = build_trainer(
+            config, train_ds, val_ds, means, name=run_name, storage_path=storage_path,
+            cpu_per_worker=cpu_per_worker, mlflow_run_id=run.info.run_id, tracking_uri=uri,
+        )  # fmt: skip
         t0 = time.time()
         result = trainer.fit()
         wall = time.time() - t0

@@ -1,0 +1,351 @@
+"""The tuning job: Ray Tune over the loss weights (λ1, λ2, λ3) and the learning rate.
+
+Every trial is one training run: a trial function builds the same ``TorchTrainer`` as
+``run_train`` (``build_trainer``) with ``train.workers = tune.workers_per_trial`` and a
+``TuneReportCallback`` that hands each epoch's metrics to Tune (PLATFORM.md, pattern B: the trial
+itself holds 0.01 CPU, its Train workers hold the rest). ASHA stops poor trials after
+``grace_period`` epochs, ranking them by ``monitor_metric`` (``val/mel_l1_db``): a validation
+distance that does not depend on the λs being searched (the weighted training loss does).
+
+MLflow: one parent run for the search (tag ``automaster.job=tune``), one nested child run per
+trial (named after the trial id) that rank 0 of the trial's trainer logs every epoch into. The
+parent gets the summary, the best configuration (``best_config.json``) and the best model.
+Outputs under ``out``: ``tune/<name>/`` (Tune's state: re-running the same command resumes),
+``trials/<trial id>/`` (each trial's checkpoints), ``model/``, ``best_config.json``,
+``tune_summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from automaster import storage
+from automaster.config import Config, from_dict, save_config
+from automaster.pipelines.train import (
+    MODEL_DIR,
+    _export_model,
+    build_trainer,
+    local_storage_path,
+    monitor_metric,
+    prepare_data,
+    worker_cpus,
+)
+
+log = logging.getLogger(__name__)
+
+# Searched config keys -> the TuneConfig bounds they are drawn between.
+SEARCHED = {"loss.mel_l1": "mel_l1", "loss.params": "params", "loss.perceptual": "perceptual", "train.lr": "lr"}
+BEST_CONFIG = "best_config.json"
+SUMMARY = "tune_summary.json"
+TRIAL_CPU = 0.01  # the trial function only drives its trainer; 0 is rejected, 1 deadlocks
+
+
+def search_space(config: Config) -> dict[str, Any]:
+    """``{"loss.params": tune.loguniform(0.1, 10), ...}``; equal bounds give a fixed value."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for key, name in SEARCHED.items():
+        low, high = getattr(config.tune, f"{name}_min"), getattr(config.tune, f"{name}_max")
+        if not (0 < low <= high):
+            raise ValueError(f"tune.{name}_min/_max must satisfy 0 < min <= max, got {low}, {high}")
+        space[key] = float(low) if low == high else tune.loguniform(low, high)
+    return space
+
+
+def apply_params(config: Config, params: dict[str, Any]) -> Config:
+    """``config`` with the searched values of ``params`` (``{"loss.params": 2.0, ...}``) set."""
+    data = config.to_dict()
+    for key in SEARCHED:
+        if key in params:
+            section, name = key.split(".")
+            data[section][name] = float(params[key])
+    return from_dict(data)
+
+
+# ----------------------------------------------------------------------------- trial side
+
+
+def tune_trial(params: dict[str, Any], setup: dict[str, Any], train_ds=None, val_ds=None) -> None:
+    """One Tune trial: an MLflow child run, then a TorchTrainer that reports every epoch to Tune."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    config = apply_params(from_dict(setup["config"]), params)
+    run_id = _child_run(setup, trial_id, config, params)
+    trainer = build_trainer(
+        config, train_ds, val_ds, setup["means"], name=trial_id, storage_path=setup["trials_path"],
+        cpu_per_worker=setup["cpu_per_worker"], mlflow_run_id=run_id, tracking_uri=setup["tracking_uri"],
+        callbacks=[TuneReportCallback()],
+    )  # fmt: skip
+    trainer.fit()
+
+
+def _child_run(setup: dict[str, Any], trial_id: str, config: Config, params: dict[str, Any]) -> str:
+    """The trial's nested MLflow run (reused when a restored trial starts again)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param
+
+    from automaster.pipelines.tracking import flatten
+
+    client = MlflowClient(setup["tracking_uri"])
+    found = _trial_runs(client, setup["experiment_id"], setup["parent_run_id"], trial_id)
+    if found:
+        return found[0].info.run_id
+    tags = {
+        "mlflow.parentRunId": setup["parent_run_id"],
+        "automaster.job": "tune-trial",
+        "automaster.tune_name": setup["name"],
+        "automaster.trial_id": trial_id,
+    }
+    run = client.create_run(setup["experiment_id"], run_name=trial_id, tags=tags)
+    flat = {k: str(v)[:500] for k, v in flatten(config.to_dict()).items() if not k.startswith("tune.")}
+    flat.update({f"search.{k}": str(v) for k, v in params.items()}, data=setup["data"])
+    items = [Param(k, v) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    return run.info.run_id
+
+
+def _trial_runs(client, experiment_id: str, parent_run_id: str, trial_id: str | None = None) -> list:
+    query = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+    if trial_id:
+        query += f" and tags.`automaster.trial_id` = '{trial_id}'"
+    return client.search_runs([experiment_id], filter_string=query, max_results=10000)
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def _check(config: Config) -> None:
+    tc = config.tune
+    for name in ("samples", "workers_per_trial", "grace_period"):
+        if getattr(tc, name) < 1:
+            raise ValueError(f"tune.{name} must be >= 1, got {getattr(tc, name)}")
+    if tc.epochs < 0 or tc.max_concurrent < 0:
+        raise ValueError(f"tune.epochs and tune.max_concurrent must be >= 0, got {tc.epochs}, {tc.max_concurrent}")
+    if tc.reduction_factor < 2:
+        raise ValueError(f"tune.reduction_factor must be >= 2, got {tc.reduction_factor}")
+    search_space(config)
+
+
+def plan_resources(config: Config, cpus: int, gpus: int) -> tuple[int, float]:
+    """(concurrent trials, CPUs per Train worker) for the cluster's ``cpus`` and ``gpus``."""
+    tc, w = config.tune, config.tune.workers_per_trial
+    if config.train.use_gpu:
+        if gpus < w:
+            raise ValueError(f"train.use_gpu with {w} workers per trial needs {w} GPUs; the cluster has {gpus}")
+        fit = gpus // w
+    else:
+        fit = max(1, int(cpus // (w * min(1.0, config.train.cpus_per_worker))))
+    concurrent = max(1, min(tc.max_concurrent or fit, tc.samples))
+    return concurrent, worker_cpus(config, cpus, workers=w * concurrent)
+
+
+def _find_parent(experiment_id: str, name: str) -> str | None:
+    import mlflow
+
+    runs = mlflow.search_runs(
+        [experiment_id], filter_string=f"tags.`automaster.job` = 'tune' and tags.`automaster.tune_name` = '{name}'",
+        max_results=1, output_format="list",
+    )  # fmt: skip
+    return runs[0].info.run_id if runs else None
+
+
+def run_tune(
+    data: str,
+    out: str,
+    config: Config = Config(),
+    *,
+    tracking_uri: str | None = None,
+    experiment: str = "automaster-tune",
+    run_name: str | None = None,
+    ray_address: str | None = None,
+) -> dict[str, Any]:
+    """Search λ1-λ3 and the learning rate on ``data``; the best config and model go under ``out``.
+
+    Re-running with the same ``out`` and ``run_name`` (default ``"tune"``) resumes the search:
+    finished trials are kept, unfinished and errored ones continue from their checkpoints.
+    """
+    import mlflow
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from automaster.pipelines import runtime, tracking
+
+    _check(config)
+    tc = config.tune
+    epochs = tc.epochs or config.train.epochs
+    name = run_name or "tune"
+    base = config.replace(train=dataclasses.replace(config.train, epochs=epochs, workers=tc.workers_per_trial))
+    monitor = monitor_metric(base)
+    if monitor != "val/mel_l1_db":
+        log.warning("tuning on %s: make sure it does not depend on the loss weights being searched", monitor)
+
+    runtime.init_ray(ray_address)
+    concurrent, cpu_per_worker = plan_resources(base, runtime.cluster_cpus(), runtime.cluster_gpus())
+    train_ds, val_ds, counts, _, means = prepare_data(data, base)
+    tune_path = local_storage_path(storage.join(out, "tune"))
+    trials_path = local_storage_path(storage.join(out, "trials"))
+    experiment_path = storage.join(tune_path, name)
+
+    uri = tracking.configure(tracking_uri, experiment)
+    experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
+    parent_id = _find_parent(experiment_id, name)
+    space = search_space(base)
+    with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else name) as parent:
+        if parent_id is None:
+            mlflow.set_tags({"automaster.job": "tune", "automaster.tune_name": name, "dataset": data})
+            tracking.log_params({**base.to_dict(), "data": data, "out": out, "rows": counts, "monitor": monitor,
+                                 "search": {k: str(v) for k, v in space.items()}, "concurrent_trials": concurrent,
+                                 "cpus_per_train_worker": cpu_per_worker})  # fmt: skip
+        setup = {
+            "config": base.to_dict(),
+            "means": means,
+            "tracking_uri": uri,
+            "experiment_id": experiment_id,
+            "parent_run_id": parent.info.run_id,
+            "name": name,
+            "data": data,
+            "trials_path": trials_path,
+            "cpu_per_worker": cpu_per_worker,
+        }
+        trainable = tune.with_resources(
+            tune.with_parameters(tune_trial, setup=setup, train_ds=train_ds, val_ds=val_ds), {"cpu": TRIAL_CPU}
+        )
+        t0 = time.time()
+        if tune.Tuner.can_restore(experiment_path):
+            log.info("resuming the search in %s (another --run-name starts a new one)", experiment_path)
+            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True)
+        else:
+            log.info("search %r: %d trials x %d epochs, %d at a time, %.2f CPU per Train worker",
+                     name, tc.samples, epochs, concurrent, cpu_per_worker)  # fmt: skip
+            tuner = tune.Tuner(
+                trainable,
+                param_space=space,
+                tune_config=tune.TuneConfig(
+                    metric=monitor,
+                    mode="min",
+                    num_samples=tc.samples,
+                    max_concurrent_trials=concurrent,
+                    scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                            grace_period=min(tc.grace_period, epochs), reduction_factor=tc.reduction_factor),
+                    search_alg=BasicVariantGenerator(random_state=tc.seed),
+                ),  # fmt: skip
+                run_config=tune.RunConfig(name=name, storage_path=tune_path, failure_config=tune.FailureConfig(max_failures=1)),
+            )
+        grid = tuner.fit()
+        wall = time.time() - t0
+
+        trials = _trials(grid, monitor, epochs)
+        _close_child_runs(uri, experiment_id, parent.info.run_id, trials)
+        ok = [t for t in trials if t["best"] is not None]
+        if not ok:
+            errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"])
+            raise RuntimeError(f"no trial reported {monitor} ({errors or 'no trials ran'})")
+        best = min(ok, key=lambda t: t["best"])
+        best_config = apply_params(config, best["params"])
+        best_path = storage.join(out, BEST_CONFIG)
+        model_dir = storage.join(out, MODEL_DIR)
+        if best["checkpoint"] and Path(best["checkpoint"]).is_dir():
+            _export_model(best["checkpoint"], model_dir)
+        else:
+            log.warning("the best trial's checkpoint %s is not on this machine; no model/ exported", best["checkpoint"])
+            model_dir = None
+        epochs_run = sum(t["epochs"] for t in trials)
+        epochs_full = epochs * len(trials)
+        summary = {
+            "name": name,
+            "mlflow_run_id": parent.info.run_id,
+            "tracking_uri": uri,
+            "experiment": experiment,
+            "monitor": monitor,
+            "best_trial": best["trial_id"],
+            "best_params": best["params"],
+            "best_metric": best["best"],
+            "best_epoch": best["best_epoch"],
+            "best_config": best_path,
+            "model": model_dir,
+            "trials": trials,
+            "trials_run": len(trials),
+            "trials_stopped_early": sum(t["status"] == "stopped_early" for t in trials),
+            "trials_failed": sum(t["status"] == "error" for t in trials),
+            "epochs_run": epochs_run,
+            "epochs_full": epochs_full,
+            "compute_saved": 1.0 - epochs_run / max(epochs_full, 1),
+            "wall_s": wall,
+            "concurrent_trials": concurrent,
+            "workers_per_trial": tc.workers_per_trial,
+            "tune_path": experiment_path,
+        }
+        if storage.is_local(best_path):
+            Path(best_path).parent.mkdir(parents=True, exist_ok=True)
+            save_config(best_config, best_path)
+            mlflow.log_artifact(best_path)
+        else:
+            storage.write_bytes_atomic(best_path, (tracking.dumps(best_config.to_dict()) + "\n").encode())
+            tracking.log_json(best_config.to_dict(), BEST_CONFIG)
+        storage.write_bytes_atomic(storage.join(out, SUMMARY), tracking.dumps(summary).encode())
+        mlflow.log_metrics({
+            f"best/{monitor}": best["best"], "trials_run": len(trials), "trials_stopped_early": summary["trials_stopped_early"],
+            "trials_failed": summary["trials_failed"], "epochs_run": epochs_run, "epochs_full": epochs_full,
+            "compute_saved": summary["compute_saved"], "wall_s": wall,
+        })  # fmt: skip
+        mlflow.set_tags({"automaster.best_trial": best["trial_id"], **{f"best.{k}": str(v) for k, v in best["params"].items()}})
+        if model_dir and storage.is_local(model_dir):
+            mlflow.log_artifacts(model_dir, "model")
+        tracking.log_json(summary, SUMMARY)
+    return summary
+
+
+def _trials(grid, monitor: str, epochs: int) -> list[dict[str, Any]]:
+    """One dict per trial: searched values, best metric, its checkpoint, epochs run, status."""
+    out = []
+    for result in grid:
+        history = result.metrics_dataframe
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        rows = []
+        if history is not None and monitor in history:
+            rows = [r for r in history.to_dict("records") if r.get(monitor) is not None and not math.isnan(r[monitor])]
+        best_row = min(rows, key=lambda r: r[monitor]) if rows else None
+        ran = int(max((r.get("training_iteration", 0) for r in rows), default=0))
+        if result.error is not None:
+            status = "error"
+        elif ran < epochs:
+            status = "stopped_early"
+        else:
+            status = "completed"
+        out.append({
+            "trial_id": str(trial_id),
+            "params": {k: float(result.config[k]) for k in SEARCHED if k in (result.config or {})},
+            "best": float(best_row[monitor]) if best_row else None,
+            "best_epoch": int(best_row["epoch"]) if best_row and "epoch" in best_row else None,
+            "checkpoint": best_row.get("checkpoint_path") if best_row else None,
+            "epochs": ran,
+            "status": status,
+            "error": str(result.error).splitlines()[0][:300] if result.error is not None else None,
+        })  # fmt: skip
+    return sorted(out, key=lambda t: t["trial_id"])
+
+
+def _close_child_runs(uri: str, experiment_id: str, parent_run_id: str, trials: list[dict[str, Any]]) -> None:
+    """Mark each child run with its trial's outcome; end the ones a stopped trial left RUNNING."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    by_trial = {t["trial_id"]: t for t in trials}
+    for run in _trial_runs(client, experiment_id, parent_run_id):
+        trial = by_trial.get(run.data.tags.get("automaster.trial_id", ""))
+        if trial is None:
+            continue
+        client.set_tag(run.info.run_id, "automaster.trial_status", trial["status"])
+        client.log_metric(run.info.run_id, "epochs_run", trial["epochs"])
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, "FAILED" if trial["status"] == "error" else "FINISHED")
