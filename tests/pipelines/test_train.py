@@ -44,7 +44,8 @@ def test_training_logs_every_epoch_and_leaves_a_loadable_model(paired, tmp_path,
     assert run.info.status == "FINISHED" and run.data.tags["automaster.train_name"] == "t"
     assert run.data.params["train.workers"] == str(workers)
     for key in ("train/loss", "train/mel_l1", "train/params", "val/mel_l1_db", "val/mrstft", "val/mae/echo_delay_s"):
-        assert [m.step for m in client.get_metric_history(run.info.run_id, key)] == [0, 1], key
+        # a set: a worker lost to the machine (not injected) may log an epoch again on restart
+        assert sorted({m.step for m in client.get_metric_history(run.info.run_id, key)}) == [0, 1], key
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model", "plots", "train_summary.json"} <= artifacts
     model, config, meta = load_model(tmp_path / "out" / "model")
