@@ -251,7 +251,73 @@ def _cmd_master(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_demaster_parser, _train_parser, _demo_parser, _master_parser]
+def _tune_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tune", help="Ray Tune search over the loss weights and learning rate (trials as MLflow child runs)")
+    p.add_argument("--data", required=True, help="a `demaster --out` folder or URI")
+    p.add_argument("--out", required=True, help="where Tune's state, trial checkpoints, best_config.json and model/ go")
+    p.add_argument("--samples", type=int, help="trials (default 8)")
+    p.add_argument("--epochs", type=int, help="epochs per trial, the most ASHA lets one run (default train.epochs)")
+    p.add_argument("--workers-per-trial", type=int, help="Ray Train workers per trial (default 1)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_tune)
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from automaster.pipelines.tune import run_tune
+
+    sets = _overrides(args, "tune", ["samples", "epochs", "workers_per_trial"])
+    config = load_config(args.config, sets + args.set)
+    try:
+        summary = run_tune(
+            _location(args.data, must_exist=True),
+            _location(args.out),
+            config,
+            tracking_uri=args.tracking_uri,
+            experiment=args.experiment or "automaster-tune",
+            run_name=args.run_name,
+            ray_address=args.ray_address,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    params = ", ".join(f"{k}={v:.4g}" for k, v in summary["best_params"].items())
+    print(
+        f"tune: {summary['trials_run']} trials in {summary['wall_s']:.0f} s; best {summary['best_trial']} "
+        f"({params}): {summary['monitor']} = {summary['best_metric']:.3f} at epoch {summary['best_epoch']}\n"
+        f"  early stopping: {summary['trials_stopped_early']} trials stopped, {summary['epochs_run']} of "
+        f"{summary['epochs_full']} epochs run ({100 * summary['compute_saved']:.0f}% compute saved); "
+        f"{summary['trials_failed']} failed\n"
+        f"  best config: {summary['best_config']}  (python jobs/train.py --config {summary['best_config']} ...)\n"
+        f"  model:       {summary['model']}\n"
+        f"  MLflow:      parent run {summary['mlflow_run_id']} at {summary['tracking_uri']}  (automaster compare --experiment {summary['experiment']})"
+    )
+    return EXIT_OK
+
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="MLflow runs side by side (params, metrics, duration); mlflow ui for the browser view")
+    p.add_argument("--experiment", action="append", help="experiment name (repeatable; default: every experiment)")
+    p.add_argument("--metric", action="append", help="metric column, the first sorts (repeatable; default: the validation metrics)")
+    p.add_argument("--top", type=int, default=0, help="show only the best K runs (default: all)")
+    p.add_argument("--csv", help="also write the table to this CSV file")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from automaster.pipelines.compare import CompareError, compare_runs, format_table
+
+    try:
+        table = compare_runs(args.experiment, args.metric, top=args.top, csv=args.csv, tracking_uri=args.tracking_uri)
+    except CompareError as exc:
+        raise UsageError(str(exc)) from None
+    print(format_table(table))
+    if args.csv:
+        print(f"\n{len(table)} runs written to {args.csv}")
+    return EXIT_OK
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_demaster_parser, _train_parser, _demo_parser, _master_parser, _tune_parser, _compare_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -112,6 +112,32 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class TuneConfig:
+    """Ray Tune search over the loss weights and the learning rate.
+
+    Each searched value is drawn log-uniformly from ``[<name>_min, <name>_max]``; equal bounds
+    fix it (λ1 = ``loss.mel_l1`` is fixed at 1 by default: only the ratios of the λs matter much).
+    """
+
+    samples: int = 8
+    epochs: int = 0  # 0: train.epochs
+    workers_per_trial: int = 1
+    max_concurrent: int = 0  # 0: as many trials as the cluster's CPUs hold
+    mel_l1_min: float = 1.0  # lambda1 (loss.mel_l1)
+    mel_l1_max: float = 1.0
+    params_min: float = 0.1  # lambda2 (loss.params)
+    params_max: float = 10.0
+    perceptual_min: float = 0.1  # lambda3 (loss.perceptual)
+    perceptual_max: float = 10.0
+    lr_min: float = 1e-4  # train.lr
+    lr_max: float = 3e-3
+    # ASHA: every trial runs at least grace_period epochs; a rung keeps the best 1/reduction_factor.
+    grace_period: int = 1
+    reduction_factor: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything, one section per concern."""
 
@@ -121,6 +147,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,38 @@ def _trial_runs(client, experiment_id: str, parent_run_id: str, trial_id: str | 
 # ----------------------------------------------------------------------------- driver side
 
 
+def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """``runtime.init_ray`` with the dashboard: a trial that ASHA stops kills its trainer's
+    controller; Ray Train then frees the workers' placement group from a detached cleaner that
+    finds dead controllers through the State API, which the dashboard serves. Without it every
+    stopped trial leaks its CPUs and the search stalls."""
+    from automaster.pipelines import runtime
+
+    runtime.init_ray(address, num_cpus, dashboard=True)
+    if not _state_api_ok():
+        raise ValueError(
+            "this Ray has no dashboard (State API): trials stopped early would leak their placement groups. "
+            "Install ray[default] and start Ray with its dashboard (cluster/local.sh does), or let the job start its own"
+        )
+
+
+def _state_api_ok(wait_s: float = 30.0) -> bool:
+    """Whether the State API answers (a dashboard just started may take some seconds)."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            list_actors(limit=1, timeout=10, raise_on_missing_output=False)
+            return True
+        except Exception as exc:  # any failure of the State API means: no cleaner for stopped trials
+            if time.monotonic() > deadline:
+                log.debug("State API unavailable: %s", exc)
+                return False
+            time.sleep(1.0)
+
+
+
 def _check(config: Config) -> None:
     tc = config.tune
     for name in ("samples", "workers_per_trial", "grace_period"):
@@ -189,7 +222,7 @@ def run_tune(
     if monitor != "val/mel_l1_db":
         log.warning("tuning on %s: make sure it does not depend on the loss weights being searched", monitor)
 
-    runtime.init_ray(ray_address)
+    init_ray(ray_address)
     concurrent, cpu_per_worker = plan_resources(base, runtime.cluster_cpus(), runtime.cluster_gpus())
     train_ds, val_ds, counts, _, means = prepare_data(data, base)
     tune_path = local_storage_path(storage.join(out, "tune"))
@@ -203,7 +236,10 @@ def run_tune(
     with mlflow.start_run(run_id=parent_id, run_name=None if parent_id else name) as parent:
         if parent_id is None:
             mlflow.set_tags({"automaster.job": "tune", "automaster.tune_name": name, "dataset": data})
-            tracking.log_params({**base.to_dict(), "data": data, "out": out, "rows": counts, "monitor": monitor,
+            # the searched keys are per trial (child runs); the parent keeps their ranges (search.*)
+            params = tracking.flatten(base.to_dict())
+            params = {k: v for k, v in params.items() if k not in SEARCHED}
+            tracking.log_params({**params, "data": data, "out": out, "rows": counts, "monitor": monitor,
                                  "search": {k: str(v) for k, v in space.items()}, "concurrent_trials": concurrent,
                                  "cpus_per_train_worker": cpu_per_worker})  # fmt: skip
         setup = {
@@ -234,10 +270,9 @@ def run_tune(
                     metric=monitor,
                     mode="min",
                     num_samples=tc.samples,
-                    max_concurrent_trials=concurrent,
                     scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs,
                                             grace_period=min(tc.grace_period, epochs), reduction_factor=tc.reduction_factor),
-                    search_alg=BasicVariantGenerator(random_state=tc.seed),
+                    search_alg=BasicVariantGenerator(random_state=tc.seed, max_concurrent=concurrent),
                 ),  # fmt: skip
                 run_config=tune.RunConfig(name=name, storage_path=tune_path, failure_config=tune.FailureConfig(max_failures=1)),
             )
@@ -245,7 +280,7 @@ def run_tune(
         wall = time.time() - t0
 
         trials = _trials(grid, monitor, epochs)
-        _close_child_runs(uri, experiment_id, parent.info.run_id, trials)
+        _close_child_runs(uri, experiment_id, parent.info.run_id, trials, epochs)
         ok = [t for t in trials if t["best"] is not None]
         if not ok:
             errors = "; ".join(f"{t['trial_id']}: {t['error']}" for t in trials if t["error"])
@@ -335,8 +370,12 @@ def _trials(grid, monitor: str, epochs: int) -> list[dict[str, Any]]:
     return sorted(out, key=lambda t: t["trial_id"])
 
 
-def _close_child_runs(uri: str, experiment_id: str, parent_run_id: str, trials: list[dict[str, Any]]) -> None:
-    """Mark each child run with its trial's outcome; end the ones a stopped trial left RUNNING."""
+def _close_child_runs(uri: str, experiment_id: str, parent_run_id: str, trials: list[dict[str, Any]], epochs: int) -> None:
+    """Mark each child run with its trial's outcome; end the ones a stopped trial left RUNNING.
+
+    A trial keeps training while Tune decides to stop it, so it may finish (and log) one more
+    epoch than it reported: the epochs its run logged are the compute it really spent.
+    """
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
@@ -345,7 +384,14 @@ def _close_child_runs(uri: str, experiment_id: str, parent_run_id: str, trials: 
         trial = by_trial.get(run.data.tags.get("automaster.trial_id", ""))
         if trial is None:
             continue
+        history = client.get_metric_history(run.info.run_id, "val/mel_l1_db")
+        trial["epochs"] = max(trial["epochs"], len({m.step for m in history}))
+        if trial["status"] == "stopped_early" and trial["epochs"] >= epochs:
+            trial["status"] = "completed"
         client.set_tag(run.info.run_id, "automaster.trial_status", trial["status"])
         client.log_metric(run.info.run_id, "epochs_run", trial["epochs"])
-        if run.info.status == "RUNNING":
-            client.set_terminated(run.info.run_id, "FAILED" if trial["status"] == "error" else "FINISHED")
+        if history:
+            client.log_metric(run.info.run_id, "best/val/mel_l1_db", min(m.value for m in history))
+        if run.info.status == "RUNNING":  # a stopped trial: it ended with its last logged epoch
+            end = max((m.timestamp for m in history), default=None)
+            client.set_terminated(run.info.run_id, "FAILED" if trial["status"] == "error" else "FINISHED", end_time=end)
