@@ -76,6 +76,16 @@ class LocalCluster:
             assert proc.returncode == 0, f"{' '.join(cmd)}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         return proc
 
+    def teardown(self) -> None:
+        """Stop the cluster and never leave anything of ours behind, even if stop failed."""
+        self.script("stop", check=False, timeout=120)
+        for pid in self.pids():
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
     def pids(self) -> set[int]:
         """Processes whose command line names the temp dir or the GCS address, and their descendants."""
         parents, inside = {}, set()
@@ -150,17 +160,7 @@ def _is_loopback(addr: str) -> bool:
 def cluster(tmp_path_factory, request):
     c = LocalCluster(tmp_path_factory.mktemp("local_sh"))
 
-    def cleanup():
-        c.script("stop", check=False, timeout=120)
-        left = c.pids()
-        for pid in left:  # never leave anything of ours behind, even if stop failed
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-        shutil.rmtree(c.temp_dir, ignore_errors=True)
-
-    request.addfinalizer(cleanup)  # registered before start: runs even if start fails half-way
+    request.addfinalizer(c.teardown)  # registered before start: runs even if start fails half-way
     c.start = c.script("start", "--num-cpus", "1")
     return c
 

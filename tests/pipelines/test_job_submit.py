@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 
 import mlflow
@@ -20,16 +18,7 @@ pytestmark = pytest.mark.slow
 def cluster(tmp_path_factory, request):
     c = LocalCluster(tmp_path_factory.mktemp("submit"))
 
-    def cleanup():
-        c.script("stop", check=False, timeout=120)
-        for pid in c.pids():
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-        shutil.rmtree(c.temp_dir, ignore_errors=True)
-
-    request.addfinalizer(cleanup)
+    request.addfinalizer(c.teardown)
     c.start = c.script("start", "--num-cpus", "2")
     c.client_env = dict(c.env)
     for line in re.findall(r"^\s*export (.+)$", c.start.stdout, flags=re.M):

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -201,10 +200,4 @@ def test_tune_through_ray_job_submit(paired, tmp_path, ray_tune):
         client = mlflow.MlflowClient(uri)
         assert len(_children(client, summary)) == 3
     finally:
-        cluster.script("stop", check=False, timeout=120)
-        for pid in cluster.pids():
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
-        shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+        cluster.teardown()
