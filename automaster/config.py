@@ -82,6 +82,9 @@ class LossConfig:
     params: float = 1.0  # lambda2
     perceptual: float = 0.1  # lambda3
     huber_delta: float = 0.1
+    # Compute (and log) terms whose weight is 0; false skips them (with perceptual = 0 that saves
+    # the inverse chain on every batch).
+    log_zero_terms: bool = True
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class TrainConfig:
     # "auto": val/mel_l1_db, which does not depend on the loss weights.
     monitor: str = "auto"
     max_failures: int = 1
+    # Validate on at most this many full-length rows, spread evenly over the split (0: all).
+    val_rows: int = 0
     # Testing aid: the last worker raises once after this epoch (-1: never).
     fail_at_epoch: int = -1
 

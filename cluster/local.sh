@@ -16,6 +16,9 @@
 #     $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token (generated with `ray get-auth-token --generate`
 #     if none exists). The token itself is never printed;
 #   * usage stats and MLflow telemetry off;
+#   * RAY_API_SERVER_ADDRESS points every process of the cluster at its own dashboard, so the
+#     State API (used by Ray Train to free the resources of stopped Tune trials) works even when
+#     other Ray instances run on the machine;
 #   * jobs submitted to it inherit MLFLOW_TRACKING_URI ($MLFLOW_TRACKING_URI if set, else
 #     sqlite:///$PWD/mlflow.db, an absolute path: a submitted job runs in a temporary copy of
 #     the working directory, so a relative store would be lost).
@@ -381,9 +384,14 @@ cmd_start() {
     echo "starting Ray head on $HOST (port $PORT, dashboard $DASHBOARD_PORT, temp dir $TEMP_DIR)"
     # Job entrypoints (`python jobs/x.py`) run with the head's PATH: put the Python environment
     # that holds this ray first, so `python` there is the one with ray and automaster's deps.
+    # RAY_API_SERVER_ADDRESS names this cluster's dashboard to every process of it: the State API
+    # (which Ray Train's placement-group cleaner uses to free the workers of a Tune trial that was
+    # stopped) otherwise looks for "the" Ray on the machine by scanning processes and fails when
+    # several run side by side, leaking the trial's CPUs until the search stalls.
     local bin_dir
     bin_dir=$(cd "$(dirname "$RAY_BIN")" && pwd)
     if ! env PATH="$bin_dir:$PATH" RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token RAY_USAGE_STATS_ENABLED=0 \
+        RAY_API_SERVER_ADDRESS="http://$HOST:$DASHBOARD_PORT" \
         MLFLOW_DISABLE_TELEMETRY=true MLFLOW_TRACKING_URI="$MLFLOW_URI" \
         "$RAY_BIN" "${args[@]}" >"$log" 2>&1; then
         tail -n 25 "$log" >&2

@@ -4,10 +4,11 @@ Modes (``ModelConfig.mode``):
 
 * ``"restore"``: U-Net only; outputs ``"mel"`` (and ``"mel_gain_db"``).
 * ``"params"``: forecaster only, reading the degraded mel; outputs ``"params"``.
-* ``"cascade"``: both. The forecaster reads two channels: the degraded input and the U-Net's
-  restored mel. Their difference is the damage the U-Net saw, which is what the parameters
-  explain. The restored mel is detached there (``detach_restored=True``): the parameter loss
-  trains the forecaster, and does not pull the U-Net's restoration away from the clean mel.
+* ``"cascade"``: both, side by side on the same degraded mel. The forecaster does not read the
+  U-Net's output: the restored mel carries no information the degraded one lacks, and keeping
+  the two independent lets the chain path (parameters only) skip the U-Net at mastering time
+  (``forward(..., outputs=("params",))``), and keeps the parameter loss from pulling on the
+  U-Net.
 
 Shapes: ``mel_norm`` ``(B, 1, M, F)`` in [0, 1] (M = 128 mel bands); ``"mel"`` the same shape;
 ``"params"`` ``(B, P, F)`` normalised to (0, 1) in ParamSpec table order.
@@ -65,7 +66,6 @@ class Cascade(nn.Module):
         dropout: dropout in both networks.
         n_mels: mel bands of the input.
         db_range: dB span of the [0, 1] mel normalisation (for ``"mel_gain_db"``).
-        detach_restored: in cascade mode, stop the parameter loss at the restored mel.
     """
 
     def __init__(
@@ -78,7 +78,6 @@ class Cascade(nn.Module):
         dropout: float = 0.0,
         n_mels: int = 128,
         db_range: float = DB_MAX - DB_MIN,
-        detach_restored: bool = True,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -86,10 +85,9 @@ class Cascade(nn.Module):
         self.mode = mode
         self.n_mels = n_mels
         self.db_range = float(db_range)
-        self.detach_restored = detach_restored
         self.unet = UNet(unet_depth, unet_width, dropout=dropout) if mode != "params" else None
         self.forecaster = (
-            Forecaster(2 if mode == "cascade" else 1, n_mels, lstm_hidden, lstm_layers, dropout)
+            Forecaster(1, n_mels, lstm_hidden, lstm_layers, dropout)
             if mode != "restore"
             else None
         )
@@ -120,8 +118,13 @@ class Cascade(nn.Module):
         """Number of (trainable) parameters."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def forward(self, mel_norm: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, mel_norm: torch.Tensor, outputs: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """``(B, 1, M, F)`` degraded mel in [0, 1] -> dict.
+
+        Args:
+            mel_norm: the normalised degraded mel.
+            outputs: ``("mel",)``, ``("params",)`` or both (default: everything the mode has);
+                asking for one skips the other network (the chain path needs no U-Net).
 
         Returns:
             ``"mel"`` ``(B, 1, M, F)`` restored and ``"mel_gain_db"`` ``(B, 1, M, F)`` (restored -
@@ -130,19 +133,24 @@ class Cascade(nn.Module):
         """
         if mel_norm.dim() != 4 or mel_norm.shape[1] != 1 or mel_norm.shape[2] != self.n_mels:
             raise ValueError(f"expected (B, 1, {self.n_mels}, F) mel, got shape {tuple(mel_norm.shape)}")
+        available = self.outputs
+        wanted = available if outputs is None else tuple(outputs)
+        missing = [name for name in wanted if name not in available]
+        if missing:
+            raise ValueError(f"model mode {self.mode!r} has no {', '.join(missing)} output (has {', '.join(available)})")
         out: dict[str, torch.Tensor] = {}
-        if self.unet is not None:
+        if self.unet is not None and "mel" in wanted:
             res = self.unet(mel_norm)
             out["mel"] = res["mel"]
             out["mel_gain_db"] = res["gain"] * self.db_range
-        if self.forecaster is not None:
-            if self.unet is not None:
-                restored = out["mel"].detach() if self.detach_restored else out["mel"]
-                reads = torch.cat([mel_norm, restored], dim=1)  # (B, 2, M, F)
-            else:
-                reads = mel_norm
-            out["params"] = self.forecaster(reads)
+        if self.forecaster is not None and "params" in wanted:
+            out["params"] = self.forecaster(mel_norm)
         return out
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        """The outputs this mode produces: ``"mel"`` and/or ``"params"``."""
+        return tuple(name for name, net in (("mel", self.unet), ("params", self.forecaster)) if net is not None)
 
     def restore_waveform(
         self, degraded_wave: torch.Tensor, sample_rate: int, params_norm: torch.Tensor

@@ -33,8 +33,10 @@ class FrequencyFrontEnd(nn.Module):
         for i in range(n_layers):
             c = channels // 2 if i == 0 else channels
             layers += [
-                nn.Conv2d(prev, c, kernel_size=(5, 3), stride=(2, 1), padding=(2, 1), bias=False),
-                nn.BatchNorm2d(c),
+                # No normalisation layer: the absolute level of the input (what the output gain
+                # and the compressor threshold are about) must survive; BatchNorm's running
+                # statistics also made crops (training) and full tracks (inference) disagree.
+                nn.Conv2d(prev, c, kernel_size=(5, 3), stride=(2, 1), padding=(2, 1)),
                 nn.ReLU(inplace=True),
             ]
             prev = c

@@ -213,7 +213,8 @@ class CompositeLoss(nn.Module):
       mel loss; otherwise (params mode without waveforms) it does not apply.
 
     Terms that do not apply are left out of the returned dict (never zero-filled). A term whose
-    λ is 0 is still computed and returned (for logging), without gradient.
+    λ is 0 is still computed and returned (for logging), without gradient, unless
+    ``config.log_zero_terms`` is false.
 
     Args:
         config: the λs and the Huber delta.
@@ -275,6 +276,8 @@ class CompositeLoss(nn.Module):
         total = None
         for name in TERMS:
             weight = self.weights[name]
+            if weight == 0.0 and not self.config.log_zero_terms:
+                continue
             with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
                 value = self._term(name, outputs, batch)
             if value is None:

@@ -26,15 +26,20 @@ from torch import nn
 
 
 class ConvBlock(nn.Sequential):
-    """(conv3x3 - BatchNorm - ReLU) x 2."""
+    """(conv3x3 - ReLU) x 2, no normalisation layer.
+
+    BatchNorm's running statistics of training crops misled the eval-mode U-Net on full tracks
+    (mel L1 6.9 dB against 3.8 dB for the untouched input after an epoch, 2.0 dB in train mode);
+    GroupNorm would make every frame depend on the whole clip (and on the padding) and remove
+    the absolute level that dynamics depend on. Without a norm layer training and inference
+    compute the same local function of the mel.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, dropout: float = 0.0) -> None:
         layers: list[nn.Module] = [
-            nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch),
+            nn.Conv2d(in_ch, out_ch, 3, padding=1),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_ch),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1),
             nn.ReLU(inplace=True),
         ]
         if dropout > 0:

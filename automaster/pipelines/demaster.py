@@ -252,6 +252,7 @@ def run_demaster(
     storage.write_bytes_atomic(storage.join(out, META_FILE), json.dumps(_dataset_meta(config), indent=2).encode())
 
     runtime.init_ray(ray_address)
+    runtime.check_paths_visible({"--corpus": corpus, "--out": out})
     workers = dm.workers or runtime.cluster_cpus()
     with tracking.start_run(experiment, run_name, tracking_uri, tags={"automaster.job": "demaster"}) as run:
         tracking.log_params({"corpus": corpus, "out": out, "corpus_kind": scan.kind, **config.to_dict()["demaster"]})

@@ -1,14 +1,20 @@
-"""Starting or joining Ray, loopback-only when local.
+"""Starting or joining Ray, loopback-only when local; refusing local paths on a multi-node cluster.
 
 ``python jobs/x.py`` (or ``automaster x``) starts a private single-machine Ray bound to
 127.0.0.1; inside ``ray job submit`` (``RAY_ADDRESS`` is set) the job joins its cluster.
+:func:`check_paths_visible` stops a job early when it was given a local path that workers on
+other machines of the cluster cannot see.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+
+from automaster import storage
+from automaster.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +78,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         os.environ["RAY_API_SERVER_ADDRESS"] = api
         env_vars["RAY_API_SERVER_ADDRESS"] = api
         kwargs = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
-    ray.init(num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars}, **kwargs)
+    # address="local": always a new Ray of our own. Plain ray.init() would join any cluster already
+    # running on the machine (a `ray start` head, another user's job), with its auth and resources.
+    ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars}, **kwargs)
     node_ip = ray.util.get_node_ip_address()
     log.info("started a local Ray on %s (%s CPUs)", node_ip, num_cpus or os.cpu_count())
     if node_ip != "127.0.0.1":
@@ -109,3 +117,120 @@ def cluster_gpus() -> int:
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))
+
+
+# ------------------------------------------------------------------------ paths on a cluster
+
+# Colon-separated folders that are the same file system at the same path on every node (an NFS,
+# EFS or Filestore mount, a Kubernetes volume): local paths under them are fine on a cluster.
+SHARED_PATHS_ENV = "AUTOMASTER_SHARED_PATHS"
+# Flags that name where a job writes; the others are read. A job's working_dir copy is unpacked on
+# every node, so reading under it works anywhere, but what is written there stays on one node.
+OUTPUT_FLAGS = frozenset({"--out"})
+
+
+class LocalPathError(ConfigError):
+    """A local path given to a job on a cluster whose other machines cannot see it.
+
+    A :class:`~automaster.config.ConfigError`: the command line reports it as a usage error
+    (one line, exit code 2) before any work starts.
+    """
+
+
+def shared_paths(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The folders declared shared in ``$AUTOMASTER_SHARED_PATHS``, absolute."""
+    value = (os.environ if environ is None else environ).get(SHARED_PATHS_ENV, "")
+    return [os.path.abspath(os.path.expanduser(p.strip())) for p in value.split(os.pathsep) if p.strip()]
+
+
+def _under(path: str, folder: str) -> bool:
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # different drives (Windows)
+        return False
+
+
+def invisible_paths(
+    paths: Mapping[str, str | None],
+    nodes: int,
+    shared: list[str] | tuple[str, ...] = (),
+    job_dir: str | None = None,
+) -> list[tuple[str, str]]:
+    """The ``(flag, value)`` pairs of ``paths`` that workers on other nodes could not see.
+
+    The pure decision behind :func:`check_paths_visible`. On one node (``nodes <= 1``) every
+    path is fine. On more, a value is fine when it is a URI of a shared file system (``s3://``,
+    ``gs://``, ``hdfs://``, ...: anything but a plain path or ``file://``), lies under one of the
+    ``shared`` folders, or is an input (not in :data:`OUTPUT_FLAGS`) under ``job_dir``, the job's
+    working directory, which Ray unpacks on every node. Empty values are skipped.
+    """
+    if nodes <= 1:
+        return []
+    folders = {f for s in shared for f in (os.path.abspath(s), os.path.realpath(s))}
+    bad = []
+    for flag, value in paths.items():
+        if value is None or os.fspath(value) == "":
+            continue
+        value = os.fspath(value)
+        if not storage.is_local(value):
+            continue
+        path = storage.local_path(value)
+        forms = {path, os.path.realpath(path)}
+        if any(_under(p, f) for p in forms for f in folders):
+            continue
+        if job_dir and flag not in OUTPUT_FLAGS and any(_under(p, os.path.realpath(job_dir)) or _under(p, job_dir) for p in forms):
+            continue
+        bad.append((flag, value))
+    return bad
+
+
+def cluster_machines() -> tuple[int, str]:
+    """``(machines, description)`` of the connected Ray cluster, from its alive nodes.
+
+    A single alive node with neither CPUs nor GPUs (the head of ``cluster/aws.yaml`` or the
+    KubeRay manifests, ``num-cpus: 0``) counts as two: every task will run on worker nodes the
+    autoscaler has yet to start.
+    """
+    import ray
+
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) == 1:
+        res = alive[0].get("Resources", {})
+        if not res.get("CPU") and not res.get("GPU"):
+            return 2, "has a single node without CPUs or GPUs: the work will run on worker nodes that the autoscaler adds"
+    return len(alive), f"has {len(alive)} alive nodes"
+
+
+def _job_dir() -> str | None:
+    """The working directory of a submitted job (Ray's copy of its ``working_dir``), else None."""
+    cwd = os.getcwd()
+    return cwd if in_ray_job() and "runtime_resources" in cwd else None
+
+
+def check_paths_visible(paths: Mapping[str, str | None]) -> None:
+    """Refuse local paths that other machines of the connected cluster cannot see.
+
+    Call after :func:`init_ray`, with the job's path flags, e.g. ``{"--data": data, "--out":
+    out}``. On a single-node cluster (a laptop, ``cluster/local.sh``) nothing is checked.
+
+    Raises:
+        LocalPathError: naming each flag and path, and the two fixes (a URI, or
+            ``AUTOMASTER_SHARED_PATHS`` for a mount that every node has).
+    """
+    machines, described = cluster_machines()
+    bad = invisible_paths(paths, machines, shared_paths(), _job_dir())
+    if not bad:
+        return
+    listed = ", ".join(f"{flag} {value}" for flag, value in bad)
+    first = storage.local_path(bad[0][1])
+    mount = "/" + first.strip("/").split("/")[0] if first.strip("/") else "/"
+    declared = os.environ.get(SHARED_PATHS_ENV)
+    what, it = ("local paths", "them") if len(bad) > 1 else ("a local path", "it")
+    raise LocalPathError(
+        f"{listed}: {what}, but this Ray cluster {described}, and workers on other machines cannot see "
+        f"{it} (each node would read and write its own disk). Fix: pass a URI on shared storage "
+        "(s3://BUCKET/..., gs://BUCKET/...) or, for a file system mounted at the same path on every node "
+        f"(NFS, EFS, a Kubernetes volume), declare it shared: {SHARED_PATHS_ENV}={mount} (colon-separated "
+        "folders, in the job's runtime_env env_vars or in every node's environment)"
+        + (f"; {SHARED_PATHS_ENV} is now {declared!r}" if declared else "")
+    )

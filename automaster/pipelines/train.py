@@ -37,8 +37,14 @@ _COLUMNS = [
 
 
 def monitor_metric(config: Config) -> str:
-    """The λ-independent validation metric the scheduler and checkpoints rank by."""
-    return config.train.monitor if config.train.monitor != "auto" else "val/mel_l1_db"
+    """The λ-independent validation metric the scheduler and checkpoints rank by.
+
+    ``"auto"``: the mel L1 in dB of the restored mel when the model has a U-Net, else (params
+    mode) the forecast error relative to the predict-the-mean baseline.
+    """
+    if config.train.monitor != "auto":
+        return config.train.monitor
+    return "val/mae_ratio" if config.model.mode == "params" else "val/mel_l1_db"
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -146,6 +152,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         figure = None
         if rank == 0:
             val_rows = [r for raw in val_shard.iter_batches(batch_size=1, batch_format="numpy") for r in rows_from_batch(raw)]
+            if 0 < tc.val_rows < len(val_rows):  # evenly spread, the same rows every epoch
+                val_rows = [val_rows[i] for i in np.linspace(0, len(val_rows) - 1, tc.val_rows).round().astype(int)]
             val_metrics, figure = validation_metrics(bare, val_rows, audio, means, device)
         else:
             val_metrics = {}
@@ -214,41 +222,79 @@ def _read_meta(data: str) -> dict[str, Any]:
     return meta
 
 
+def _index_files(data: str) -> dict[str, dict[str, Any]]:
+    """Per Parquet file of the dataset: its split, track ids, rows and parameter sums.
+
+    Reads only the small columns (Parquet column projection): the mels and waveforms stay on
+    disk until a training epoch streams them.
+    """
+    import pyarrow.parquet as pq
+
+    files = [f for f in storage.list_files(storage.join(data, DATASET_DIR)) if f.endswith(".parquet")]
+    if not files:
+        raise ValueError(f"{data!r} holds no Parquet files under {DATASET_DIR}/")
+    index: dict[str, dict[str, Any]] = {}
+    names = [p.name for p in PARAMS]
+    for f in files:
+        fs, path = storage.resolve(f)
+        table = pq.read_table(path, filesystem=fs, columns=["split", "track_id", *names])
+        splits = set(table.column("split").to_pylist())
+        if len(splits) > 1:
+            raise ValueError(f"{f}: rows of several splits ({sorted(splits)}); one file must hold one track")
+        sums = {n: float(sum(np.mean(v) for v in table.column(n).to_numpy(zero_copy_only=False))) for n in names}
+        index[f] = {
+            "split": splits.pop() if splits else "training",
+            "tracks": sorted({str(t) for t in table.column("track_id").to_pylist()}),
+            "rows": table.num_rows,
+            "sums": sums,
+        }
+    return index
+
+
 def _load_splits(data: str):
-    """Train and validation Ray Datasets.
+    """Train and validation Ray Datasets, read from the files of their split only (the split of
+    each file comes from a read of its small columns; no pass over the mels to filter rows).
 
     Validation is the ``validation`` split, else ``test``; a corpus too small to have either
     (a folder of a few files) holds out its last ~10% of training tracks instead, with a warning.
+
+    Returns ``(train_ds, val_ds, counts, val_name, means)``; ``means`` are the training rows'
+    mean parameter values (the predict-the-mean baseline of validation).
     """
     import ray
 
-    ds = ray.data.read_parquet(storage.join(data, DATASET_DIR), columns=_COLUMNS)
-    splits = {s: ds.filter(expr=f"split == '{s}'").materialize() for s in ("training", "validation", "test")}
-    counts = {s: d.count() for s, d in splits.items()}
+    index = _index_files(data)
+    by_split: dict[str, list[str]] = {s: [] for s in ("training", "validation", "test")}
+    for f, info in index.items():
+        by_split.setdefault(info["split"], []).append(f)
+    counts = {s: sum(index[f]["rows"] for f in fs) for s, fs in by_split.items()}
     if counts["training"] == 0:
         raise ValueError(f"{data!r} has no training rows (splits: {counts})")
-    for name in ("validation", "test"):
-        if counts[name]:
-            return splits["training"], splits[name], counts, name
-    ids = sorted({str(i) for i in splits["training"].unique("track_id")})
-    if len(ids) < 2:
-        raise ValueError(f"{data!r} has a single track: nothing to validate on (splits: {counts})")
-    held = set(ids[-max(1, len(ids) // 10) :])
-    log.warning("no validation or test rows in %s: holding out training tracks %s for validation", data, sorted(held))
-    train = splits["training"].filter(lambda r: r["track_id"] not in held).materialize()
-    val = splits["training"].filter(lambda r: r["track_id"] in held).materialize()
-    counts.update(training=train.count(), validation=val.count())
-    return train, val, counts, "held-out training tracks"
+    train_files = by_split["training"]
+    val_name = next((name for name in ("validation", "test") if counts[name]), None)
+    if val_name is not None:
+        val_files = by_split[val_name]
+    else:
+        ids = sorted({t for f in train_files for t in index[f]["tracks"]})
+        if len(ids) < 2:
+            raise ValueError(f"{data!r} has a single track: nothing to validate on (splits: {counts})")
+        held = set(ids[-max(1, len(ids) // 10) :])
+        log.warning("no validation or test rows in %s: holding out training tracks %s for validation", data, sorted(held))
+        val_files = [f for f in train_files if set(index[f]["tracks"]) & held]
+        train_files = [f for f in train_files if f not in val_files]
+        if not train_files:
+            raise ValueError(f"{data!r}: holding out {sorted(held)} leaves no training files (one file per track?)")
+        counts.update(training=sum(index[f]["rows"] for f in train_files), validation=sum(index[f]["rows"] for f in val_files))
+        val_name = "held-out training tracks"
+    n = sum(index[f]["rows"] for f in train_files)
+    means = {p.name: sum(index[f]["sums"][p.name] for f in train_files) / max(n, 1) for p in PARAMS}
 
+    def read(files: list[str]):
+        # Materialised once (spilled to disk past the object store): training workers reserve
+        # the CPUs, and a lazily read dataset would need free CPUs for its read tasks every epoch.
+        return ray.data.read_parquet(files, columns=_COLUMNS).materialize()
 
-def _training_means(train_ds) -> dict[str, float]:
-    sums = {p.name: 0.0 for p in PARAMS}
-    n = 0
-    for batch in train_ds.select_columns([p.name for p in PARAMS]).iter_batches(batch_format="numpy", batch_size=256):
-        for p in PARAMS:
-            sums[p.name] += float(sum(np.mean(v) for v in batch[p.name]))
-        n += len(batch[PARAMS[0].name])
-    return {k: v / max(n, 1) for k, v in sums.items()}
+    return read(train_files), read(val_files), counts, val_name, means
 
 
 def _val_keys(config: Config) -> list[str]:
@@ -273,8 +319,7 @@ def _find_run(experiment: str, run_name: str) -> str | None:
 def prepare_data(data: str, config: Config):
     """Checks and reads the demaster output ``data``: (train_ds, val_ds, counts, val_name, means)."""
     _read_meta(data)
-    train_ds, val_ds, counts, val_name = _load_splits(data)
-    means = _training_means(train_ds)
+    train_ds, val_ds, counts, val_name, means = _load_splits(data)
     log.info("dataset %s: %s rows; validating on %r", data, counts, val_name)
     return train_ds, val_ds, counts, val_name, means
 
@@ -339,7 +384,7 @@ def build_trainer(
 def local_storage_path(path: str) -> str:
     """``path`` absolute (and created) when local; URIs unchanged (Ray needs absolute paths)."""
     if storage.is_local(path):
-        path = str(Path(path).resolve())
+        path = str(Path(storage.local_path(path)).resolve())  # file:// URIs too
         Path(path).mkdir(parents=True, exist_ok=True)
     return path
 
@@ -365,6 +410,7 @@ def run_train(
         raise ValueError(f"train.workers must be >= 1, got {tc.workers}")
     run_name = run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     runtime.init_ray(ray_address)
+    runtime.check_paths_visible({"--data": data, "--out": out})
     if tc.use_gpu and runtime.cluster_gpus() < tc.workers:
         raise ValueError(f"--gpu with {tc.workers} workers needs {tc.workers} GPUs; the cluster has {runtime.cluster_gpus()}")
     train_ds, val_ds, counts, _, means = prepare_data(data, config)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,72 @@ def test_runtime_env_is_accepted_by_ray_job_submit():
     RuntimeEnv(**env)  # raises on unknown or malformed fields
 
 
+def _ray_package(tree: Path, runtime_env: dict, zip_path: Path) -> list[str]:
+    """The files `ray job submit` would upload for ``runtime_env`` with working_dir ``tree``.
+
+    Ray's own code path: upload_working_dir_if_needed combines Ray's default excludes with the
+    runtime env's, then create_package zips the folder honouring them and .gitignore/.rayignore.
+    """
+    import zipfile
+
+    from ray._private.runtime_env.packaging import create_package
+    from ray._private.runtime_env.working_dir import upload_working_dir_if_needed
+
+    def upload(working_dir, excludes, is_file=False):
+        create_package(working_dir, zip_path, include_gitignore=True, excludes=excludes)
+
+    upload_working_dir_if_needed({**runtime_env, "working_dir": str(tree)}, include_gitignore=True, upload_fn=upload)
+    with zipfile.ZipFile(zip_path) as z:
+        return sorted(n for n in z.namelist() if not n.endswith("/"))
+
+
+def test_runtime_env_ships_the_reference_model_and_no_other_weights(tmp_path):
+    env = _load(CLUSTER / "runtime_env.yaml")
+    tree = tmp_path / "checkout"
+    files = [
+        "automaster/__init__.py", "jobs/master.py", "README.md", "cluster/runtime_env.yaml",
+        "models/reference/model.pt", "models/reference/config.json", "models/reference/MODEL_CARD.md",
+        "models/reference/metrics.json",
+        # never shipped: other models and weights anywhere, checkpoints, data, results, environments
+        "models/run7/model.pt", "models/run7/config.json", "models/notes.md", "bench/models/x/config.json",
+        "top.pt", "automaster/stray.ckpt", "checkpoints/epoch1/state.json", "results/train/model/model.pt",
+        "data/paired/dataset/1.parquet", "tests/x.parquet", "mlruns/0/meta.yaml", "mlflow.db", ".venv/bin/python",
+        ".git/HEAD", "automaster/__pycache__/x.pyc", "take.wav",
+    ]  # fmt: skip
+    for rel in files:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(rel)
+    (tree / ".gitignore").write_text((REPO / ".gitignore").read_text())
+    shipped = _ray_package(tree, env, tmp_path / "pkg.zip")
+    assert shipped == sorted([
+        ".gitignore", "README.md", "automaster/__init__.py", "cluster/runtime_env.yaml", "jobs/master.py",
+        "models/reference/MODEL_CARD.md", "models/reference/config.json", "models/reference/metrics.json",
+        "models/reference/model.pt",
+    ])  # fmt: skip
+
+
+def test_runtime_env_upload_of_this_checkout_is_small_and_complete(tmp_path):
+    shipped = _ray_package(REPO, _load(CLUSTER / "runtime_env.yaml"), tmp_path / "pkg.zip")
+    size = (tmp_path / "pkg.zip").stat().st_size
+    assert size < 20 * 2**20, f"{size / 2**20:.1f} MiB"
+    assert "automaster/pipelines/runtime.py" in shipped and "jobs/master.py" in shipped
+    assert not [n for n in shipped if n.startswith((".venv/", ".git/", "mlruns/", "results/")) or n.endswith(".parquet")]
+    reference = REPO / "models" / "reference"
+    if reference.is_dir():  # once the project ships it, every file of it goes with the job
+        expected = {p.relative_to(REPO).as_posix() for p in reference.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
+        assert expected <= set(shipped), expected - set(shipped)
+    assert not [n for n in shipped if n.endswith((".pt", ".ckpt")) and not n.startswith("models/reference/")]
+
+
+def test_gitignore_keeps_the_reference_model_in_the_repository():
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    for rel in ("models/reference/model.pt", "models/reference/config.json", "models/reference/MODEL_CARD.md"):
+        proc = subprocess.run([git, "check-ignore", "-q", "--no-index", rel], cwd=REPO, capture_output=True)
+        assert proc.returncode == 1, f"{rel} is ignored by git (check-ignore exit {proc.returncode})"
+
+
 # ---------------------------------------------------------------------------------------------
 # KubeRay
 
@@ -237,6 +304,18 @@ def test_kuberay_gpu_workers_request_gpus():
         for c in gpu["template"]["spec"]["containers"]:
             assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
             assert c["image"].endswith("-gpu")
+
+
+def test_kuberay_declares_the_shared_volume_to_the_jobs():
+    """Every pod mounts the shared volume at /data; jobs on a multi-node cluster refuse local paths
+    outside AUTOMASTER_SHARED_PATHS, so every Ray container and every RayJob declares /data."""
+    for name, doc in _ray_docs():
+        for container in _containers(_ray_cluster_spec(doc)):
+            env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+            assert "/data" in env.get("AUTOMASTER_SHARED_PATHS", "").split(":"), f"{name}: {container['name']}"
+        if doc["kind"] == "RayJob":
+            env_vars = yaml.safe_load(doc["spec"]["runtimeEnvYAML"])["env_vars"]
+            assert "/data" in env_vars["AUTOMASTER_SHARED_PATHS"].split(":"), name
 
 
 def test_kuberay_storage_claim_exists():

@@ -79,40 +79,65 @@ class LocalCluster:
     def teardown(self) -> None:
         """Stop the cluster and never leave anything of ours behind, even if stop failed."""
         self.script("stop", check=False, timeout=120)
-        for pid in self.pids():
-            try:
-                os.kill(pid, 9)
-            except OSError:
-                pass
+        kill_all(self.pids())
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def pids(self) -> set[int]:
         """Processes whose command line names the temp dir or the GCS address, and their descendants."""
-        parents, inside = {}, set()
-        needles = (self.temp_dir + "/", "=" + self.temp_dir, f"--address=127.0.0.1:{self.port}")
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[1].split()
-            if fields[0] == "Z":
-                continue
-            pid = int(entry.name)
-            parents[pid] = int(fields[1])
-            if any(n in cmdline for n in needles) and pid != os.getpid():
+        return pids_matching(self.temp_dir + "/", "=" + self.temp_dir, f"--address=127.0.0.1:{self.port}")
+
+    def client_env(self) -> dict[str, str]:
+        """This environment plus the `export` lines that `start` printed (RAY_ADDRESS, RAY_AUTH_MODE, ...)."""
+        env = dict(self.env)
+        for line in re.findall(r"^\s*export (.+)$", self.start.stdout, flags=re.M):
+            for assignment in line.split():
+                key, value = assignment.split("=", 1)
+                env[key] = value
+        return env
+
+
+def start_cluster(tmp_path_factory, request, name: str, num_cpus: int = 1) -> LocalCluster:
+    """A started LocalCluster (`start` holds the output of `cluster/local.sh start`), stopped at teardown."""
+    c = LocalCluster(tmp_path_factory.mktemp(name))
+    request.addfinalizer(c.teardown)  # registered before start: runs even if start fails half-way
+    c.start = c.script("start", "--num-cpus", str(num_cpus))
+    return c
+
+
+def pids_matching(*needles: str) -> set[int]:
+    """Live processes whose command line contains one of ``needles``, and all their descendants."""
+    parents, inside = {}, set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        if any(n in cmdline for n in needles) and pid != os.getpid():
+            inside.add(pid)
+    grew = True
+    while grew:
+        grew = False
+        for pid, ppid in parents.items():
+            if pid not in inside and ppid in inside:
                 inside.add(pid)
-        grew = True
-        while grew:
-            grew = False
-            for pid, ppid in parents.items():
-                if pid not in inside and ppid in inside:
-                    inside.add(pid)
-                    grew = True
-        return inside
+                grew = True
+    return inside
+
+
+def kill_all(pids: set[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
 
 
 def _listeners(pids: set[int]) -> list[tuple[str, int, int]]:
@@ -158,11 +183,7 @@ def _is_loopback(addr: str) -> bool:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, request):
-    c = LocalCluster(tmp_path_factory.mktemp("local_sh"))
-
-    request.addfinalizer(c.teardown)  # registered before start: runs even if start fails half-way
-    c.start = c.script("start", "--num-cpus", "1")
-    return c
+    return start_cluster(tmp_path_factory, request, "local_sh", num_cpus=1)
 
 
 def test_start_reports_loopback_token_and_client_env(cluster):
@@ -210,12 +231,7 @@ def test_job_server_requires_the_token(cluster):
 
 
 def test_ray_job_submit_with_the_printed_env(cluster, tmp_path):
-    exports = re.findall(r"^\s*export (.+)$", cluster.start.stdout, flags=re.M)
-    env = dict(cluster.env)
-    for line in exports:
-        for assignment in line.split():
-            key, value = assignment.split("=", 1)
-            env[key] = value
+    env = cluster.client_env()
     assert env["RAY_AUTH_MODE"] == "token"
     job_dir = tmp_path / "job"
     job_dir.mkdir()
@@ -224,6 +240,8 @@ def test_ray_job_submit_with_the_printed_env(cluster, tmp_path):
         "ray.init()\n"
         "ips = sorted({n['NodeManagerAddress'] for n in ray.nodes()})\n"
         "print('JOB-OK', ray.get(ray.remote(lambda: 6 * 7).remote()), ips, os.environ.get('MLFLOW_TRACKING_URI'))\n"
+        # the State API in workers must find this cluster even when other Rays run on the machine
+        "print('API', ray.get(ray.remote(lambda: os.environ.get('RAY_API_SERVER_ADDRESS')).remote()))\n"
     )
     proc = subprocess.run(
         ["ray", "job", "submit", "--address", f"http://127.0.0.1:{cluster.dashboard_port}",
@@ -233,6 +251,7 @@ def test_ray_job_submit_with_the_printed_env(cluster, tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert f"JOB-OK 42 ['127.0.0.1'] sqlite:///{cluster.workdir}/mlflow.db" in out, out[-4000:]
+    assert f"API http://127.0.0.1:{cluster.dashboard_port}\n" in out, out[-4000:]
 
 
 def test_start_again_is_idempotent_and_status_works(cluster):

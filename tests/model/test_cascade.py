@@ -62,14 +62,21 @@ def test_gradients_reach_every_parameter_in_cascade_mode():
     assert model.n_parameters() == sum(p.numel() for p in model.parameters())
 
 
-def test_cascade_forecaster_reads_the_restored_mel_detached():
+def test_cascade_networks_are_independent_and_outputs_selectable():
     model = tiny("cascade")
     mel = torch.rand(1, 1, 128, 8)
     out = model(mel)
     out["params"].sum().backward()
-    # The parameter head does not push on the U-Net (detach_restored=True).
+    # The parameter head does not push on the U-Net, and reads the degraded mel only.
     assert all(p.grad is None for p in model.unet.parameters())
-    assert model.forecaster.in_channels == 2
+    assert model.forecaster.in_channels == 1
+    assert model.outputs == ("mel", "params")
+    params_only = model(mel, outputs=("params",))
+    assert set(params_only) == {"params"}
+    torch.testing.assert_close(params_only["params"], out["params"])
+    assert set(model(mel, outputs=("mel",))) == {"mel", "mel_gain_db"}
+    with pytest.raises(ValueError, match="has no params output"):
+        tiny("restore")(mel, outputs=("params",))
 
 
 def _structured_batch(n_frames=64):

@@ -18,7 +18,7 @@ def config():
 
 @pytest.fixture
 def trained(config):
-    """A model whose weights and BatchNorm statistics differ from a fresh one."""
+    """A model whose weights differ from a fresh one."""
     torch.manual_seed(0)
     model = Cascade.from_config(config)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

@@ -167,3 +167,10 @@ def test_composite_perceptual_uses_the_inverse_chain_with_waveforms():
     assert torch.isfinite(terms["perceptual"]) and terms["perceptual"].item() > 0
     terms["perceptual"].backward()
     assert par.grad is not None and par.grad.abs().sum() > 0
+
+
+def test_composite_zero_weight_terms_can_be_skipped():
+    mel, par = torch.rand(1, 1, 128, 4), torch.rand(1, N_PARAMS, 4)
+    batch = {"mel_original": torch.rand(1, 1, 128, 4), "params": torch.rand(1, N_PARAMS, 4)}
+    _, terms = CompositeLoss(LossConfig(params=0.0, log_zero_terms=False))({"mel": mel, "params": par}, batch)
+    assert "params" not in terms and "mel_l1" in terms

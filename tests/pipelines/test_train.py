@@ -12,7 +12,7 @@ import torch
 from automaster.config import load_config
 from automaster.model.checkpoint import load_model
 from automaster.pipelines.demaster import run_demaster
-from automaster.pipelines.train import run_train
+from automaster.pipelines.train import monitor_metric, run_train
 
 FMA = Path(__file__).resolve().parents[2] / "tests" / "data" / "fma"
 TINY = [
@@ -73,3 +73,17 @@ def test_worker_failure_resumes_from_checkpoint_and_rerun_continues(paired, tmp_
 def test_training_refuses_a_folder_that_is_not_a_dataset(tmp_path, ray_local):
     with pytest.raises(ValueError, match="not a demaster output"):
         run_train(str(tmp_path), str(tmp_path / "o"), load_config(overrides=TINY))
+
+
+@pytest.mark.parametrize(
+    "mode, monitor, expected",
+    [
+        ("cascade", "auto", "val/mel_l1_db"),
+        ("restore", "auto", "val/mel_l1_db"),
+        ("params", "auto", "val/mae_ratio"),
+        ("params", "val/mrstft", "val/mrstft"),
+    ],
+)
+def test_monitor_metric_follows_the_model_mode(mode, monitor, expected):
+    config = load_config(overrides=[f"model.mode={mode}", f"train.monitor={monitor}"])
+    assert monitor_metric(config) == expected
