@@ -156,7 +156,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="demaster the bundled music and train a small model on it (local Ray, local MLflow)")
+    p = sub.add_parser("demo", help="demaster the bundled music, train a small model on it and master the music with it (local Ray, local MLflow)")
     p.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
     p.add_argument("--epochs", type=int, default=2)
     _add_common(p)
@@ -179,8 +179,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     best = train["best_metrics"]
     print(
         f"train: val mel L1 {best.get('val/mel_l1_db', float('nan')):.2f} dB "
-        f"(degraded input: {best.get('val/mel_l1_db_identity', float('nan')):.2f} dB) -> model in {train['model']}\n"
-        f"MLflow runs: {train['tracking_uri']}  (browse: mlflow ui --backend-store-uri {train['tracking_uri']})"
+        f"(degraded input: {best.get('val/mel_l1_db_identity', float('nan')):.2f} dB) -> model in {train['model']}"
+    )
+    from automaster.pipelines.master import run_master
+
+    mastered = run_master(
+        train["model"], str(music), str(out / "mastered"), inversion="chain", target_lufs=-14.0, true_peak_dbtp=-1.0,
+        tracking_uri=args.tracking_uri, ray_address=args.ray_address,
+    )  # fmt: skip
+    print(
+        f"master: {mastered['ok']} ok, {mastered['failed']} failed -> {out / 'mastered'} "
+        "(audio/, spectrograms/, parameters/, debug/, summary.json)\n"
+        f"MLflow runs: {train['tracking_uri']}  (browse: mlflow ui --backend-store-uri {train['tracking_uri']})\n"
+        "The demo model trains for seconds; for real results master with the shipped reference model:\n"
+        f"  automaster master --input {music} --out {out / 'mastered-reference'}"
     )
     return EXIT_OK
 
@@ -251,6 +263,86 @@ def _cmd_master(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="how well a model undoes demastering, next to baselines (Ray Data, MLflow)")
+    p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
+    p.add_argument("--clean", required=True, help="folder of clean masters (recursive) or an FMA root (its --split)")
+    p.add_argument("--out", required=True, help="output folder or URI (metrics.json, metrics.csv, parameters.csv)")
+    p.add_argument("--seed", type=int, default=1, help="degradation seed, with each track id (default 1; demaster's default is 0)")
+    p.add_argument("--degrader", choices=["ours", "pedalboard"], help="who damages the clean clips: our chain (default) or "
+                   "Spotify's pedalboard (another implementation)")
+    p.add_argument("--degraded", help="folder of degraded files at the clean files' relative paths (instead of a degrader)")
+    p.add_argument("--inversions", help="comma-separated model paths: chain,mask,griffinlim (default: every one the model can do)")
+    p.add_argument("--split", choices=["training", "validation", "test", "all"],
+                   help="corpus split (default: test for an FMA root, every file for a plain folder)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many files (0: all)")
+    p.add_argument("--clip-seconds", type=float, default=30.0, help="centred excerpt length in seconds (default 30)")
+    p.add_argument("--mono", action="store_true", help="downmix to mono (default: keep the channels)")
+    p.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations, model path and oracle (default 32)")
+    p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the degraded input's phase")
+    p.add_argument("--target-lufs", type=float, help="loudness target of the model paths (as in `automaster master`)")
+    p.add_argument("--true-peak", type=float, help="true-peak ceiling of the model paths in dBTP")
+    p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    p.add_argument("--experiment", help="MLflow experiment name (default automaster-evaluate)")
+    p.add_argument("--run-name", help="MLflow run name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local loopback Ray)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from automaster.mastering import MasteringError
+    from automaster.model.checkpoint import CheckpointError
+    from automaster.pipelines.evaluate import format_table, run_evaluate
+
+    if args.degraded and args.degrader:
+        raise UsageError("--degraded gives the damaged files; --degrader cannot be used with it")
+    model = args.model
+    if model is None:
+        shipped = Path(__file__).resolve().parents[1] / "models" / "reference"
+        if not shipped.exists():
+            raise UsageError(f"no --model given and no shipped model at {shipped}; pass --model <checkpoint dir or model.pt>")
+        model = str(shipped)
+    inversions = [i.strip() for i in args.inversions.split(",") if i.strip()] if args.inversions else None
+    try:
+        metrics = run_evaluate(
+            _location(model, must_exist=True),
+            _location(args.clean, must_exist=True),
+            _location(args.out),
+            seed=args.seed,
+            degrader=args.degrader or "ours",
+            degraded_dir=_location(args.degraded, must_exist=True) if args.degraded else None,
+            inversions=inversions,
+            split=args.split,
+            limit=args.limit,
+            clip_seconds=args.clip_seconds,
+            mono=args.mono,
+            iterations=args.iterations,
+            init_phase=args.init_phase,
+            target_lufs=args.target_lufs,
+            true_peak_dbtp=args.true_peak,
+            workers=args.workers,
+            gpu=args.gpu,
+            tracking_uri=args.tracking_uri,
+            experiment=args.experiment or "automaster-evaluate",
+            run_name=args.run_name,
+            ray_address=args.ray_address,
+        )
+    except (MasteringError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    print(format_table(metrics))
+    print(
+        f"\n  metrics: {metrics['out']}/metrics.json, metrics.csv, parameters.csv\n"
+        f"  MLflow:  run {metrics['mlflow_run_id']} at {metrics['tracking_uri']}"
+    )
+    if metrics["config"]["n_ok"] == 0:
+        log.error("no file could be evaluated")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def _tune_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tune", help="Ray Tune search over the loss weights and learning rate (trials as MLflow child runs)")
     p.add_argument("--data", required=True, help="a `demaster --out` folder or URI")
@@ -317,7 +409,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_demaster_parser, _train_parser, _demo_parser, _master_parser, _tune_parser, _compare_parser]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _demaster_parser, _train_parser, _demo_parser, _master_parser, _evaluate_parser, _tune_parser, _compare_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

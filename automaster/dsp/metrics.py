@@ -3,12 +3,18 @@
 * :func:`si_sdr`: scale-invariant signal-to-distortion ratio in dB (Le Roux et al. 2019).
 * :func:`mel_l1_db`: mean absolute difference of two mel spectrograms in dB.
 * :func:`peak_dbfs`: sample peak in dBFS.
+* :func:`loudness_error_lu`: integrated-loudness difference in LU (BS.1770-4).
+
+The multi-resolution STFT distance is :class:`automaster.model.losses.MultiResolutionSTFTLoss`
+(the training loss and the evaluation share one definition).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from automaster.dsp.loudness import integrated_loudness
 
 
 def si_sdr(estimate: torch.Tensor | np.ndarray, reference: torch.Tensor | np.ndarray, eps: float = 1e-12) -> float:
@@ -40,3 +46,23 @@ def mel_l1_db(a_db: torch.Tensor | np.ndarray, b_db: torch.Tensor | np.ndarray) 
 def peak_dbfs(x: torch.Tensor | np.ndarray) -> float:
     """Sample peak of ``x`` in dBFS (-inf dB for silence is floored at -200)."""
     return float(20.0 * np.log10(max(float(np.abs(np.asarray(x)).max()), 1e-10)))
+
+
+def loudness_error_lu(
+    estimate: torch.Tensor | np.ndarray,
+    reference: torch.Tensor | np.ndarray | None,
+    sample_rate: int,
+    reference_lufs: float | None = None,
+) -> float:
+    """``|LUFS(estimate) - LUFS(reference)|`` in LU (ITU-R BS.1770-4, ``(C, T)`` or ``(T,)``).
+
+    ``reference_lufs``: the reference's loudness if already measured (then ``reference`` may be
+    ``None``). ``nan`` when either is below the absolute gate (silence has no integrated loudness).
+    """
+    if reference_lufs is None and reference is None:
+        raise ValueError("loudness_error_lu needs the reference or its reference_lufs")
+    a = integrated_loudness(estimate, sample_rate)
+    b = integrated_loudness(reference, sample_rate) if reference_lufs is None else float(reference_lufs)
+    if not (np.isfinite(a) and np.isfinite(b)):
+        return float("nan")
+    return float(abs(a - b))
