@@ -184,7 +184,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from automaster.pipelines.master import run_master
 
     mastered = run_master(
-        train["model"], str(music), str(out / "mastered"), inversion="chain", target_lufs=-14.0, true_peak_dbtp=-1.0,
+        train["model"], str(music), str(out / "mastered"), inversion="mask", target_lufs=-14.0, true_peak_dbtp=-1.0,
         tracking_uri=args.tracking_uri, ray_address=args.ray_address,
     )  # fmt: skip
     print(
@@ -202,9 +202,10 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
     p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, summary.json)")
-    p.add_argument("--inversion", choices=["chain", "mask", "griffinlim"], default="chain",
-                   help="chain: predicted parameters drive the inverse effects (default); mask: the U-Net's mel gain on "
-                   "the input STFT; griffinlim: the restored mel through Griffin-Lim (thesis)")
+    p.add_argument("--inversion", choices=["chain", "mask", "griffinlim"],
+                   help="mask: the U-Net's mel gain on the input STFT (default for models with a U-Net: it measured "
+                   "best, see README 'Results'); chain: predicted parameters drive the inverse effects (default for "
+                   "params-mode models); griffinlim: the restored mel through Griffin-Lim (thesis)")
     p.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations (default 32)")
     p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the input's phase")
     p.add_argument("--target-lufs", type=float, help="normalise integrated loudness to this (e.g. -14)")
@@ -220,6 +221,22 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_master)
 
 
+def default_inversion(model: str) -> str:
+    """``mask`` when the model has a U-Net (the best-measured path, README "Results"), else
+    ``chain`` (a params-mode model); ``mask`` when the model's config cannot be read (the
+    loader reports that)."""
+    import json
+
+    from automaster.model.checkpoint import checkpoint_paths
+
+    try:
+        _, config_path = checkpoint_paths(model)
+        mode = json.loads(Path(config_path).read_text())["model"]["mode"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "mask"
+    return "chain" if mode == "params" else "mask"
+
+
 def _cmd_master(args: argparse.Namespace) -> int:
     from automaster.mastering import MasteringError
     from automaster.model.checkpoint import CheckpointError
@@ -231,12 +248,13 @@ def _cmd_master(args: argparse.Namespace) -> int:
         if not shipped.exists():
             raise UsageError(f"no --model given and no shipped model at {shipped}; pass --model <checkpoint dir or model.pt>")
         model = str(shipped)
+    inversion = args.inversion or default_inversion(model)
     try:
         summary = run_master(
             _location(model, must_exist=True),
             _location(args.input, must_exist=True),
             _location(args.out),
-            inversion=args.inversion,
+            inversion=inversion,
             iterations=args.iterations,
             init_phase=args.init_phase,
             target_lufs=args.target_lufs,

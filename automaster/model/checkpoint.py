@@ -203,3 +203,22 @@ def load_training_state(
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{model_path}: {name} state does not fit: {exc}") from None
     return {"epoch": payload.get("epoch"), "extra": payload.get("extra", {})}
+
+
+def strip_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Copy a checkpoint without its optimiser and scheduler state (what ships or deploys).
+
+    Keeps the weights, the config, the epoch and ``extra`` (metrics, history). Returns the
+    path of the new ``model.pt``.
+    """
+    model, config, meta = load_model(src)
+    return save_checkpoint(dst, model, config, extra=meta["extra"], epoch=meta["epoch"])
+
+
+if __name__ == "__main__":  # python -m automaster.model.checkpoint strip SRC DST
+    import sys
+
+    if len(sys.argv) != 4 or sys.argv[1] != "strip":
+        sys.exit("usage: python -m automaster.model.checkpoint strip SRC_CHECKPOINT DST_DIR")
+    out = strip_checkpoint(sys.argv[2], sys.argv[3])
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")

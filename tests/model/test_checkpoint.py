@@ -6,7 +6,7 @@ import torch
 
 from automaster.config import Config, ModelConfig
 from automaster.model.cascade import Cascade
-from automaster.model.checkpoint import CheckpointError, load_model, load_training_state, save_checkpoint
+from automaster.model.checkpoint import CheckpointError, load_model, load_training_state, save_checkpoint, strip_checkpoint
 
 TINY = dict(unet_depth=2, unet_width=4, lstm_hidden=8, lstm_layers=1)
 
@@ -139,3 +139,16 @@ def test_wrapped_model_is_unwrapped(tmp_path, config, trained):
     loaded, _, _ = load_model(tmp_path)
     key = next(iter(loaded.state_dict()))
     assert torch.equal(loaded.state_dict()[key], trained[0].state_dict()[key])
+
+
+def test_strip_keeps_weights_and_metrics_and_drops_training_state(tmp_path, config, trained):
+    model, opt, sched = trained
+    full = save_checkpoint(tmp_path / "full", model, config, extra={"m": 1.5}, optimizer=opt, scheduler=sched, epoch=3)
+    slim = strip_checkpoint(tmp_path / "full", tmp_path / "slim")
+    assert slim.stat().st_size < full.stat().st_size
+    loaded, cfg, meta = load_model(tmp_path / "slim")
+    assert cfg == config and meta["epoch"] == 3 and meta["extra"] == {"m": 1.5} and not meta["has_training_state"]
+    mel = torch.rand(1, 1, 128, 16)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(mel)["params"], model(mel)["params"])
