@@ -449,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ConfigError) as exc:
         print(f"automaster {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (a search says how to resume), no traceback
+        detail = str(exc) or "interrupted; finished outputs are kept and a re-run of the same command resumes"
+        print(f"automaster {args.command}: {detail}", file=sys.stderr)
+        return 130
     except Exception as exc:
         from automaster.corpus import CorpusError
 
