@@ -67,14 +67,16 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 def search_space(config: Config) -> dict[str, Any]:
-    """``{"loss.params": tune.loguniform(0.1, 10), ...}``; equal bounds give a fixed value."""
+    """``{"loss.params": tune.loguniform(0.1, 10), ...}``; equal bounds give a fixed value (a
+    loss weight may be fixed at 0 that way: ``tune.perceptual_min = tune.perceptual_max = 0``)."""
     from ray import tune
 
     space: dict[str, Any] = {}
     for key, name in SEARCHED.items():
         low, high = getattr(config.tune, f"{name}_min"), getattr(config.tune, f"{name}_max")
-        if not (0 < low <= high):
-            raise ValueError(f"tune.{name}_min/_max must satisfy 0 < min <= max, got {low}, {high}")
+        fixed_zero = low == high == 0 and key.startswith("loss.")
+        if not (fixed_zero or 0 < low <= high):
+            raise ValueError(f"tune.{name}_min/_max must satisfy 0 < min <= max (or both 0 for a loss weight), got {low}, {high}")
         space[key] = float(low) if low == high else tune.loguniform(low, high)
     return space
 

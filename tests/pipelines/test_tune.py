@@ -448,3 +448,15 @@ def test_tune_through_ray_job_submit(paired, tmp_path, ray_tune):
         assert len(_children(client, summary)) == 3
     finally:
         cluster.teardown()
+
+
+def test_a_loss_weight_can_be_fixed_at_zero_but_not_the_learning_rate():
+    from automaster.config import load_config
+    from automaster.pipelines.tune import search_space
+
+    space = search_space(load_config(overrides=["tune.perceptual_min=0", "tune.perceptual_max=0"]))
+    assert space["loss.perceptual"] == 0.0
+    with pytest.raises(ValueError, match="lr_min"):
+        search_space(load_config(overrides=["tune.lr_min=0", "tune.lr_max=0"]))
+    with pytest.raises(ValueError, match="perceptual_min"):
+        search_space(load_config(overrides=["tune.perceptual_min=0", "tune.perceptual_max=1"]))
