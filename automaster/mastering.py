@@ -16,16 +16,22 @@ Inversions (how the model's output becomes audio):
   dB, per mel band and frame, from the mono downmix) is interpolated over frequency to the STFT
   bins at the native rate (n_fft scaled with the rate, so bins and frames span the same Hz and
   seconds) and applied as a real gain to every channel's STFT, keeping the input's phase.
-* ``griffinlim`` (the thesis path, needs the U-Net): per channel, restored mel -> power ->
-  Griffin-Lim at 44.1 kHz (optionally started from the input's phase) -> soxr back to the native
-  rate.
+* ``griffinlim`` (the thesis path, needs the U-Net): per channel, the channel's mel plus the
+  U-Net's mel gain (from the mono downmix, so both channels get the same gains) -> power ->
+  Griffin-Lim at 44.1 kHz, all channels in one batch (optionally started from the input's
+  phase) -> soxr back to the native rate.
+
+Every inversion runs the model once per chunk, on the mono downmix, and only the network it
+needs (the chain asks for parameters only, mask and Griffin-Lim for the restored mel only). On
+the CPU the networks' 4-D weights and inputs are channels-last (about a third faster for the
+U-Net's convolutions; same outputs to float rounding).
 
 Long tracks run in bounded memory, in two passes over chunks of ``chunk_s`` seconds with
 ``context_s`` seconds of context on each side (the frame grid is the 44.1 kHz hop-512 grid):
 
 1. *analysis*: per chunk, resample to 44.1 kHz, mel, model -> frame-rate controls (parameter
-   trajectories, mel gains, restored mels), stitched over the whole track with complementary
-   raised-cosine ramps across each ``2 * context_s`` overlap (a few MB for a 10-minute track);
+   trajectories, mel gains), stitched over the whole track with complementary raised-cosine
+   ramps across each ``2 * context_s`` overlap (a few MB for a 10-minute track);
 2. *synthesis*: per chunk of the native-rate waveform (again with context), render the audio from
    the stitched controls and crossfade the overlaps: raised-cosine (amplitude-complementary)
    ramps for the coherent chain/mask/phase-initialised outputs, equal-power (sin/cos) ramps for
@@ -63,6 +69,7 @@ from typing import Any, Callable
 import numpy as np
 import soxr
 import torch
+from torch import nn
 
 from automaster import storage
 from automaster.audio import AudioError, audio_info, read_audio, write_audio
@@ -118,8 +125,18 @@ def _finite_or_none(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _abs_max(audio: np.ndarray) -> float:
+    """``max |audio|`` without a temporary the size of the audio (a 10-minute track: 200 MB)."""
+    return max(float(audio.max()), -float(audio.min())) if audio.size else 0.0
+
+
+def _all_finite(audio: np.ndarray) -> bool:
+    """No NaN/Inf (max and min propagate them), without a full-size boolean temporary."""
+    return not audio.size or (math.isfinite(float(audio.max())) and math.isfinite(float(audio.min())))
+
+
 def _peak_dbfs(audio: np.ndarray) -> float | None:
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    peak = _abs_max(audio)
     return 20.0 * math.log10(peak) if peak > 0 else None
 
 
@@ -253,6 +270,17 @@ def _mel_to_bins(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     return torch.from_numpy(matrix.astype(np.float32))
 
 
+def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """On the CPU, store the model's 4-D weights channels-last (feed it channels-last inputs too):
+    oneDNN's convolutions run about a third faster on one thread, same outputs to float rounding.
+    In place; eval mode only."""
+    if model.training:
+        raise ValueError("prepare_for_inference needs a model in eval mode")
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
 def _loudness():
     """The loudness module, or None while it is not available."""
     try:
@@ -312,6 +340,8 @@ class Masterer:
             raise MasteringError(f"need chunk_s >= 4 * context_s > 0, got chunk_s={chunk_s}, context_s={context_s}")
         self.device = torch.device(device)
         self.model, self.config, self.meta = load_model(model_path, map_location=self.device)
+        self.model.eval()
+        prepare_for_inference(self.model, self.device)
         self.model_path = str(model_path)
         self.mode = self.model.mode
         self.inversion = inversion
@@ -354,12 +384,18 @@ class Masterer:
     # -------------------------------------------------------------------------- analysis pass
 
     def _mel_db(self, y44: torch.Tensor) -> torch.Tensor:
-        """``(..., T)`` at 44.1 kHz -> mel dB ``(..., M, 1 + T // hop)``."""
-        from automaster.dsp.mel import melspectrogram
+        """``(C, T)`` at 44.1 kHz -> mel dB ``(C, M, 1 + T // hop)``."""
+        from automaster.dsp.mel import mel_filterbank, melspectrogram
         from automaster.dsp.scale import power_to_db
+        from automaster.dsp.stft import power_rows, stft_rows
 
         a = self.audio_cfg
-        return power_to_db(melspectrogram(y44, MODEL_RATE, a.n_fft, a.hop_length, a.n_mels))
+        if y44.device.type != "cpu":
+            return power_to_db(melspectrogram(y44, MODEL_RATE, a.n_fft, a.hop_length, a.n_mels))
+        # The same mel from the frame-major CPU STFT: (C, F, K) power @ filterbank^T.
+        power = torch.from_numpy(power_rows(stft_rows(y44.numpy(), a.n_fft, a.hop_length)))  # (C, F, K)
+        fb = mel_filterbank(MODEL_RATE, a.n_fft, a.n_mels).to(power.dtype)  # (M, K)
+        return power_to_db(torch.matmul(power, fb.T).transpose(1, 2))
 
     def _run_model(self, mel_db: torch.Tensor) -> dict[str, torch.Tensor]:
         """``(B, M, F)`` dB -> ``"params"`` ``(B, P, F)`` normalised and/or ``"gain_db"`` ``(B, M, F)``
@@ -369,7 +405,9 @@ class Masterer:
 
         x = mel_db[:, None]  # (B, 1, M, F)
         u = normalize_mel(x, self.audio_cfg)
-        out = self.model(u)
+        if self.device.type == "cpu":
+            u = u.contiguous(memory_format=torch.channels_last)  # the layout the weights are in
+        out = self.model(u, outputs=("params",) if self.inversion == "chain" else ("mel",))
         result = {}
         if "params" in out:
             result["params"] = out["params"]
@@ -385,22 +423,22 @@ class Masterer:
         """Frame-rate controls of the whole track, stitched over chunks (see module docstring).
 
         Returns ``"mel_db"`` ``(M, F)`` of the mono downmix and, with ``model``: ``"params"``
-        ``(P, F)``, ``"gain_db"`` ``(M, F)`` (mono; chain/mask) or ``(C, M, F)`` (griffinlim).
+        ``(P, F)`` (chain) or ``"gain_db"`` ``(M, F)`` (mask, griffinlim), all from the mono downmix:
+        every channel gets the same controls.
         """
         n_frames = chunks[-1].f1
         sums: dict[str, np.ndarray] = {}
         weight = np.zeros(n_frames, np.float32)
-        per_channel = self.inversion == "griffinlim"
         for c in chunks:
             nf = c.f1 - c.f0
-            seg = audio[:, c.s0 : c.s1]
-            y44 = torch.from_numpy(resample(seg, sr, MODEL_RATE)).to(self.device)  # (C, n44)
-            mono = y44.mean(dim=0, keepdim=True)
-            outputs = {"mel_db": _fit_frames(self._mel_db(mono), nf)[0]}
+            # Downmix first (linear, so the same as after resampling): one channel to resample.
+            mono = np.ascontiguousarray(audio[:, c.s0 : c.s1].mean(axis=0, keepdims=True, dtype=np.float32))
+            y44 = torch.from_numpy(resample(mono, sr, MODEL_RATE)).to(self.device)  # (1, n44)
+            mel_db = _fit_frames(self._mel_db(y44), nf)  # (1, M, nf)
+            outputs = {"mel_db": mel_db[0]}
             if model:
-                mel_in = _fit_frames(self._mel_db(y44 if per_channel else mono), nf)  # (B, M, nf)
-                for key, value in self._run_model(mel_in).items():
-                    outputs[key] = value if (per_channel and key == "gain_db") else value[0]
+                for key, value in self._run_model(mel_db).items():
+                    outputs[key] = value[0]
             w = _window(c.f0, nf, c.frame_in, c.frame_out, equal_power=False)
             for key, value in outputs.items():
                 value = value.float().cpu().numpy()
@@ -428,17 +466,21 @@ class Masterer:
         return invert_chain(x, sr, params)[0].cpu().numpy()
 
     def _render_mask(self, seg: np.ndarray, sr: int, c: Chunk, controls: dict[str, Any]) -> np.ndarray:
-        from automaster.dsp.stft import istft, stft
+        from automaster.dsp.stft import istft, istft_rows, n_frames, stft, stft_rows
 
         n = seg.shape[-1]
         n_fft = max(16, 2 * int(round(self.audio_cfg.n_fft / 2 * sr / MODEL_RATE)))
         hop = max(1, n_fft // 4)
-        x = torch.from_numpy(seg).to(self.device)
-        spec = stft(x, n_fft, hop)  # (C, bins, nfr)
-        times = (c.s0 + np.arange(spec.shape[-1]) * hop) / sr * MODEL_RATE / self.audio_cfg.hop_length
+        times = (c.s0 + np.arange(n_frames(n, hop)) * hop) / sr * MODEL_RATE / self.audio_cfg.hop_length
         gain_mel = _interp_frames(controls["gain_db"], times)  # (M, nfr)
-        gain_db = _mel_to_bins(sr, n_fft, gain_mel.shape[0]).to(gain_mel.device) @ gain_mel  # (bins, nfr)
-        spec = spec * torch.pow(10.0, gain_db / 20.0)
+        to_bins = _mel_to_bins(sr, n_fft, gain_mel.shape[0]).to(gain_mel.device)  # (bins, M)
+        if self.device.type == "cpu":  # frame-major: (C, nfr, bins) spectra, one gain row per frame
+            spec = stft_rows(seg, n_fft, hop)
+            amplitude = torch.pow(10.0, (gain_mel.T @ to_bins.T) / 20.0)  # (nfr, bins)
+            spec *= amplitude.numpy()
+            return istft_rows(spec, n, n_fft, hop)
+        spec = stft(torch.from_numpy(seg).to(self.device), n_fft, hop)  # (C, bins, nfr)
+        spec = spec * torch.pow(10.0, (to_bins @ gain_mel) / 20.0)
         return istft(spec, n, n_fft, hop).cpu().numpy()
 
     def _render_griffinlim(self, seg: np.ndarray, sr: int, c: Chunk, controls: dict[str, Any]) -> np.ndarray:
@@ -469,6 +511,8 @@ class Masterer:
             "chain": self._render_chain, "mask": self._render_mask, "griffinlim": self._render_griffinlim
         }[self.inversion]
         equal_power = self.inversion == "griffinlim" and not self.init_phase
+        if len(chunks) == 1:  # the whole track at once: no crossfade, no copy
+            return np.ascontiguousarray(render(np.ascontiguousarray(audio), sr, chunks[0], controls), dtype=np.float32)
         out = np.zeros_like(audio)
         for c in chunks:
             seg = np.ascontiguousarray(audio[:, c.s0 : c.s1])
@@ -494,7 +538,7 @@ class Masterer:
             raise ValueError(f"expected (C, T) audio, got shape {audio.shape}")
         if int(sample_rate) != sample_rate or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
-        if not np.isfinite(audio).all():
+        if not _all_finite(audio):
             raise ValueError("audio contains NaN/Inf")
         sr = int(sample_rate)
         stages = stages if stages is not None else dict.fromkeys(STAGES, 0.0)
@@ -511,7 +555,7 @@ class Masterer:
 
         t = time.perf_counter()
         mastered = self._synthesise(audio, sr, chunks, controls)
-        if not np.isfinite(mastered).all():
+        if not _all_finite(mastered):
             raise FileError(f"the {self.inversion} inversion produced NaN/Inf samples")
         stages["render"] += time.perf_counter() - t
 
@@ -544,25 +588,29 @@ class Masterer:
         if loud is not None:
             info["lufs_before"] = _finite_or_none(loud.integrated_loudness(original, sr))
             info["true_peak_before_dbtp"] = _finite_or_none(loud.true_peak_dbtp(original, sr))
+        after: tuple[float, float] | None = None  # (LUFS, dBTP) of `mastered` as it stands, once known
+        mastered = np.ascontiguousarray(mastered, dtype=np.float32)
         if self.target_lufs is not None or self.true_peak_dbtp is not None:
-            target = self.target_lufs
-            if target is not None and _finite_or_none(loud.integrated_loudness(mastered, sr)) is None:
-                target = None  # silence (below the gate): a loudness gain would be infinite
+            # master_loudness passes silence (below the gate) through without a loudness gain.
+            mastered, stats = loud.master_loudness(mastered, sr, self.target_lufs, self.true_peak_dbtp)
+            mastered = np.ascontiguousarray(mastered, dtype=np.float32)
+            if self.target_lufs is not None and _finite_or_none(stats["lufs_before"]) is None:
                 info["loudness_note"] = "silent: loudness target not applied"
-            if target is not None or self.true_peak_dbtp is not None:
-                mastered, stats = loud.master_loudness(mastered, sr, target, self.true_peak_dbtp)
-                mastered = np.asarray(mastered, dtype=np.float32)
-                info["loudness_gain_db"] = _finite_or_none(stats.get("gain_db")) or 0.0
-        peak = float(np.max(np.abs(mastered))) if mastered.size else 0.0
+            info["loudness_gain_db"] = _finite_or_none(stats.get("gain_db")) or 0.0
+            after = (stats["lufs_after"], stats["true_peak_after_dbtp"])
+        peak = _abs_max(mastered)
         if peak > 1.0:
             gain = 10.0 ** (HEADROOM_PEAK_DBFS / 20.0) / peak
             mastered = mastered * np.float32(gain)
             info["headroom_gain_db"] = 20.0 * math.log10(gain)
+            after = None  # re-measured: the gate may see the quieter blocks differently
         info["peak_after_dbfs"] = _peak_dbfs(mastered)
         if loud is not None:
-            info["lufs_after"] = _finite_or_none(loud.integrated_loudness(mastered, sr))
-            info["true_peak_after_dbtp"] = _finite_or_none(loud.true_peak_dbtp(mastered, sr))
-        return np.ascontiguousarray(mastered, dtype=np.float32), info
+            if after is None:
+                after = (loud.integrated_loudness(mastered, sr), loud.true_peak_dbtp(mastered, sr))
+            info["lufs_after"] = _finite_or_none(after[0])
+            info["true_peak_after_dbtp"] = _finite_or_none(after[1])
+        return mastered, info
 
     def master_file(self, path: str, out_root: str, rel_path: str, out_rel: str | None = None) -> dict[str, Any]:
         """Master one file and write its outputs; never raises for a bad file.

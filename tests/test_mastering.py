@@ -13,7 +13,7 @@ import torch
 from automaster.config import load_config
 from automaster.effects.params import PARAMS
 from automaster.mastering import (
-    INVERSIONS, Masterer, MasteringError, _window, output_rel_path, plan_chunks, plan_outputs,
+    INVERSIONS, Masterer, MasteringError, _window, output_rel_path, plan_chunks, plan_outputs, prepare_for_inference,
 )
 from automaster.model.cascade import Cascade
 from automaster.model.checkpoint import save_checkpoint
@@ -64,6 +64,35 @@ def test_every_inversion_keeps_rate_channels_length_and_stereo(ckpt, music, inve
     assert np.abs(mastered[0] - mastered[1]).max() > 1e-3  # stereo stays stereo
     assert np.abs(mastered).max() > 1e-3  # not silence
     assert info["chunks"] == 1 and info["peak_before_dbfs"] < 0
+
+
+def test_inference_preparation_keeps_the_outputs():
+    config = load_config(overrides=TINY)
+    torch.manual_seed(0)
+    model = Cascade.from_config(config).eval()
+    x = torch.rand(1, 1, 128, 70)
+    with torch.inference_mode():
+        before = model(x)
+        prepare_for_inference(model, torch.device("cpu"))
+        after = model(x.contiguous(memory_format=torch.channels_last))
+    for key in before:
+        torch.testing.assert_close(after[key], before[key], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="eval"):
+        prepare_for_inference(model.train(), torch.device("cpu"))
+
+
+@pytest.mark.parametrize("inversion", ["mask", "griffinlim"])
+def test_spectral_inversions_treat_stereo_linked(ckpt, music, inversion):
+    # One set of mel gains (from the mono downmix) for every channel: a channel that is the other
+    # at -6 dB comes out as the other at -6 dB (the U-Net never sees the channels apart).
+    audio, sr = music
+    pair = np.stack([audio[0], 0.5 * audio[0]])
+    out, _ = Masterer(ckpt, inversion, iterations=4, init_phase=True).master_audio(pair, sr)
+    if inversion == "mask":  # a real gain per bin on a linear transform: exact
+        np.testing.assert_allclose(out[1], 0.5 * out[0], atol=1e-5 * np.abs(out).max())
+    else:  # the mel's -60 dB floor clips the quieter channel's faintest bins a little differently
+        residual = ((out[1] - 0.5 * out[0]) ** 2).sum() / ((0.5 * out[0]) ** 2).sum()
+        assert 10 * np.log10(1 / residual) > 40
 
 
 def test_mask_of_a_near_identity_unet_changes_little(ckpt, music):

@@ -11,16 +11,29 @@ keeps the target magnitude::
 
     c_n   = STFT(iSTFT(M · e^{jφ}))
     φ     = angle(c_n − momentum / (1 + momentum) · c_{n−1})
+
+Speed: on the CPU (no autograd) the iterations run frame-major on numpy arrays
+(:func:`automaster.dsp.stft.rfft_frames` / :func:`automaster.dsp.stft.irfft_overlap_add`): per
+iteration one inverse FFT and overlap-add into a reused signal buffer (the window envelope is
+precomputed), then per block of frames one FFT whose result is consumed at once by a numba
+kernel that does the momentum update and the magnitude projection in place. No full-size
+temporary is allocated inside the loop. Other devices run the same algorithm in torch.
 """
 
 from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
+import scipy.fft
 import torch
 
-from automaster.dsp.mel import SAMPLE_RATE, mel_to_linear
-from automaster.dsp.stft import HOP_LENGTH, N_FFT, istft, n_frames, stft
+from automaster.dsp.mel import SAMPLE_RATE, _pinv, mel_to_linear
+from automaster.dsp.stft import (
+    HOP_LENGTH, N_FFT, _hann_np, _inverse_envelope, _overlap_add, istft, istft_rows, n_frames, padded_length,
+    rfft_frames, stft, ROW_BLOCK,
+)
 
 
 def _check_magnitude(magnitude: torch.Tensor, n_fft: int) -> None:
@@ -116,6 +129,8 @@ def griffin_lim(
     length = _output_length(magnitude.shape[-1], length, hop_length)
 
     alpha = momentum / (1.0 + momentum)
+    if magnitude.device.type == "cpu" and not magnitude.requires_grad:
+        return _griffin_lim_rows(magnitude, n_iter, alpha, init_phase, length, n_fft, hop_length, generator)
     spec = magnitude * _initial_phasor(magnitude, init_phase, generator)  # (..., K, F) complex
     previous: torch.Tensor | None = None
     for _ in range(n_iter):
@@ -124,6 +139,88 @@ def griffin_lim(
         spec = magnitude * torch.sgn(update)  # z / |z| (0 where z == 0), like librosa's z / (|z| + tiny)
         previous = rebuilt
     return istft(spec, length, n_fft, hop_length)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _project(spec, previous, magnitude, rebuilt, alpha, first):  # pragma: no cover - compiled
+    """In place, one block of frames (complex as float pairs, ``(b, 2 K)``; ``magnitude`` ``(b, K)``):
+    ``spec = M · sgn(rebuilt − alpha · previous)`` (0 where that is 0), then ``previous = rebuilt``.
+
+    ``alpha`` comes in the arrays' dtype (a float64 scalar would promote the float32 arithmetic).
+    """
+    n_rows, n_bins = magnitude.shape
+    zero = alpha - alpha  # a typed zero: literals (0, 1e-30) would promote float32 math to float64
+    a = zero if first else alpha
+    for f in range(n_rows):
+        s = spec[f]  # row slices: LLVM vectorises these loops, not 2-D indexing
+        prev = previous[f]
+        mag = magnitude[f]
+        new = rebuilt[f]
+        for k in range(n_bins):
+            re = new[2 * k]
+            im = new[2 * k + 1]
+            ure = re - a * prev[2 * k]
+            uim = im - a * prev[2 * k + 1]
+            mod2 = ure * ure + uim * uim
+            scale = mag[k] / np.sqrt(mod2) if mod2 > zero else zero
+            s[2 * k] = ure * scale
+            s[2 * k + 1] = uim * scale
+            prev[2 * k] = re
+            prev[2 * k + 1] = im
+
+
+def _griffin_lim_rows(
+    magnitude: torch.Tensor,
+    n_iter: int,
+    alpha: float,
+    init_phase: torch.Tensor | None,
+    length: int,
+    n_fft: int,
+    hop_length: int,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """:func:`griffin_lim` on the CPU, frame-major (see the module docstring); same arguments,
+    ``alpha = momentum / (1 + momentum)``. A ``magnitude`` that is the transposed view of a
+    frame-major array (as :func:`mel_to_audio` makes) is used without a copy."""
+    lead, (n_bins, n_frames_) = magnitude.shape[:-2], magnitude.shape[-2:]
+    n_items = math.prod(lead)
+    real = np.float32 if magnitude.dtype != torch.float64 else np.float64
+    rows = magnitude.detach().reshape(n_items, n_bins, n_frames_).transpose(1, 2)
+    mag = np.ascontiguousarray(rows.numpy(), dtype=real)  # (N, F, K)
+    phasor = _initial_phasor(magnitude, init_phase, generator)  # broadcastable to (..., K, F)
+    if phasor.dim() == 2:  # one (K, F) phase shared by every item (the random start)
+        phasor_rows = phasor.transpose(0, 1).numpy()[None]  # (1, F, K) view
+    else:
+        phasor = phasor.expand(*lead, n_bins, n_frames_).reshape(n_items, n_bins, n_frames_)
+        phasor_rows = phasor.transpose(1, 2).numpy()
+    spec = np.multiply(mag, phasor_rows, dtype=np.complex64 if real == np.float32 else np.complex128)  # (N, F, K)
+    spec_f = spec.view(real)  # (N, F, 2K): complex as float pairs for the kernel
+    previous = np.zeros_like(spec_f)  # read (times 0) in the first iteration
+    window = _hann_np(n_fft, np.dtype(real))
+    # iSTFT's division by the window envelope, and its crop to `length` (then stft's zero padding)
+    # as zeros: one scale applied while framing.
+    scale = _inverse_envelope(n_frames_, n_fft, hop_length, np.dtype(real)).copy()
+    pad = n_fft // 2
+    scale[:pad] = 0.0
+    scale[pad + length :] = 0.0
+    signal = np.empty((n_items, padded_length(n_frames_, n_fft, hop_length)), real)  # centre-padded
+    for it in range(n_iter):
+        # iSTFT(spec) without its normalisation: inverse FFT, window, overlap-add per block.
+        signal[:] = 0.0
+        for row in range(n_items):
+            for f0 in range(0, n_frames_, ROW_BLOCK):
+                frames = scipy.fft.irfft(spec[row, f0 : f0 + ROW_BLOCK], n=n_fft, axis=-1)
+                _overlap_add(frames, window, signal[row], f0 * hop_length, hop_length)
+        first = it == 0
+
+        def project(row: int, f0: int, rebuilt: np.ndarray) -> None:
+            b = rebuilt.shape[0]
+            _project(spec_f[row, f0 : f0 + b], previous[row, f0 : f0 + b], mag[row, f0 : f0 + b],
+                     rebuilt.view(real), real(alpha), first)
+
+        rfft_frames(signal, n_frames_, n_fft, hop_length, consume=project, scale=scale)
+    out = istft_rows(spec, length, n_fft, hop_length)
+    return torch.from_numpy(out).reshape(*lead, length)
 
 
 def spectral_convergence(
@@ -167,7 +264,13 @@ def mel_to_audio(
     """
     if mel_power.dim() < 2:
         raise ValueError(f"expected mel power of shape (..., n_mels, F), got shape {tuple(mel_power.shape)}")
-    magnitude = mel_to_linear(mel_power, sample_rate, n_fft).sqrt()
+    if mel_power.device.type == "cpu" and not mel_power.requires_grad:
+        # mel_to_linear computed frame-major, (..., F, n_mels) @ pinv^T, and handed over as its
+        # transposed view: the CPU Griffin-Lim works frame-major and then needs no copy.
+        pinv = _pinv(sample_rate, n_fft, mel_power.shape[-2]).to(mel_power.dtype)  # (K, n_mels)
+        magnitude = torch.matmul(mel_power.transpose(-1, -2), pinv.T).clamp_min_(0.0).sqrt_().transpose(-1, -2)
+    else:
+        magnitude = mel_to_linear(mel_power, sample_rate, n_fft).sqrt()
     return griffin_lim(
         magnitude,
         n_iter=n_iter,

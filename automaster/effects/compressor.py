@@ -101,6 +101,9 @@ def _static_gain_db(level, threshold, slope, knee):  # pragma: no cover - compil
     return slope * u * u / (2.0 * knee)
 
 
+_DB_PER_NEPER = 10.0 / math.log(10.0)  # power dB per unit of natural log
+
+
 @numba.njit(cache=True)
 def _expander_feedback(py, a_rms, a_att, a_rel, threshold, slope, knee):  # pragma: no cover
     """Power gain ``k2`` with ``py * k2`` the compressor's input power (closed-loop inverse).
@@ -108,8 +111,9 @@ def _expander_feedback(py, a_rms, a_att, a_rel, threshold, slope, knee):  # prag
     Runs the compressor's own detector on the reconstructed input. The gain at sample ``i``
     depends on the detector state that already includes sample ``i``; one fixed-point step from
     the previous gain settles it (a single sample barely moves an RMS detector). The static curve
-    (a log and a power) is re-evaluated only when the detector moved by more than ``_REUSE``
-    (relative, ~4e-4 dB), which skips most of them on steady material.
+    (a natural log and an exponential: cheaper than log10 and a power, and on the recursion's
+    critical path) is re-evaluated only when the detector moved by more than ``_REUSE``
+    (relative, ~4e-4 dB), and not at all below the knee (unity gain).
     """
     rows, n = py.shape
     k2 = np.empty_like(py)
@@ -118,13 +122,18 @@ def _expander_feedback(py, a_rms, a_att, a_rel, threshold, slope, knee):  # prag
         s2 = 0.0
         g2 = 1.0
         last = -1.0  # detector value the current g2 was computed at
+        # Below this detector power the static curve is flat (gain 1): no log needed.
+        knee_start = 10.0 ** ((threshold[r] - 0.5 * max(knee[r], 0.0)) / 10.0) - POWER_FLOOR
         for i in range(n):
             t1 = a_rms[r] * s1 + (1.0 - a_rms[r]) * py[r, i] * g2
             a = a_att[r] if t1 > s2 else a_rel[r]
             t2 = a * s2 + (1.0 - a) * t1
             if abs(t2 - last) > _REUSE * last:
-                level = 10.0 * np.log10(t2 + POWER_FLOOR)
-                g2 = 10.0 ** (-_static_gain_db(level, threshold[r], slope[r], knee[r]) / 10.0)
+                if t2 < knee_start:
+                    g2 = 1.0
+                else:
+                    level = _DB_PER_NEPER * math.log(t2 + POWER_FLOOR)
+                    g2 = math.exp(-_static_gain_db(level, threshold[r], slope[r], knee[r]) / _DB_PER_NEPER)
                 last = t2
             # The state advances with the input power implied by the settled gain.
             s1 = a_rms[r] * s1 + (1.0 - a_rms[r]) * py[r, i] * g2

@@ -10,15 +10,21 @@ Shapes: audio ``(B, C, T)``; ``delay_s`` (seconds) and ``gain`` (linear) per cli
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numba
+import numpy as np
 import torch
+from scipy.special import i0
 
 from automaster.effects._checks import (
     ParamLike, check_audio, check_sample_rate, clip_param, fast_fft_size, irfft, rfft,
 )
 
 WRAP_TOLERANCE = 1e-5  # -100 dB: what the inverse's wrapped-around tail may leave
+FRACTIONAL_HALF_TAPS = 24  # time-domain inverse: windowed-sinc fractional delay, 48 taps
+FRACTIONAL_KAISER_BETA = 9.0
 MAX_INVERSE_GAIN = 0.99  # the IIR inverse needs |gain| < 1
 # Extra zeros after the delayed copy: a fractional delay rings like a sinc (~1 / (pi n)), and
 # what rings past the buffer's end wraps onto its start; 4096 samples keep that near -80 dB.
@@ -76,3 +82,60 @@ def echo_inverse(y: torch.Tensor, sample_rate: float, delay_s: ParamLike, gain: 
     n_fft = fast_fft_size(y.shape[-1] + inverse_padding(sample_rate, delay, gain_))
     spec = rfft(y, n=n_fft) / echo_transfer(sample_rate, delay, gain_, n_fft)
     return irfft(spec, n=n_fft)[..., : y.shape[-1]]
+
+
+@functools.lru_cache(maxsize=64)
+def _fractional_taps(frac: float) -> np.ndarray:
+    """Taps ``(2 H,)`` giving ``x(m + 1 - frac)`` from ``x[m - H + 1 .. m + H]`` (Kaiser-windowed sinc,
+    unit gain at DC; a unit impulse when ``frac == 0``)."""
+    half = FRACTIONAL_HALF_TAPS
+    d = (1.0 - frac) - np.arange(-half + 1, half + 1)
+    u = np.clip(1.0 - (d / half) ** 2, 0.0, None)
+    h = np.sinc(d) * i0(FRACTIONAL_KAISER_BETA * np.sqrt(u)) / i0(FRACTIONAL_KAISER_BETA)
+    return h / h.sum()
+
+
+@numba.njit(cache=True, fastmath=True)
+def _echo_inverse_iir(y, scale, gain, delay, taps, out):  # pragma: no cover - compiled
+    """``out[c, n] = scale y[c, n] - gain x(n - delay - frac)`` with ``x = out`` (zeros before the
+    start), the fractional delay by ``taps`` (tap ``k`` reads ``x[n - delay - H + k]``). Needs
+    ``delay > H``: each output then reads only finished samples, a contiguous window of them
+    (a dot product that vectorises)."""
+    n_ch, n = y.shape
+    n_taps = taps.size
+    reach = delay + n_taps // 2  # tap 0 reads x[n - reach]
+    for c in range(n_ch):
+        x = out[c]
+        src = y[c]
+        for i in range(min(n, reach)):  # the start: taps before the signal read zeros
+            acc = taps[0] - taps[0]
+            for k in range(n_taps):
+                j = i - reach + k
+                if j >= 0:
+                    acc += taps[k] * x[j]
+            x[i] = scale * src[i] - gain * acc
+        for i in range(reach, n):
+            window = x[i - reach : i - reach + n_taps]
+            acc = taps[0] - taps[0]
+            for k in range(n_taps):
+                acc += taps[k] * window[k]
+            x[i] = scale * src[i] - gain * acc
+    return out
+
+
+def echo_inverse_time(y: np.ndarray, sample_rate: float, delay_s: float, gain: float, scale: float = 1.0) -> np.ndarray:
+    """Time-domain twin of :func:`echo_inverse` for one clip ``(C, T)`` numpy (no autograd), also
+    multiplying by ``scale`` (an output gain's inverse): the IIR ``x = scale y - gain x(t - delay)``
+    with a 48-tap windowed-sinc fractional delay. It has no wrap-around and costs a fraction of the
+    two long FFTs. Up to 20 kHz (at 44.1 kHz; 0.9 of Nyquist) it agrees with the exact
+    band-limited division to ~-75 dB; above, the delay's response rolls off and the echo there is
+    only partly removed. Needs ``delay_s * sample_rate >= 2 * FRACTIONAL_HALF_TAPS``."""
+    delay = delay_s * sample_rate
+    whole = int(math.floor(delay))
+    if whole < 2 * FRACTIONAL_HALF_TAPS:
+        raise ValueError(f"the time-domain echo inverse needs a delay of >= {2 * FRACTIONAL_HALF_TAPS} samples, got {delay:.1f}")
+    frac = round(delay - whole, 6)  # cache key; 1e-6 of a sample is far below the taps' own accuracy
+    taps = _fractional_taps(frac).astype(y.dtype)
+    out = np.empty_like(y)
+    real = y.dtype.type
+    return _echo_inverse_iir(y, real(scale), real(gain), whole, taps, out)

@@ -22,7 +22,8 @@ from automaster.effects._checks import ParamLike, check_audio, check_sample_rate
 
 
 def _bell(freqs: torch.Tensor, gain_db: torch.Tensor, fc_hz: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """One bell ``(B, n_bins, F)`` from frequencies ``(n_bins, 1)`` and trajectories ``(B, 1, F)``."""
+    """One bell ``(B, n_bins, F)`` from frequencies ``(n_bins, 1)`` and trajectories ``(B, 1, F)``
+    (or ``(B, F, n_bins)`` from ``(1, n_bins)`` and ``(B, F, 1)``: only broadcasting is used)."""
     g = torch.pow(10.0, gain_db / 20.0) - 1.0
     # (f - fc) / (fc / Q) / sqrt(2) = (f Q / fc - Q) / sqrt(2): one fused op over the full grid.
     scale = math.sqrt(0.5)
@@ -46,6 +47,7 @@ def eq_response(
     high_fc_hz: ParamLike,
     high_q: ParamLike,
     batch: int | None = None,
+    frames_first: bool = False,
 ) -> torch.Tensor:
     """Real response ``R`` of the two bells, ``(B, n_bins, n_frames)``.
 
@@ -57,6 +59,8 @@ def eq_response(
         low_fc_hz, high_fc_hz: centre frequencies in Hz.
         low_q, high_q: quality factors (the bell's standard deviation is ``fc / Q`` Hz).
         batch: ``B``; by default taken from the first parameter given as a tensor.
+        frames_first: return ``(B, n_frames, n_bins)`` instead (frame-major, for
+            :func:`automaster.dsp.stft.stft_rows` spectra); the same values.
     """
     check_sample_rate(sample_rate)
     values = (low_gain_db, low_fc_hz, low_q, high_gain_db, high_fc_hz, high_q)
@@ -68,9 +72,11 @@ def eq_response(
     like = ref if ref is not None and ref.is_floating_point() else torch.zeros(())
 
     def traj(name: str, v: ParamLike) -> torch.Tensor:
-        return frame_param(name, v, batch, n_frames, like).unsqueeze(1)  # (B, 1, F)
+        t = frame_param(name, v, batch, n_frames, like)
+        return t.unsqueeze(-1) if frames_first else t.unsqueeze(1)  # (B, F, 1) or (B, 1, F)
 
-    freqs = fft_frequencies(sample_rate, 2 * (n_bins - 1), device=like.device).to(like.dtype).unsqueeze(-1)
+    freqs = fft_frequencies(sample_rate, 2 * (n_bins - 1), device=like.device).to(like.dtype)
+    freqs = freqs.unsqueeze(0) if frames_first else freqs.unsqueeze(-1)  # (1, n_bins) or (n_bins, 1)
     low = _bell(freqs, traj("low_gain_db", low_gain_db), traj("low_fc_hz", low_fc_hz), traj("low_q", low_q))
     high = _bell(freqs, traj("high_gain_db", high_gain_db), traj("high_fc_hz", high_fc_hz), traj("high_q", high_q))
     return low * high if low.requires_grad or high.requires_grad else low.mul_(high)

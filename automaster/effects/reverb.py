@@ -201,6 +201,19 @@ def reverb(
     return irfft(rfft(x, n=n_fft) * transfer, n=n_fft)[..., : x.shape[-1]]
 
 
+def suppression_constants(sample_rate: float, rt60_s: torch.Tensor, wet: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(decay, share)`` ``(B,)`` of the suppression: the energy decay per hop and the wet share
+    of the power. Raises ValueError when ``wet > WET_MAX`` (the inverse divides by ``1 - wet``)."""
+    if not bool((wet <= WET_MAX).all()):
+        raise ValueError(f"expected wet <= {WET_MAX} for the inverse, got {wet.detach().cpu().tolist()}")
+    # Energy decay per hop of an exponential decay that falls 60 dB in rt60 seconds.
+    decay = torch.exp(-6.0 * math.log(10.0) * HOP_LENGTH / (rt60_s * sample_rate))  # (B,)
+    # Reverberant power: the decayed past (earlier frames only), scaled by the wet share of the
+    # power (the dry share is (1 - wet)^2, the energy-normalised wet share wet^2).
+    share = wet.square() / ((1.0 - wet).square() + wet.square())  # (B,)
+    return decay, share
+
+
 def reverb_inverse_mask(power: torch.Tensor, sample_rate: float, rt60_s: ParamLike, wet: ParamLike) -> torch.Tensor:
     """Real suppression mask ``(B, C, n_bins, F)`` for the STFT power ``|Y|^2`` of reverberant audio.
 
@@ -211,13 +224,7 @@ def reverb_inverse_mask(power: torch.Tensor, sample_rate: float, rt60_s: ParamLi
     sample_rate = check_sample_rate(sample_rate)
     batch, channels, n_bins, n_frames = power.shape
     rt60, wet_ = _params(power, rt60_s, wet)
-    if not bool((wet_ <= WET_MAX).all()):
-        raise ValueError(f"expected wet <= {WET_MAX} for the inverse, got {wet_.detach().cpu().tolist()}")
-    # Energy decay per hop of an exponential decay that falls 60 dB in rt60 seconds.
-    decay = torch.exp(-6.0 * math.log(10.0) * HOP_LENGTH / (rt60 * sample_rate))  # (B,)
-    # Reverberant power: the decayed past (earlier frames only), scaled by the wet share of the
-    # power (the dry share is (1 - wet)^2, the energy-normalised wet share wet^2).
-    share = wet_.square() / ((1.0 - wet_).square() + wet_.square())  # (B,)
+    decay, share = suppression_constants(sample_rate, rt60, wet_)
     if power.device.type == "cpu" and not needs_grad(power, rt60, wet_):
         # Same formula in one numba pass: the chain's inverse runs this on ~5M bins per channel.
         per_row = lambda v: v.detach().double().repeat_interleave(channels * n_bins).numpy()  # noqa: E731

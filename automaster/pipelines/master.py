@@ -153,6 +153,7 @@ def run_master(
     log.info("%s: %d audio files (%d already mastered), %d other files ignored", input_dir, len(rows), len(done), len(ignored))
 
     runtime.init_ray(ray_address)
+    runtime.check_paths_visible({"--model": model, "--input": input_dir, "--out": out})
     if gpu and runtime.cluster_gpus() == 0:
         raise MasteringError("--gpu given but the Ray cluster has no GPU")
     workers = workers or (runtime.cluster_gpus() if gpu else runtime.cluster_cpus())

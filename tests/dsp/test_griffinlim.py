@@ -97,6 +97,18 @@ def test_batched_item_equals_single_run(music):
     torch.testing.assert_close(batched[1, 0], single, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.99])
+def test_frame_major_cpu_path_equals_the_torch_one(music, magnitude, momentum):
+    # No-autograd CPU tensors take the frame-major numpy loop; a tensor that requires grad takes
+    # the torch loop (the one other devices run). Same iterations, same result.
+    fast = griffin_lim(magnitude, n_iter=6, momentum=momentum, length=music.numel(), generator=_seed(4))
+    slow = griffin_lim(magnitude.clone().requires_grad_(), n_iter=6, momentum=momentum, length=music.numel(),
+                       generator=_seed(4)).detach()
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    init = griffin_lim(magnitude, n_iter=2, init_phase=stft(music), length=music.numel())
+    torch.testing.assert_close(init, music, atol=1e-4, rtol=0)
+
+
 def test_seed_determinism(magnitude):
     a = griffin_lim(magnitude, n_iter=2, generator=_seed(1))
     b = griffin_lim(magnitude, n_iter=2, generator=_seed(1))

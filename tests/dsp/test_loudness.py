@@ -9,6 +9,8 @@ import torch
 from automaster.dsp.loudness import (
     _channel_weights,
     _gated_loudness,
+    _peak_segments,
+    _true_peak_linear,
     integrated_loudness,
     loudness_gain_db,
     master_loudness,
@@ -128,6 +130,26 @@ def test_true_peak_is_never_below_sample_peak(songs):
     for song in songs:
         assert true_peak_dbtp(song, SR) >= 20 * np.log10(np.abs(song).max()) - 1e-9
     assert true_peak_dbtp(np.zeros(100), SR) == float("-inf")
+
+
+def test_true_peak_matches_ideal_interpolation_on_music(songs):
+    # The 4x points against band-limited (FFT) interpolation of the same samples: the meter reads
+    # the ideal peaks of those points to ~0.01 dB.
+    for song in songs:
+        x = song[:, SR : 2 * SR].astype(np.float64)
+        n = x.shape[1]
+        spec = np.fft.rfft(x, axis=1)
+        ideal = np.fft.irfft(np.concatenate([spec, np.zeros((2, 3 * n // 2), complex)], axis=1), 4 * n, axis=1) * 4
+        inner = slice(4 * 2000, 4 * (n - 2000))  # away from the circular edges of the FFT
+        ref = np.abs(ideal[:, inner]).max()
+        ours = _peak_segments(x, SR)[2000 : n - 2000].max()
+        assert 20 * np.log10(ours / ref) == pytest.approx(0.0, abs=0.01)
+
+
+def test_skipping_true_peak_equals_the_full_envelope(songs):
+    rng = np.random.default_rng(0)
+    for x in (*songs, np.clip(songs[0] * 8, -1, 1), (rng.standard_normal((2, SR)) * 0.1).astype(np.float32)):
+        assert _true_peak_linear(x, SR) == float(_peak_segments(x, SR).max())
 
 
 def test_oversampling_follows_annex_2():
