@@ -150,17 +150,16 @@ def _project(spec, previous, magnitude, rebuilt, alpha, first):  # pragma: no co
     """
     n_rows, n_bins = magnitude.shape
     zero = alpha - alpha  # a typed zero: literals (0, 1e-30) would promote float32 math to float64
-    a = zero if first else alpha
     for f in range(n_rows):
         s = spec[f]  # row slices: LLVM vectorises these loops, not 2-D indexing
-        prev = previous[f]
+        prev = previous[f]  # not read in the first iteration (it is uninitialised then)
         mag = magnitude[f]
         new = rebuilt[f]
         for k in range(n_bins):
             re = new[2 * k]
             im = new[2 * k + 1]
-            ure = re - a * prev[2 * k]
-            uim = im - a * prev[2 * k + 1]
+            ure = re if first else re - alpha * prev[2 * k]
+            uim = im if first else im - alpha * prev[2 * k + 1]
             mod2 = ure * ure + uim * uim
             scale = mag[k] / np.sqrt(mod2) if mod2 > zero else zero
             s[2 * k] = ure * scale
@@ -195,7 +194,7 @@ def _griffin_lim_rows(
         phasor_rows = phasor.transpose(1, 2).numpy()
     spec = np.multiply(mag, phasor_rows, dtype=np.complex64 if real == np.float32 else np.complex128)  # (N, F, K)
     spec_f = spec.view(real)  # (N, F, 2K): complex as float pairs for the kernel
-    previous = np.zeros_like(spec_f)  # read (times 0) in the first iteration
+    previous = np.empty_like(spec_f)  # written by the first iteration before any read
     window = _hann_np(n_fft, np.dtype(real))
     # iSTFT's division by the window envelope, and its crop to `length` (then stft's zero padding)
     # as zeros: one scale applied while framing.
