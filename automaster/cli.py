@@ -210,6 +210,12 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the input's phase")
     p.add_argument("--target-lufs", type=float, help="normalise integrated loudness to this (e.g. -14)")
     p.add_argument("--true-peak", type=float, help="true-peak ceiling in dBTP (e.g. -1)")
+    p.add_argument("--no-echo-removal", dest="echo_removal", action="store_false",
+                   help="chain path: use the forecaster's echo parameters instead of measuring the echo from the "
+                   "audio's cepstrum (default: measure, and undo echoes of gain >= 0.15)")
+    p.add_argument("--max-forecast-error", type=float, default=0.8,
+                   help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
+                   "of the predict-the-mean baseline's (default 0.8; others stay neutral); 'inf': apply every forecast")
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
@@ -259,6 +265,8 @@ def _cmd_master(args: argparse.Namespace) -> int:
             init_phase=args.init_phase,
             target_lufs=args.target_lufs,
             true_peak_dbtp=args.true_peak,
+            echo_removal=args.echo_removal,
+            max_forecast_error=args.max_forecast_error,
             workers=args.workers,
             gpu=args.gpu,
             overwrite=args.overwrite,
@@ -271,7 +279,8 @@ def _cmd_master(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print(
         f"master: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped, "
-        f"{summary['ignored']} ignored (not audio), {summary['files_per_s']:.2f} files/s\n"
+        f"{summary['ignored']} ignored (not audio), {summary['files_per_s']:.2f} files/s; "
+        f"an echo was measured and removed in {summary['echo_removed']}\n"
         f"  outputs: {summary['out']}\n  summary: {summary['out']}/summary.json\n"
         f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
     )
@@ -300,6 +309,12 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the degraded input's phase")
     p.add_argument("--target-lufs", type=float, help="loudness target of the model paths (as in `automaster master`)")
     p.add_argument("--true-peak", type=float, help="true-peak ceiling of the model paths in dBTP")
+    p.add_argument("--no-echo-removal", dest="echo_removal", action="store_false",
+                   help="chain path: use the forecaster's echo parameters instead of measuring the echo from the "
+                   "audio's cepstrum (default: measure, and undo echoes of gain >= 0.15)")
+    p.add_argument("--max-forecast-error", type=float, default=0.8,
+                   help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
+                   "of the predict-the-mean baseline's (default 0.8; others stay neutral); 'inf': apply every forecast")
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--experiment", help="MLflow experiment name (default automaster-evaluate)")
@@ -341,6 +356,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             init_phase=args.init_phase,
             target_lufs=args.target_lufs,
             true_peak_dbtp=args.true_peak,
+            echo_removal=args.echo_removal,
+            max_forecast_error=args.max_forecast_error,
             workers=args.workers,
             gpu=args.gpu,
             tracking_uri=args.tracking_uri,

@@ -11,7 +11,10 @@ Inversions (how the model's output becomes audio):
 
 * ``chain`` (phase-free, needs parameters: model mode ``params`` or ``cascade``): parameters
   forecast from the mono-downmix mel drive the inverse effects chain on the *original* waveform
-  at its native rate, one parameter set for all channels (the stereo image stays).
+  at its native rate, one parameter set for all channels (the stereo image stays). A forecast
+  whose validation error (recorded in the checkpoint) is not clearly below the predict-the-mean
+  baseline's is replaced by its effect's neutral value: a correction the model cannot make is
+  not applied (:meth:`Masterer.chain_policy`).
 * ``mask`` (needs the U-Net: ``restore`` or ``cascade``): the U-Net's mel gain (restored - input,
   dB, per mel band and frame, from the mono downmix) is interpolated over frequency to the STFT
   bins at the native rate (n_fft scaled with the rate, so bins and frames span the same Hz and
@@ -20,6 +23,12 @@ Inversions (how the model's output becomes audio):
   U-Net's mel gain (from the mono downmix, so both channels get the same gains) -> power ->
   Griffin-Lim at 44.1 kHz, all channels in one batch (optionally started from the input's
   phase) -> soxr back to the native rate.
+
+Echo (every inversion, before the model): the strongest echo is measured from the input's own
+cepstrum (:mod:`automaster.dsp.cepstrum`, native rate, mono downmix) and undone (the exact IIR
+inverse, all channels) when its gain is at least ``min_echo_gain``, strong enough to tell from
+the music's own repetitions; the model then sees the echo-free input. The measured thing is
+reported (``echo_removed``, ``echo_delay_s``, ``echo_gain``).
 
 Every inversion runs the model once per chunk, on the mono downmix, and only the network it
 needs (the chain asks for parameters only, mask and Griffin-Lim for the restored mel only). On
@@ -85,6 +94,12 @@ HEADROOM_PEAK_DBFS = -0.1
 # Output format by input extension: what soundfile writes stays, MP3/AIFF become FLAC.
 _OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg", ".mp3": ".flac", ".aiff": ".flac", ".aif": ".flac"}
 _GAIN_IMAGE_DB = 12.0  # debug images map a mel gain of +-12 dB onto the colour range
+# Chain path: a forecast is applied when its validation MAE is at most this share of the
+# predict-the-mean baseline's; an echo estimate is undone from this gain up (clean fma_mini clips
+# measure up to ~0.18 from their own cepstra, 90% below 0.13: automaster/dsp/cepstrum.py).
+MAX_FORECAST_ERROR = 0.8
+MIN_ECHO_GAIN = 0.15
+ECHO_PARAMS = ("echo_delay_s", "echo_gain")
 
 
 class MasteringError(ValueError):
@@ -308,6 +323,14 @@ class Masterer:
         momentum: Griffin-Lim momentum.
         max_gain_db: bound of the mask's gain per bin (a safety net for untrained models).
         seed: seeds Griffin-Lim's random phase (the same file gives the same output).
+        echo_removal: measure the echo from the audio's cepstrum and undo it (every inversion,
+            before the model) when its gain is at least ``min_echo_gain``; ``False``: no echo
+            stage (the chain path then uses the forecaster's echo parameters under the
+            ``max_forecast_error`` rule).
+        min_echo_gain: see ``echo_removal``.
+        max_forecast_error: chain path: apply a forecast parameter only when the checkpoint's
+            validation MAE for it is at most this share of the predict-the-mean baseline's;
+            others take their effect's neutral value. ``None``: apply every forecast.
 
     Raises:
         MasteringError: unknown inversion, or the checkpoint's model mode lacks what it needs.
@@ -329,6 +352,9 @@ class Masterer:
         momentum: float = 0.99,
         max_gain_db: float = 24.0,
         seed: int = 0,
+        echo_removal: bool = True,
+        min_echo_gain: float = MIN_ECHO_GAIN,
+        max_forecast_error: float | None = MAX_FORECAST_ERROR,
     ) -> None:
         from automaster.model.checkpoint import load_model
 
@@ -368,6 +394,10 @@ class Masterer:
         self.momentum = float(momentum)
         self.max_gain_db = float(max_gain_db)
         self.seed = int(seed)
+        self.echo_removal = bool(echo_removal)
+        self.min_echo_gain = float(min_echo_gain)
+        self.max_forecast_error = None if max_forecast_error is None else float(max_forecast_error)
+        self.forecast_skill = forecast_errors(self.meta)
         self.loudness = _loudness()
         if (target_lufs is not None or true_peak_dbtp is not None) and self.loudness is None:
             raise MasteringError("--target-lufs/--true-peak need automaster.dsp.loudness, which is not available")
@@ -379,7 +409,70 @@ class Masterer:
             "iterations": self.iterations, "init_phase": self.init_phase, "target_lufs": self.target_lufs,
             "true_peak_dbtp": self.true_peak_dbtp, "chunk_s": self.chunk_s, "context_s": self.context_s,
             "momentum": self.momentum, "max_gain_db": self.max_gain_db, "headroom_peak_dbfs": HEADROOM_PEAK_DBFS,
+            "echo_removal": self.echo_removal, "min_echo_gain": self.min_echo_gain,
+            "max_forecast_error": self.max_forecast_error,
         }
+
+    def chain_policy(self) -> dict[str, str]:
+        """Where each chain parameter comes from: ``"forecast"``, ``"neutral"`` (the forecast is
+        not better than the mean on validation, and the parameter has a neutral value) or
+        ``"estimate"`` (echo, measured from the audio)."""
+        from automaster.effects.params import PARAMS
+
+        out = {}
+        for p in PARAMS:
+            error = self.forecast_skill.get(p.name)
+            unreliable = self.max_forecast_error is not None and (error is None or error > self.max_forecast_error)
+            if self.echo_removal and p.name in ECHO_PARAMS:
+                out[p.name] = "estimate"
+            elif unreliable and p.neutral is not None and self.forecast_skill:
+                out[p.name] = "neutral"
+            else:
+                out[p.name] = "forecast"
+        return out
+
+    def _apply_chain_policy(self, params_norm: np.ndarray, echo: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The chain's parameters ``(P, F)`` (normalised) after :meth:`chain_policy`: ``(to
+        render, to report)``. With the echo stage on, the rendered echo gain is 0 (that stage
+        has undone the echo) and the reported echo is the stage's (its gain 0 when it left the
+        audio alone)."""
+        from automaster.effects.params import BY_NAME, PARAM_NAMES
+
+        def norm(name: str, value: float) -> float:
+            return float(BY_NAME[name].normalize(torch.tensor(float(value))))
+
+        render = params_norm.copy()
+        for name, how in self.chain_policy().items():
+            if how == "neutral" or (how == "estimate" and name == "echo_gain"):
+                render[PARAM_NAMES.index(name)] = norm(name, BY_NAME[name].neutral)
+        report = render.copy()
+        if self.echo_removal and echo["echo_delay_s"] is not None:
+            report[PARAM_NAMES.index("echo_delay_s")] = norm("echo_delay_s", echo["echo_delay_s"])
+            report[PARAM_NAMES.index("echo_gain")] = norm("echo_gain", echo["echo_gain"] if echo["echo_removed"] else 0.0)
+        return render, report
+
+    def _remove_echo(self, audio: np.ndarray, sr: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """The echo stage (module docstring): ``(audio without the echo, what was measured)``.
+        Flat scalars: they go into batch summaries."""
+        from automaster.dsp.cepstrum import estimate_echo
+        from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time
+        from automaster.effects.params import BY_NAME
+
+        note: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None}
+        if not self.echo_removal:
+            return audio, note
+        delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
+        longest = min(1.04 * delay.high, 0.25 * audio.shape[-1] / sr)  # four delays must fit in the input
+        try:
+            echo = estimate_echo(audio, sr, min_delay_s=0.9 * delay.low, max_delay_s=longest)
+        except ValueError:  # too short to tell an echo from the music: leave it alone
+            return audio, note
+        note.update(echo_delay_s=echo.delay_s, echo_gain=echo.gain)
+        usable = echo.delay_s * sr >= 2 * FRACTIONAL_HALF_TAPS and delay.low <= echo.delay_s <= delay.high
+        if echo.gain < self.min_echo_gain or not usable:
+            return audio, note
+        note["echo_removed"] = True
+        return echo_inverse_time(audio, sr, echo.delay_s, min(echo.gain, gain.high)), note
 
     # -------------------------------------------------------------------------- analysis pass
 
@@ -545,8 +638,11 @@ class Masterer:
         chunks = plan_chunks(audio.shape[1], sr, self.chunk_s, self.context_s, self.audio_cfg.hop_length)
 
         t = time.perf_counter()
+        original = audio
+        audio, echo_note = self._remove_echo(audio, sr)
         controls: dict[str, Any] = self._analyse(audio, sr, chunks, model=True)
         if "params" in controls:
+            controls["params"], controls["params_report"] = self._apply_chain_policy(controls["params"], echo_note)
             norm = torch.from_numpy(controls["params"]).to(self.device)[None]  # (1, P, F)
             controls["physical"] = unstack(norm)  # per frame (1, F); per clip (1,): whole-track means
         if "gain_db" in controls:
@@ -560,19 +656,21 @@ class Masterer:
         stages["render"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        mastered, info = self._levels(audio, mastered, sr)
+        mastered, info = self._levels(original, mastered, sr)
         info["chunks"] = len(chunks)
+        info.update(echo_note)
         stages["loudness"] += time.perf_counter() - t
 
         if images:
             t = time.perf_counter()
-            arrays = {"mel_input_db": controls["mel_db"]}
+            mel_in = controls["mel_db"] if audio is original else self._analyse(original, sr, chunks, model=False)["mel_db"]
+            arrays = {"mel_input_db": mel_in, "mel_model_db": controls["mel_db"]}  # what the model saw
             arrays["mel_output_db"] = self._analyse(mastered, sr, chunks, model=False)["mel_db"]
             if "gain_db" in controls:
                 gain = controls["gain_db"].cpu().numpy()
                 arrays["gain_db"] = gain if gain.ndim == 2 else gain.mean(axis=0)
             if "params" in controls:
-                arrays["params_norm"] = controls["params"]
+                arrays["params_norm"] = controls["params_report"]
             info["arrays"] = arrays
             stages["analysis"] += time.perf_counter() - t
         return mastered, info
@@ -650,7 +748,7 @@ class Masterer:
         write_audio(target, mastered, sr, subtype="PCM_24")
         self._write_images(out_root, out_rel, arrays)
         if "params_norm" in arrays:
-            stats = parameter_stats(arrays["params_norm"])
+            stats = parameter_stats(arrays["params_norm"], self.chain_policy())
             storage.write_bytes_atomic(
                 storage.join(out_root, PARAMS_DIR, out_rel + ".json"), json.dumps(stats, indent=2).encode()
             )
@@ -669,8 +767,7 @@ class Masterer:
         tiles = []
         span = a.db_max - a.db_min
         if "gain_db" in arrays:
-            mel_in = arrays["mel_input_db"]
-            tiles.append(mel_in + arrays["gain_db"])  # the restored mel (mono view)
+            tiles.append(arrays["mel_model_db"] + arrays["gain_db"])  # the restored mel (mono view)
             g = np.clip(arrays["gain_db"], -_GAIN_IMAGE_DB, _GAIN_IMAGE_DB)
             tiles.append(a.db_min + (g + _GAIN_IMAGE_DB) / (2 * _GAIN_IMAGE_DB) * span)
         if "params_norm" in arrays:
@@ -680,12 +777,30 @@ class Masterer:
         storage.write_bytes_atomic(storage.join(out_root, DEBUG_DIR, out_rel + ".png"), mel_strip_png(tiles, a.db_min, a.db_max))
 
 
-def parameter_stats(params_norm: np.ndarray) -> dict[str, Any]:
-    """Per-file statistics of the forecast parameters ``(P, F)`` (normalised) in physical units.
+def forecast_errors(meta: dict[str, Any]) -> dict[str, float]:
+    """Per parameter, the checkpoint's validation MAE over the predict-the-mean baseline's
+    (``{}`` when the checkpoint has no such metrics, e.g. a model saved outside training)."""
+    try:
+        metrics = json.loads(meta.get("extra", {}).get("metrics", "{}"))
+    except (TypeError, ValueError):
+        return {}
+    out = {}
+    for key, value in metrics.items():
+        if key.startswith("val/mae/"):
+            name = key[len("val/mae/") :]
+            base = metrics.get(f"val/mae_baseline/{name}")
+            if base and math.isfinite(float(value)) and float(base) > 0:
+                out[name] = float(value) / float(base)
+    return out
+
+
+def parameter_stats(params_norm: np.ndarray, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per-file statistics of the chain's parameters ``(P, F)`` (normalised) in physical units.
 
     Every ParamSpec entry gets ``unit``, ``per_frame``, ``mean``/``std``/``min``/``max`` over
-    frames and ``applied``: the value the chain used (per-clip parameters: the track mean of the
-    normalised prediction, denormalised; per-frame ones: the trajectory, so ``null``).
+    frames, ``applied``: the value the chain used (the echo: the echo stage's; per-clip parameters: the track mean of the
+    normalised prediction, denormalised; per-frame ones: the trajectory, so ``null``), and with
+    ``sources`` its ``source`` (:meth:`Masterer.chain_policy`).
     """
     from automaster.effects.params import PARAMS
 
@@ -698,4 +813,6 @@ def parameter_stats(params_norm: np.ndarray) -> dict[str, Any]:
             "mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max()),
             "applied": None if p.per_frame else float(p.denormalize(norm[i].mean())),
         }
+        if sources is not None:
+            out["params"][p.name]["source"] = sources.get(p.name, "forecast")
     return out

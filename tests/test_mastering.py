@@ -244,3 +244,62 @@ def test_output_names():
     assert plan_outputs(["s.mp3", "s.flac", "t.mp3"]) == {"s.flac": "s.flac", "s.mp3": "s.mp3.flac", "t.mp3": "t.flac"}
     with pytest.raises(ValueError):
         output_rel_path("notes.txt")
+
+
+def _checkpoint_with_errors(folder, errors: dict[str, float]) -> str:
+    """A tiny cascade whose recorded validation errors (MAE / predict-the-mean MAE) are ``errors``."""
+    config = load_config(overrides=TINY)
+    torch.manual_seed(0)
+    metrics = {}
+    for p in PARAMS:
+        metrics[f"val/mae/{p.name}"] = errors.get(p.name, 1.0)
+        metrics[f"val/mae_baseline/{p.name}"] = 1.0
+    save_checkpoint(folder, Cascade.from_config(config), config, extra={"metrics": json.dumps(metrics)})
+    return str(folder)
+
+
+def _si_sdr(ref: np.ndarray, est: np.ndarray) -> float:
+    ref, est = ref.reshape(-1).astype(np.float64), est.reshape(-1).astype(np.float64)
+    target = (est @ ref) / (ref @ ref) * ref
+    return float(10 * np.log10((target @ target) / ((est - target) @ (est - target))))
+
+
+def test_chain_applies_only_forecasts_better_than_the_mean_and_measures_the_echo(tmp_path, music):
+    ckpt = _checkpoint_with_errors(tmp_path / "m", {"reverb_wet": 0.5, "eq_low_gain_db": 0.79, "comp_ratio": 0.95})
+    masterer = Masterer(ckpt, "chain")
+    policy = masterer.chain_policy()
+    assert policy["reverb_wet"] == policy["eq_low_gain_db"] == "forecast"  # error <= 0.8 of the mean's
+    assert policy["comp_ratio"] == policy["output_gain_db"] == policy["eq_high_gain_db"] == "neutral"
+    assert policy["comp_threshold_db"] == "forecast"  # no neutral value: harmless once the ratio is 1
+    assert policy["echo_gain"] == policy["echo_delay_s"] == "estimate"
+    status = masterer.master_file(str(D01), str(tmp_path / "out"), "d01.flac")
+    assert status["status"] == "ok", status["reason"]
+    params = json.loads((tmp_path / "out" / "parameters" / "d01.flac.json").read_text())["params"]
+    assert params["comp_ratio"]["applied"] == pytest.approx(1.0) and params["comp_ratio"]["source"] == "neutral"
+    assert params["output_gain_db"]["applied"] == pytest.approx(0.0, abs=1e-4)
+    assert params["eq_high_gain_db"]["max"] == pytest.approx(0.0, abs=1e-4)
+    assert params["echo_gain"]["applied"] == 0.0 and params["echo_gain"]["source"] == "estimate"  # own stage
+    assert status["echo_removed"] is False and status["echo_gain"] < 0.15  # clean music: left alone
+    # Every forecast applied: nothing neutral.
+    assert "neutral" not in Masterer(ckpt, "chain", max_forecast_error=float("inf")).chain_policy().values()
+
+
+def test_a_measured_echo_is_undone_before_every_inversion(tmp_path, music):
+    from automaster.effects.echo import echo
+
+    clean, sr = music  # 3 s: echoes up to 0.52 s fit four times
+    ckpt = _checkpoint_with_errors(tmp_path / "m", {})  # no forecast better than the mean
+    x = torch.from_numpy(clean).double()[None]
+    damaged = echo(x, sr, torch.tensor([0.2345]).double(), torch.tensor([0.35]).double())[0].float().numpy()
+    before = _si_sdr(clean, damaged)
+    for inversion in ("chain", "mask"):
+        repaired, info = Masterer(ckpt, inversion).master_audio(damaged, sr)
+        assert info["echo_removed"] and info["echo_delay_s"] == pytest.approx(0.2345, abs=0.5e-3)
+        assert info["echo_gain"] == pytest.approx(0.35, abs=0.07)  # 3 s of music: a rougher estimate
+        assert info["lufs_before"] is not None and info["peak_before_dbfs"] == pytest.approx(
+            20 * np.log10(np.abs(damaged).max()), abs=1e-3)  # levels of the input as given  # fmt: skip
+        if inversion == "chain":  # the untrained mask's gains change the audio too
+            assert _si_sdr(clean, repaired) > before + 10, (before, _si_sdr(clean, repaired))
+    untouched, info = Masterer(ckpt, "chain", echo_removal=False).master_audio(damaged, sr)
+    assert not info["echo_removed"] and info["echo_gain"] is None
+    assert _si_sdr(damaged, untouched) > 40  # every correction neutral: the identity

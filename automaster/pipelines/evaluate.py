@@ -52,7 +52,7 @@ import torch
 
 from automaster import storage
 from automaster.audio import AudioError, audio_info, is_audio_file, read_audio
-from automaster.mastering import INVERSIONS, Masterer, MasteringError
+from automaster.mastering import INVERSIONS, MAX_FORECAST_ERROR, Masterer, MasteringError
 from automaster.mastering import FileError as MasteringFileError
 
 log = logging.getLogger(__name__)
@@ -598,6 +598,8 @@ def run_evaluate(
     init_phase: bool = False,
     target_lufs: float | None = None,
     true_peak_dbtp: float | None = None,
+    echo_removal: bool = True,
+    max_forecast_error: float | None = MAX_FORECAST_ERROR,
     peak_ceiling: float = 0.999,
     workers: int = 0,
     gpu: bool = False,
@@ -630,7 +632,8 @@ def run_evaluate(
         raise ValueError(f"limit must be >= 0, got {limit}")
     options = {
         "iterations": iterations, "init_phase": init_phase, "target_lufs": target_lufs, "true_peak_dbtp": true_peak_dbtp,
-        "seed": seed, "chunk_s": max(30.0, clip_seconds),
+        "seed": seed, "chunk_s": max(30.0, clip_seconds), "echo_removal": echo_removal,
+        "max_forecast_error": max_forecast_error,
     }
     # Fail before Ray when the checkpoint cannot do what is asked.
     inversions = supported_inversions(model, options, inversions)
@@ -653,6 +656,7 @@ def run_evaluate(
         "clip_seconds": clip_seconds, "mono": mono, "sample_rate": EVAL_RATE, "inversions": inversions,
         "iterations": iterations, "init_phase": init_phase, "momentum": model_settings["momentum"],
         "target_lufs": target_lufs, "true_peak_dbtp": true_peak_dbtp, "peak_ceiling": peak_ceiling,
+        "echo_removal": echo_removal, "max_forecast_error": max_forecast_error,
         "true_params": {
             "ours": "all (our degrader records them)", "pedalboard": "mapped ones (automaster.foreign)", GIVEN: "none",
         }[degrader],

@@ -22,7 +22,7 @@ import numpy as np
 
 from automaster import storage
 from automaster.audio import is_audio_file
-from automaster.mastering import AUDIO_DIR, PNG_DIR, STAGES, Masterer, MasteringError, plan_outputs
+from automaster.mastering import AUDIO_DIR, MAX_FORECAST_ERROR, PNG_DIR, STAGES, Masterer, MasteringError, plan_outputs
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def _summarise(
         "processing_s": span,
         "seconds_per_file": _mean([r["seconds"] for r in ok]) or 0.0,
         "audio_seconds_ok": float(sum(r["duration_s"] or 0.0 for r in ok)),
+        "echo_removed": sum(bool(r.get("echo_removed")) for r in ok),
         "stage_seconds_mean": {s: (_mean([r[f"stage_{s}_s"] for r in ok]) or 0.0) for s in STAGES},
         "levels_mean": {k: _mean([r.get(k) for r in ok]) for k in _LEVEL_KEYS},
         "settings": settings,
@@ -119,6 +120,8 @@ def run_master(
     overwrite: bool = False,
     chunk_s: float = 30.0,
     context_s: float = 2.0,
+    echo_removal: bool = True,
+    max_forecast_error: float | None = MAX_FORECAST_ERROR,
     tracking_uri: str | None = None,
     experiment: str = "automaster-master",
     run_name: str | None = None,
@@ -139,7 +142,8 @@ def run_master(
 
     options = {
         "inversion": inversion, "iterations": iterations, "init_phase": init_phase, "target_lufs": target_lufs,
-        "true_peak_dbtp": true_peak_dbtp, "chunk_s": chunk_s, "context_s": context_s,
+        "true_peak_dbtp": true_peak_dbtp, "chunk_s": chunk_s, "context_s": context_s, "echo_removal": echo_removal,
+        "max_forecast_error": max_forecast_error,
     }
     # Fail before any file (and before Ray) when the checkpoint cannot do what is asked.
     probe = Masterer(model, **options)
@@ -193,7 +197,7 @@ def _log_run(summary: dict[str, Any], out: str, results: list[dict[str, Any]]) -
 
     metrics = {
         "files_ok": summary["ok"], "files_failed": summary["failed"], "files_skipped": summary["skipped"],
-        "files_ignored": summary["ignored"], "files_per_s": summary["files_per_s"],
+        "files_ignored": summary["ignored"], "files_per_s": summary["files_per_s"], "files_echo_removed": summary["echo_removed"],
         "seconds_per_file": summary["seconds_per_file"], "audio_seconds_ok": summary["audio_seconds_ok"],
         **{f"stage_{k}_s": v for k, v in summary["stage_seconds_mean"].items()},
         **{f"mean_{k}": v for k, v in summary["levels_mean"].items() if v is not None},
