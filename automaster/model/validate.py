@@ -39,7 +39,6 @@ def param_means(rows: list[dict[str, Any]]) -> dict[str, float]:
     return {p.name: float(np.mean([np.mean(r[p.name]) for r in rows])) for p in PARAMS}
 
 
-@torch.no_grad()
 def validation_metrics(
     model: torch.nn.Module,
     rows: list[dict[str, Any]],
@@ -48,6 +47,23 @@ def validation_metrics(
     device: torch.device | str = "cpu",
 ) -> tuple[dict[str, float], dict[str, Any] | None]:
     """Metrics averaged over full-length ``rows``; also the first row's mels for a figure."""
+    totals, figure = validation_totals(model, rows, audio, means, device)
+    return metrics_from_totals(totals), figure
+
+
+@torch.no_grad()
+def validation_totals(
+    model: torch.nn.Module,
+    rows: list[dict[str, Any]],
+    audio: AudioConfig,
+    means: dict[str, float] | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, tuple[float, int]], dict[str, Any] | None]:
+    """Per metric, ``(sum over rows, number of rows)``; also the first row's mels for a figure.
+
+    Totals of disjoint row sets add up (distributed validation: every rank validates a share
+    of the rows, the totals are all-reduced, :func:`metrics_from_totals` averages them).
+    """
     model.eval()
     mrstft = MultiResolutionSTFTLoss()
     sums: dict[str, list[float]] = defaultdict(list)
@@ -91,7 +107,13 @@ def validation_metrics(
                 "restored": None if restored_db is None else restored_db[0, 0].cpu().numpy(),
                 "clean": clean_db[0, 0].cpu().numpy(),
             }
-    metrics = {k: float(np.mean(v)) for k, v in sums.items()}
+    return {k: (float(np.sum(v)), len(v)) for k, v in sums.items()}, figure
+
+
+def metrics_from_totals(totals: dict[str, tuple[float, int]]) -> dict[str, float]:
+    """``(sum, count)`` per metric -> means, plus ``val/mae_ratio`` (from the means, so it is
+    the same whichever way the rows were shared out). Metrics with no rows are left out."""
+    metrics = {k: float(total) / n for k, (total, n) in totals.items() if n > 0}
     ratios = [
         metrics[f"val/mae/{p.name}"] / max(metrics[f"val/mae_baseline/{p.name}"], 1e-9)
         for p in PARAMS
@@ -99,4 +121,4 @@ def validation_metrics(
     ]
     if ratios:
         metrics["val/mae_ratio"] = float(np.mean(ratios))
-    return metrics, figure
+    return metrics
