@@ -184,7 +184,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from automaster.pipelines.master import run_master
 
     mastered = run_master(
-        train["model"], str(music), str(out / "mastered"), inversion="mask", target_lufs=-14.0, true_peak_dbtp=-1.0,
+        train["model"], str(music), str(out / "mastered"), inversion=default_inversion(train["model"]), target_lufs=-14.0, true_peak_dbtp=-1.0,
         tracking_uri=args.tracking_uri, ray_address=args.ray_address,
     )  # fmt: skip
     print(
@@ -203,9 +203,9 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
     p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, summary.json)")
     p.add_argument("--inversion", choices=["chain", "mask", "griffinlim"],
-                   help="mask: the U-Net's mel gain on the input STFT (default for models with a U-Net: it measured "
-                   "best, see README 'Results'); chain: predicted parameters drive the inverse effects (default for "
-                   "params-mode models); griffinlim: the restored mel through Griffin-Lim (thesis)")
+                   help="chain: predicted parameters drive the inverse effects (default for models that forecast "
+                   "parameters: it measured best, see README 'Results'); mask: the U-Net's mel gain on the input STFT "
+                   "(default for U-Net-only models); griffinlim: the restored mel through Griffin-Lim (thesis)")
     p.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations (default 32)")
     p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the input's phase")
     p.add_argument("--target-lufs", type=float, help="normalise integrated loudness to this (e.g. -14)")
@@ -228,9 +228,10 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def default_inversion(model: str) -> str:
-    """``mask`` when the model has a U-Net (the best-measured path, README "Results"), else
-    ``chain`` (a params-mode model); ``mask`` when the model's config cannot be read (the
-    loader reports that)."""
+    """``chain`` when the model forecasts parameters (``params``/``cascade``: it measured best
+    on damage made by another implementation, README "Results"), ``mask`` for a U-Net-only
+    (``restore``) model; ``chain`` when the model's config cannot be read (the loader reports
+    that)."""
     import json
 
     from automaster.model.checkpoint import checkpoint_paths
@@ -239,8 +240,8 @@ def default_inversion(model: str) -> str:
         _, config_path = checkpoint_paths(model)
         mode = json.loads(Path(config_path).read_text())["model"]["mode"]
     except (OSError, ValueError, KeyError, TypeError):
-        return "mask"
-    return "chain" if mode == "params" else "mask"
+        return "chain"
+    return "mask" if mode == "restore" else "chain"
 
 
 def _cmd_master(args: argparse.Namespace) -> int:
