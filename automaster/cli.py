@@ -197,6 +197,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_repair_options(p: argparse.ArgumentParser) -> None:
+    """The mastering options shared by ``master`` and ``evaluate`` (automaster.mastering.Masterer)."""
+    p.add_argument("--no-echo-removal", dest="echo_removal", action="store_false",
+                   help="skip the echo stage (default: measure the strongest echo from the audio's cepstrum and "
+                   "undo it when its gain is >= 0.15, before any inversion)")
+    p.add_argument("--max-forecast-error", type=float, default=0.8,
+                   help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
+                   "of the predict-the-mean baseline's (default 0.8; others stay neutral); 'inf': apply every forecast")
+
+
 def _master_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("master", help="master every audio file of a folder with a trained model on Ray Data")
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
@@ -210,12 +220,7 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the input's phase")
     p.add_argument("--target-lufs", type=float, help="normalise integrated loudness to this (e.g. -14)")
     p.add_argument("--true-peak", type=float, help="true-peak ceiling in dBTP (e.g. -1)")
-    p.add_argument("--no-echo-removal", dest="echo_removal", action="store_false",
-                   help="chain path: use the forecaster's echo parameters instead of measuring the echo from the "
-                   "audio's cepstrum (default: measure, and undo echoes of gain >= 0.15)")
-    p.add_argument("--max-forecast-error", type=float, default=0.8,
-                   help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
-                   "of the predict-the-mean baseline's (default 0.8; others stay neutral); 'inf': apply every forecast")
+    _add_repair_options(p)
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
@@ -310,12 +315,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the degraded input's phase")
     p.add_argument("--target-lufs", type=float, help="loudness target of the model paths (as in `automaster master`)")
     p.add_argument("--true-peak", type=float, help="true-peak ceiling of the model paths in dBTP")
-    p.add_argument("--no-echo-removal", dest="echo_removal", action="store_false",
-                   help="chain path: use the forecaster's echo parameters instead of measuring the echo from the "
-                   "audio's cepstrum (default: measure, and undo echoes of gain >= 0.15)")
-    p.add_argument("--max-forecast-error", type=float, default=0.8,
-                   help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
-                   "of the predict-the-mean baseline's (default 0.8; others stay neutral); 'inf': apply every forecast")
+    _add_repair_options(p)
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--experiment", help="MLflow experiment name (default automaster-evaluate)")

@@ -11,6 +11,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from automaster.config import DegradeConfig
@@ -98,17 +99,19 @@ def degrade(
     generator: torch.Generator,
     config: DegradeConfig = DegradeConfig(),
     stft_clean: torch.Tensor | None = None,
+    stft_rows_clean: np.ndarray | None = None,
 ) -> Degraded:
     """Apply the chain to ``clean`` ``(B, C, T)`` and a headroom gain so the peak stays below
     ``config.peak_ceiling`` (never hard-clipped). ``stft_clean`` (the clean STFT, if the caller
-    already computed it for its mel spectrogram) saves one STFT.
+    already computed it for its mel spectrogram) saves one STFT; ``stft_rows_clean`` is the same
+    frame-major (:func:`automaster.dsp.stft.stft_rows`, what the CPU path uses).
     """
     from automaster.effects.chain import apply_chain
 
     params = dict(params)
     params["output_gain_db"] = torch.zeros(clean.shape[0])
     with torch.no_grad():
-        wet = apply_chain(clean, sample_rate, params, generator=generator, stft_x=stft_clean)
+        wet = apply_chain(clean, sample_rate, params, generator=generator, stft_x=stft_clean, stft_rows_x=stft_rows_clean)
         peak = wet.abs().amax(dim=(1, 2)).clamp_min(1e-9)
         gain_db = (20.0 * torch.log10(config.peak_ceiling / peak)).clamp(max=0.0)
         spec = BY_NAME["output_gain_db"]

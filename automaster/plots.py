@@ -8,17 +8,21 @@ import io
 import numpy as np
 
 
+LEVELS = 255  # colour levels of a spectrogram; palette entry 255 is the white gap between tiles
+
+
 @functools.lru_cache(maxsize=4)
-def _lut(name: str = "magma") -> np.ndarray:
+def _palette(name: str = "magma") -> bytes:
+    """``LEVELS`` colours of the colormap, then white: a 256-entry PNG palette."""
     from matplotlib import colormaps
 
-    return colormaps[name](np.linspace(0.0, 1.0, 256), bytes=True)[:, :3]
+    colours = colormaps[name](np.linspace(0.0, 1.0, LEVELS), bytes=True)[:, :3]
+    return np.concatenate([colours, [[255, 255, 255]]]).astype(np.uint8).tobytes()
 
 
-def _colorize(db: np.ndarray, db_min: float, db_max: float) -> np.ndarray:
-    """dB -> RGB uint8 through a 256-entry lookup table (low frequencies at the bottom)."""
-    index = np.clip((db[::-1] - db_min) * (255.0 / (db_max - db_min)), 0, 255).astype(np.uint8)
-    return _lut()[index]
+def _levels(db: np.ndarray, db_min: float, db_max: float) -> np.ndarray:
+    """dB -> palette index in ``0 .. LEVELS - 1`` (low frequencies at the bottom)."""
+    return np.clip((db[::-1] - db_min) * ((LEVELS - 1) / (db_max - db_min)), 0, LEVELS - 1).astype(np.uint8)
 
 
 def mel_strip_png(
@@ -29,7 +33,11 @@ def mel_strip_png(
     max_width: int = 2400,
 ) -> bytes:
     """Mel spectrograms ``(n_mels, F)`` in dB side by side (e.g. degraded | restored | clean),
-    as PNG bytes. Long clips are decimated in time to at most ``max_width`` pixels in all."""
+    as PNG bytes. Long clips are decimated in time to at most ``max_width`` pixels in all.
+
+    A palette image (one byte a pixel, the colormap in the palette): a third of the bytes of RGB
+    to filter and compress, the same picture.
+    """
     from PIL import Image
 
     total = sum(m.shape[1] for m in mels_db) + gap * (len(mels_db) - 1)
@@ -37,11 +45,12 @@ def mel_strip_png(
     tiles = []
     for i, mel in enumerate(mels_db):
         if i:
-            tiles.append(np.full((mel.shape[0], gap, 3), 255, dtype=np.uint8))
-        tiles.append(_colorize(mel[:, ::step], db_min, db_max))
-    image = np.repeat(np.concatenate(tiles, axis=1), 2, axis=0)  # 256 px tall: readable
+            tiles.append(np.full((mel.shape[0], gap), LEVELS, dtype=np.uint8))
+        tiles.append(_levels(mel[:, ::step], db_min, db_max))
+    image = Image.fromarray(np.repeat(np.concatenate(tiles, axis=1), 2, axis=0))  # 256 px tall: readable
+    image.putpalette(_palette())  # "L" -> "P"
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=1)
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
 
 

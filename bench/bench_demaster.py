@@ -1,11 +1,14 @@
 """Demaster throughput: the thesis-style single-process loop vs the Ray Data job (1 and 2 workers).
 
-    python bench/bench_demaster.py --corpus ../shared/data/fma_mini --limit 24
+    flock /tmp/bench.lock python bench/bench_demaster.py --corpus ../shared/data/fma_mini --limit 24 [--tag after]
 
-Writes a JSON record to bench/results/ and prints a Markdown table for BENCHMARKS.md. The
+Writes a JSON record to bench/results/ (and prints it) for BENCHMARKS.md. The
 baseline is the obvious single-process way (librosa + scipy + matplotlib, every output written),
 timed once its caches are warm; the job's figure is its own ``tracks_per_s`` (first track
-started to last finished, cluster start-up excluded) and per-stage means.
+started to last finished; cluster start-up and each worker's warm-up excluded) and per-stage
+means. Then the job's track processor alone in one process (no Ray): seconds per track, stages,
+peak RSS. The load average at the start and end goes into the record: on a shared machine,
+trust a run only when it was low.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -92,59 +94,70 @@ def run_job(corpus: str, limit: int, workers: int, out: Path, tracking: str) -> 
     cmd = [sys.executable, "jobs/demaster.py", "--corpus", corpus, "--out", str(out), "--limit", str(limit),
            "--workers", str(workers), "--tracking-uri", tracking]  # fmt: skip
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1], capture_output=True)
-    summary = json.loads((out / "summary.json").read_text())
-    # peak RSS of a worker: from the per-stage record is not available; measure separately below
-    return summary
+    return json.loads((out / "summary.json").read_text())
 
 
-def worker_peak_rss_mb(corpus: str, limit: int) -> float:
-    """Peak RSS of one process running the track processor over ``limit`` tracks (one worker's load)."""
+def single_process(corpus: str, limit: int) -> dict:
+    """The job's track processor in one plain process (no Ray) over ``limit`` tracks, after its
+    warm-up: seconds per track, per-stage means and the process's peak RSS (one worker's load)."""
     code = f"""
-import resource, sys, tempfile
+import json, resource, sys, tempfile, time
 sys.path.insert(0, '.')
 from automaster.config import Config
 from automaster.corpus import list_corpus
-from automaster.pipelines.demaster import TrackProcessor
+from automaster.pipelines.demaster import STAGES, TrackProcessor
 from dataclasses import asdict
-proc = TrackProcessor(tempfile.mkdtemp(), Config())
-for t in list_corpus({corpus!r})[:{limit}]:
-    proc(asdict(t))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+t = time.perf_counter()
+proc = TrackProcessor(tempfile.mkdtemp(), Config(), warm_up=True)
+warm_up_s = time.perf_counter() - t
+t = time.perf_counter()
+rows = [proc(asdict(x)) for x in list_corpus({corpus!r})[:{limit}]]
+ok = [r for r in rows if r["status"] == "ok"]
+print(json.dumps({{"seconds_per_track": (time.perf_counter() - t) / len(rows), "warm_up_s": warm_up_s, "ok": len(ok),
+                  "stage_seconds_mean": {{s: sum(r[f"stage_{{s}}_s"] for r in ok) / len(ok) for s in STAGES}},
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
 """
     from automaster.pipelines.runtime import WORKER_ENV
 
     res = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], env={**os.environ, **WORKER_ENV, "OMP_NUM_THREADS": "1"})  # fmt: skip
-    return float(res.stdout.strip().splitlines()[-1])
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--corpus", default="../shared/data/fma_mini")
     parser.add_argument("--limit", type=int, default=24)
+    parser.add_argument("--tag", default="", help="suffix of the result file: demaster-DATE-TAG.json")
     args = parser.parse_args()
     from automaster.corpus import list_corpus
 
+    load_start = os.getloadavg()
     tracks = [t for t in list_corpus(args.corpus) if t.track_id not in ("098565", "099134")][: args.limit]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tracking = f"sqlite:///{tmp / 'mlflow.db'}"
         base_s = run_baseline([t.path for t in tracks])
         jobs = {w: run_job(args.corpus, args.limit, w, tmp / f"w{w}", tracking) for w in (1, 2)}
-    rss = worker_peak_rss_mb(args.corpus, min(8, args.limit))
+    single = single_process(args.corpus, min(12, args.limit))
     record = {
-        "date": time.strftime("%Y-%m-%d"),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "load_average_1_5_15_at_start": [round(v, 2) for v in load_start],
+        "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()],
         "tracks": args.limit,
         "baseline_s_per_track": base_s,
         "job": {w: {k: j[k] for k in ("tracks_per_s", "seconds_per_track", "stage_seconds_mean", "ok", "failed")} for w, j in jobs.items()},
-        "worker_peak_rss_mb": rss,
+        "single_process": single,
+        "worker_peak_rss_mb": single["peak_rss_mb"],
     }
     record["speedup_vs_baseline_1w"] = jobs[1]["tracks_per_s"] * base_s
     record["speedup_vs_baseline_2w"] = jobs[2]["tracks_per_s"] * base_s
+    record["speedup_vs_baseline_single_process"] = base_s / single["seconds_per_track"]
     record["scaling_1_to_2"] = jobs[2]["tracks_per_s"] / jobs[1]["tracks_per_s"]
     Path("bench/results").mkdir(parents=True, exist_ok=True)
-    Path(f"bench/results/demaster-{record['date']}.json").write_text(json.dumps(record, indent=2))
+    suffix = f"-{args.tag}" if args.tag else ""
+    Path(f"bench/results/demaster-{time.strftime('%Y-%m-%d')}{suffix}.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
 
 

@@ -330,6 +330,20 @@ def test_write_mono_vector(tmp_path):
     np.testing.assert_array_equal(y, v[None, :])
 
 
+@pytest.mark.parametrize("ext", [".wav", ".flac"])
+def test_int16_samples_are_written_as_they_are(tmp_path, ext):
+    # The same file as the floats they stand for (x / 32768), without the conversion and checks.
+    pcm = (sine(440, 44100, 0.5).T * 32767).astype(np.int16)  # (2, T)
+    pcm[0, :3] = (-32768, 32767, 0)
+    write_audio(tmp_path / f"i{ext}", pcm, 44100, subtype="PCM_16")
+    write_audio(tmp_path / f"f{ext}", pcm.astype(np.float32) / 32768.0, 44100, subtype="PCM_16")
+    assert (tmp_path / f"i{ext}").read_bytes() == (tmp_path / f"f{ext}").read_bytes()
+    data, _ = sf.read(tmp_path / f"i{ext}", dtype="int16", always_2d=True)
+    np.testing.assert_array_equal(data.T, pcm)
+    with pytest.raises(ValueError, match="int16"):
+        write_audio(tmp_path / "x.wav", pcm, 44100, subtype="PCM_24")
+
+
 def test_ogg_long_write_in_blocks(tmp_path):
     # Long enough to need many blocks; one huge Vorbis write crashed libsndfile (PLATFORM.md).
     x = np.tile(read_audio(D02)[0], 3) * 0.9  # 30 s stereo

@@ -172,16 +172,30 @@ def rfft_frames(
     return out
 
 
-def irfft_overlap_add(spec: np.ndarray, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> np.ndarray:
+def irfft_overlap_add(
+    spec: np.ndarray, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, gain: np.ndarray | None = None
+) -> np.ndarray:
     """Frame-major inverse STFT before cropping: ``(N, F, n_bins)`` -> centre-padded ``(N, L)``,
-    windowed, overlap-added and divided by the window envelope (what ``torch.istft`` crops)."""
+    windowed, overlap-added and divided by the window envelope (what ``torch.istft`` crops).
+
+    ``gain`` ``(G, F, n_bins)`` (real, ``N`` a multiple of ``G``), if given, multiplies the spectra
+    first, a block of frames at a time (rows ``g * N / G ..`` share ``gain[g]``): a spectral mask
+    applied without a masked copy of the whole spectrogram.
+    """
     n_rows, n_frames_, _ = spec.shape
     rdtype = np.float32 if spec.dtype == np.complex64 else np.float64
+    if gain is not None and (gain.ndim != 3 or gain.shape[1:] != spec.shape[1:] or n_rows % gain.shape[0]):
+        raise ValueError(f"expected gain of shape (G, {n_frames_}, {spec.shape[-1]}) dividing {n_rows} rows, got {gain.shape}")
     window = _hann_np(n_fft, np.dtype(rdtype))
     out = np.zeros((n_rows, padded_length(n_frames_, n_fft, hop_length)), rdtype)
+    buf = None if gain is None else np.empty((min(ROW_BLOCK, n_frames_), spec.shape[-1]), spec.dtype)
     for row in range(n_rows):
         for f0 in range(0, n_frames_, ROW_BLOCK):
-            frames = scipy.fft.irfft(spec[row, f0 : f0 + ROW_BLOCK], n=n_fft, axis=-1)
+            block = spec[row, f0 : f0 + ROW_BLOCK]
+            if gain is not None:
+                g = gain[row * gain.shape[0] // n_rows, f0 : f0 + ROW_BLOCK]
+                block = np.multiply(block, g, out=buf[: block.shape[0]])
+            frames = scipy.fft.irfft(block, n=n_fft, axis=-1, overwrite_x=gain is not None)
             _overlap_add(frames, window, out[row], f0 * hop_length, hop_length)
     out *= _inverse_envelope(n_frames_, n_fft, hop_length, np.dtype(rdtype))
     return out
@@ -202,12 +216,15 @@ def stft_rows(x: np.ndarray, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -
     return rfft_frames(padded, n_frames_, n_fft, hop_length)
 
 
-def istft_rows(spec: np.ndarray, length: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH) -> np.ndarray:
+def istft_rows(
+    spec: np.ndarray, length: int, n_fft: int = N_FFT, hop_length: int = HOP_LENGTH, gain: np.ndarray | None = None
+) -> np.ndarray:
     """Frame-major :func:`istft`: ``(N, F, n_fft // 2 + 1)`` -> ``(N, length)`` (float32 for
-    complex64)."""
+    complex64); ``gain`` ``(G, F, n_fft // 2 + 1)``, if given, multiplies the spectra first (see
+    :func:`irfft_overlap_add`), leaving ``spec`` as it was."""
     if spec.ndim != 3 or spec.shape[-1] != n_fft // 2 + 1:
         raise ValueError(f"expected (N, F, {n_fft // 2 + 1}) spectra, got shape {spec.shape}")
-    padded = irfft_overlap_add(spec, n_fft, hop_length)
+    padded = irfft_overlap_add(spec, n_fft, hop_length, gain)
     pad = n_fft // 2
     out = np.zeros((spec.shape[0], length), padded.dtype)
     width = max(0, min(length, padded.shape[-1] - pad))

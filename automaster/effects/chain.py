@@ -17,8 +17,11 @@ devices use).
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
+import scipy.fft
 import torch
 
 from automaster.dsp.stft import HOP_LENGTH, N_FFT, istft, istft_rows, stft, stft_rows
@@ -34,8 +37,8 @@ from automaster.effects.eq import eq_response
 from automaster.effects.gain import db_to_amplitude
 from automaster.effects.params import PARAM_NAMES
 from automaster.effects.reverb import (
-    POWER_EPS, SUPPRESSION_FLOOR, Generators, ir_length, reverb_inverse_mask, reverb_transfer,
-    suppression_constants,
+    POWER_EPS, SUPPRESSION_FLOOR, Generators, ir_length, reverb_impulse_response, reverb_inverse_mask, reverb_noise,
+    reverb_transfer, suppression_constants,
 )
 
 # Table name -> keyword argument of each effect function.
@@ -88,26 +91,39 @@ def apply_chain(
     params: dict[str, torch.Tensor],
     generator: Generators = None,
     stft_x: torch.Tensor | None = None,
+    stft_rows_x: np.ndarray | None = None,
 ) -> torch.Tensor:
     """Demaster ``x`` ``(B, C, T)`` -> ``(B, C, T)``.
+
+    On the CPU without autograd this runs :func:`_apply_chain_rows` (numpy/numba, the same
+    formulas, equal up to float rounding); otherwise torch, differentiable.
 
     Args:
         params: the table's parameters (see module doc).
         generator: seeds the reverb noise; one generator, or one per batch item.
         stft_x: ``stft(x)`` ``(B, C, n_fft // 2 + 1, 1 + T // 512)`` if the caller already has it.
+        stft_rows_x: or the same frame-major, ``stft_rows(x)`` ``(B * C, 1 + T // 512, n_fft // 2 + 1)``
+            (:func:`automaster.dsp.stft.stft_rows`); not modified.
     """
     check_audio(x)
     sample_rate = check_sample_rate(sample_rate)
     p = _check_params(params, x)
     batch, channels, length = x.shape
+    rows_shape = (batch * channels, stft_frames(length), N_FFT // 2 + 1)
+    if stft_rows_x is not None and (stft_rows_x.shape != rows_shape or not np.iscomplexobj(stft_rows_x)):
+        raise ValueError(f"expected stft_rows_x of shape {rows_shape} (complex stft_rows of x), got {stft_rows_x.shape}")
+    spec_shape = (batch, channels, N_FFT // 2 + 1, stft_frames(length))
+    if stft_x is not None and (stft_x.shape != spec_shape or not stft_x.is_complex()):
+        raise ValueError(f"expected stft_x of shape {spec_shape} (complex stft of x), got {tuple(stft_x.shape)}")
+    if x.device.type == "cpu" and not needs_grad(x, *p.values()):
+        if stft_rows_x is None and stft_x is not None:
+            stft_rows_x = stft_x.detach().reshape(batch * channels, *stft_x.shape[-2:]).transpose(1, 2).contiguous().numpy()
+        return _apply_chain_rows(x.detach(), sample_rate, p, generator, stft_rows_x)
+    if stft_x is None and stft_rows_x is not None:
+        stft_x = torch.from_numpy(stft_rows_x).to(x.device).transpose(1, 2).reshape(batch, channels, rows_shape[2], rows_shape[1])
     own_spec = stft_x is None
     if own_spec:
         stft_x = stft(x)
-    elif stft_x.shape != (batch, channels, N_FFT // 2 + 1, stft_frames(length)) or not stft_x.is_complex():
-        raise ValueError(
-            f"expected stft_x of shape {(batch, channels, N_FFT // 2 + 1, stft_frames(length))} "
-            f"(complex stft of x), got {tuple(stft_x.shape)}"
-        )
     response = eq_response(sample_rate, stft_x.shape[-2], stft_x.shape[-1], **_kwargs(p, EQ_ARGS), batch=batch)
     x = istft(_masked(stft_x, response.unsqueeze(1), in_place=own_spec), length)
     x = compressor(x, sample_rate, **_kwargs(p, COMPRESSOR_ARGS))
@@ -115,6 +131,59 @@ def apply_chain(
     n_fft = fast_fft_size(length + tail)  # linear, not circular, convolution
     spec = rfft(x, n=n_fft) * _lti_transfer(sample_rate, p, channels, n_fft, generator)
     return irfft(spec, n=n_fft)[..., :length]
+
+
+@numba.njit(cache=True)
+def _lti_rows(spec, reverb_spec, channels, wet, echo_gain, echo_phase_step, amplitude):  # pragma: no cover
+    """In place: ``spec[r, k] *= ((1 - wet) + wet H[r, k]) (1 + g exp(j phase_step k)) amplitude``,
+    the reverb x echo x gain response of :func:`_lti_transfer`, for long one-sided spectra
+    ``(B * C, n_bins)``. The echo's phase ramp advances by complex rotation (float64), re-anchored
+    by an exact sine and cosine every 4096 bins, instead of a sine and cosine per bin."""
+    n_rows, n_bins = spec.shape
+    for r in range(n_rows):
+        b = r // channels
+        w = wet[b]
+        g = echo_gain[b]
+        step = echo_phase_step[b]
+        rot = complex(math.cos(step), math.sin(step))
+        for k0 in range(0, n_bins, 4096):
+            tap = complex(math.cos(step * k0), math.sin(step * k0))
+            for k in range(k0, min(k0 + 4096, n_bins)):
+                response = ((1.0 - w) + w * reverb_spec[r, k]) * (1.0 + g * tap) * amplitude[b]
+                spec[r, k] = spec[r, k] * response
+                tap *= rot
+
+
+def _apply_chain_rows(
+    x: torch.Tensor, sample_rate: float, p: dict[str, torch.Tensor], generator: Generators, spec: np.ndarray | None
+) -> torch.Tensor:
+    """:func:`apply_chain` on the CPU without autograd: frame-major numpy spectra, the EQ mask
+    applied block by block inside the iSTFT, the compressor's detector in one numba pass and the
+    reverb x echo x gain response in one pass over the long spectrum (no complex temporaries).
+    The reverb noise is drawn first, as on the torch path, so a generator gives the same draw."""
+    batch, channels, length = x.shape
+    tail = ir_length(sample_rate, p["reverb_rt60_s"]) + delay_padding(sample_rate, p["echo_delay_s"])
+    n_fft = fast_fft_size(length + tail)  # linear, not circular, convolution
+    noise = reverb_noise(batch, channels, ir_length(sample_rate, p["reverb_rt60_s"]), generator)
+    if spec is None:
+        spec = stft_rows(x.reshape(batch * channels, length).numpy())  # (B * C, F, n_bins)
+    response = eq_response(sample_rate, spec.shape[-1], spec.shape[-2], **_kwargs(p, EQ_ARGS), batch=batch, frames_first=True)
+    real = np.float32 if spec.dtype == np.complex64 else np.float64
+    eq_x = istft_rows(spec, length, gain=np.ascontiguousarray(response.numpy(), dtype=real))  # (B * C, T)
+    x = compressor(torch.from_numpy(eq_x).view(batch, channels, length), sample_rate, **_kwargs(p, COMPRESSOR_ARGS))
+    h = reverb_impulse_response(sample_rate, p["reverb_rt60_s"], noise.to(x.dtype))  # (B, C, L)
+    long_spec = scipy.fft.rfft(x.reshape(batch * channels, length).numpy(), n=n_fft, axis=-1)
+    reverb_spec = scipy.fft.rfft(h.reshape(batch * channels, -1).numpy(), n=n_fft, axis=-1)
+
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return t.detach().double().numpy()
+
+    # echo_transfer's phase -2 pi f delay at f = k sample_rate / n_fft, per bin k
+    phase_step = -2.0 * math.pi * sample_rate / n_fft * arr(p["echo_delay_s"])
+    _lti_rows(long_spec, reverb_spec, channels, arr(p["reverb_wet"]), arr(p["echo_gain"]), phase_step,
+              arr(db_to_amplitude(p["output_gain_db"])))
+    y = scipy.fft.irfft(long_spec, n=n_fft, axis=-1, overwrite_x=True)[:, :length]
+    return torch.from_numpy(y).view(batch, channels, length)
 
 
 def invert_chain(y: torch.Tensor, sample_rate: float, params: dict[str, torch.Tensor]) -> torch.Tensor:

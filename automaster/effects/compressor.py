@@ -62,6 +62,27 @@ def _one_pole_forward(p, b_att, b_rel):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
+def _detector_sampled(p, b_rms, b_att, b_rel, step):  # pragma: no cover - compiled
+    """The two one-pole passes of :func:`detector_power` fused, without autograd's bookkeeping:
+    the RMS window then the attack/release smoother (the same float operations in the same order
+    as two :func:`_one_pole_forward` calls), keeping every ``step``-th output."""
+    rows, n = p.shape
+    out = np.empty((rows, (n + step - 1) // step), p.dtype)
+    for r in range(rows):
+        b1 = b_rms[r]
+        ba = b_att[r]
+        br = b_rel[r]
+        s1 = p[r, 0] * 0
+        s2 = s1
+        for i in range(n):
+            s1 += b1 * (p[r, i] - s1)
+            s2 += (ba if s1 > s2 else br) * (s1 - s2)
+            if i % step == 0:
+                out[r, i // step] = s2
+    return out
+
+
+@numba.njit(cache=True)
 def _one_pole_backward(p, s, attack, a_att, a_rel, grad_s):  # pragma: no cover - compiled
     rows, n = p.shape
     grad_p = np.empty_like(p)
@@ -264,6 +285,21 @@ def detector_power(
     return one_pole_ballistics(power, a_att, a_rel)
 
 
+def _detector_power_sampled(
+    x: torch.Tensor, sample_rate: float, attack_ms: torch.Tensor, release_ms: torch.Tensor
+) -> torch.Tensor:
+    """``detector_power(...)[:, ::GAIN_STEP]`` in one numba pass (CPU, no autograd)."""
+    power = x.square().mean(dim=1).contiguous().numpy()  # (B, T)
+
+    def one_minus(a: torch.Tensor) -> np.ndarray:  # 1 - a in the power's dtype, as _OnePole does
+        return (1.0 - a.double().numpy()).astype(power.dtype)
+
+    a_rms = torch.full_like(attack_ms, math.exp(-1.0 / (RMS_TIME_S * sample_rate)))
+    a_att = time_coef(attack_ms / 1000.0, sample_rate)
+    a_rel = time_coef(release_ms / 1000.0, sample_rate)
+    return torch.from_numpy(_detector_sampled(power, one_minus(a_rms), one_minus(a_att), one_minus(a_rel), GAIN_STEP))
+
+
 def compressor(
     x: torch.Tensor,
     sample_rate: float,
@@ -279,13 +315,40 @@ def compressor(
     sample_rate = check_sample_rate(sample_rate)
     p = _clip_params(x, threshold_db=threshold_db, ratio=ratio, knee_db=knee_db,
                      attack_ms=attack_ms, release_ms=release_ms, makeup_db=makeup_db)
-    power = detector_power(x, sample_rate, p["attack_ms"], p["release_ms"])  # (B, T)
     # The detector is smooth (RMS window 10 ms), so the static curve is evaluated every
     # GAIN_STEP samples and the gain interpolated: ~1e-4 dB off, for a tenth of the cost.
-    level = 10.0 * torch.log10(power[:, ::GAIN_STEP] + POWER_FLOOR)
+    fast = x.device.type == "cpu" and not needs_grad(x, *p.values())
+    if fast:
+        sampled = _detector_power_sampled(x, sample_rate, p["attack_ms"], p["release_ms"])
+    else:
+        sampled = detector_power(x, sample_rate, p["attack_ms"], p["release_ms"])[:, ::GAIN_STEP]  # (B, T / step)
+    level = 10.0 * torch.log10(sampled + POWER_FLOOR)
     col = {k: v.unsqueeze(-1) for k, v in p.items()}  # (B, 1) to broadcast over time
     gain_db = compressor_gain_db(level, col["threshold_db"], col["ratio"], col["knee_db"]) + col["makeup_db"]
-    return x * upsample_linear(torch.pow(10.0, gain_db / 20.0), GAIN_STEP, x.shape[-1]).unsqueeze(1)
+    gain = torch.pow(10.0, gain_db / 20.0)  # (B, T / step)
+    if fast:  # interpolated and applied in one pass, no (B, T) gain array
+        out = torch.empty_like(x)
+        _apply_sampled_gain(x.contiguous().numpy(), gain.numpy(), GAIN_STEP, out.numpy())
+        return out
+    return x * upsample_linear(gain, GAIN_STEP, x.shape[-1]).unsqueeze(1)
+
+
+@numba.njit(cache=True)
+def _apply_sampled_gain(x, gain, step, out):  # pragma: no cover - compiled
+    """``out = x * upsample_linear(gain, step, T)`` for ``x`` ``(B, C, T)``, ``gain`` ``(B, N)``:
+    gain ``j`` at sample ``j * step``, linear in between, the last one held."""
+    batch, channels, n = x.shape
+    last = gain.shape[1] - 1
+    for b in range(batch):
+        for c in range(channels):
+            for i in range(n):
+                j = i // step
+                if j < last:
+                    frac = (i - j * step) / step
+                    g = gain[b, j] + (gain[b, j + 1] - gain[b, j]) * frac
+                else:
+                    g = gain[b, last]
+                out[b, c, i] = x[b, c, i] * g
 
 
 def expander_power_gain(

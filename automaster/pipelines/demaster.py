@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import tempfile
 import time
 import traceback
 from dataclasses import asdict
@@ -24,11 +26,10 @@ from automaster import storage
 from automaster.audio import AudioError, audio_info, read_audio, write_audio
 from automaster.config import Config, from_dict
 from automaster.corpus import scan_corpus
-from automaster.dataset import DATASET_DIR, META_FILE, SCHEMA_VERSION, from_pcm16, parquet_bytes, to_pcm16
+from automaster.dataset import DATASET_DIR, META_FILE, SCHEMA_VERSION, parquet_bytes, to_pcm16
 from automaster.degrade import degrade, draw_params, seed_for, make_generator
-from automaster.dsp.mel import mel_from_power
-from automaster.dsp.scale import power_to_db
-from automaster.dsp.stft import stft
+from automaster.dsp.mel import mel_db_rows
+from automaster.dsp.stft import HOP_LENGTH, N_FFT, stft_rows
 from automaster.effects.params import PARAMS
 from automaster.plots import mel_pair_png
 
@@ -40,11 +41,6 @@ AUDIO_DIR, PNG_DIR, TXT_DIR = "output_audio", "output_spectrograms", "output_txt
 
 class TrackError(Exception):
     """A track that cannot become training data (too short, silent, ...)."""
-
-
-def _power(spec: torch.Tensor) -> torch.Tensor:
-    """|X|^2 without the square root and square of ``abs().square()``."""
-    return torch.view_as_real(spec).square().sum(-1)
 
 
 def dataset_file(out: str, track_id: str) -> str:
@@ -74,10 +70,32 @@ def params_text(track_id: str, variant: int, params: dict[str, torch.Tensor]) ->
 class TrackProcessor:
     """Turns one corpus row into dataset rows and files. Holds no Ray state (testable alone)."""
 
-    def __init__(self, out: str, config: dict[str, Any] | Config):
+    def __init__(self, out: str, config: dict[str, Any] | Config, warm_up: bool = False):
         self.out = out
         self.config = config if isinstance(config, Config) else from_dict(config)
         torch.set_num_threads(1)  # one track per CPU; parallelism comes from Ray
+        if warm_up:
+            self.warm_up()
+
+    def warm_up(self) -> float:
+        """Run a synthetic clip through every stage into a throw-away folder; returns seconds.
+
+        A fresh worker's first track otherwise pays ~1.5 s of one-off costs (numba kernels
+        loaded from their cache, librosa's filterbank, matplotlib's colormap, FFT plans for the
+        clip's length): paid here, at start-up, every track then costs the same.
+        """
+        t = time.perf_counter()
+        sr = self.config.audio.sample_rate
+        # A full-length clip: FFT plans and window envelopes are cached per length.
+        seconds = max(self.config.demaster.clip_seconds, self.config.demaster.min_seconds + 1.0)
+        noise = np.random.default_rng(0).standard_normal((2, int(seconds * sr))).astype(np.float32)
+        with tempfile.TemporaryDirectory(prefix="automaster-warm-up-") as tmp:
+            path = os.path.join(tmp, "warm_up.wav")
+            write_audio(path, 0.1 * noise, sr, subtype="FLOAT")
+            status = TrackProcessor(tmp, self.config)({"track_id": "warm_up", "path": path, "split": "", "genre": ""})
+        if status["status"] != "ok":
+            log.warning("demaster warm-up failed (the first track will be slower): %s", status["reason"])
+        return time.perf_counter() - t
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         status: dict[str, Any] = {
@@ -125,8 +143,11 @@ class TrackProcessor:
         stages["decode"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        spec_clean = stft(x, audio_cfg.n_fft, audio_cfg.hop_length)  # (1, bins, F), reused by the EQ
-        mel_clean_db = power_to_db(mel_from_power(_power(spec_clean), sr, audio_cfg.n_mels))[0]
+        # One frame-major STFT of the clean clip serves its mel and (at the chain's own framing)
+        # the chain's EQ.
+        spec_clean = stft_rows(x.numpy(), audio_cfg.n_fft, audio_cfg.hop_length)  # (1, F, bins)
+        mel_clean_db = mel_db_rows(spec_clean, sr, audio_cfg.n_mels)[0]  # (n_mels, F)
+        shared_spec = spec_clean if (audio_cfg.n_fft, audio_cfg.hop_length) == (N_FFT, HOP_LENGTH) else None
         wave_clean = to_pcm16(x[0].numpy())
         stages["mels"] += time.perf_counter() - t
 
@@ -137,26 +158,25 @@ class TrackProcessor:
             suffix = _variant_suffix(variant, dm.variants)
             t = time.perf_counter()
             gen = make_generator(dm.seed, track_id, variant)
-            n_frames = spec_clean.shape[-1]
+            n_frames = spec_clean.shape[1]
             params = draw_params(n_frames, gen, cfg.degrade, clip_rms_db=rms_db + 20 * math.log10(input_gain))
-            result = degrade(x[None], sr, params, gen, cfg.degrade, stft_clean=spec_clean[None])
+            result = degrade(x[None], sr, params, gen, cfg.degrade, stft_rows_clean=shared_spec)
             y = result.audio[0]  # (1, T)
             stages["effects"] += time.perf_counter() - t
 
             t = time.perf_counter()
-            spec_y = stft(y, audio_cfg.n_fft, audio_cfg.hop_length)
-            mel_y_db = power_to_db(mel_from_power(_power(spec_y), sr, audio_cfg.n_mels))[0]
+            mel_y_db = mel_db_rows(stft_rows(y.numpy(), audio_cfg.n_fft, audio_cfg.hop_length), sr, audio_cfg.n_mels)[0]
             wave_y = to_pcm16(y[0].numpy())
             stages["mels"] += time.perf_counter() - t
 
             t = time.perf_counter()
-            png = mel_pair_png(mel_clean_db.numpy(), mel_y_db.numpy(), audio_cfg.db_min, audio_cfg.db_max) if dm.write_png else None
+            png = mel_pair_png(mel_clean_db, mel_y_db, audio_cfg.db_min, audio_cfg.db_max) if dm.write_png else None
             stages["png"] += time.perf_counter() - t
 
             t = time.perf_counter()
             degraded_name = f"{track_id}_degraded{suffix}.wav"
             if dm.write_audio:
-                write_audio(storage.join(audio_dir, degraded_name), from_pcm16(wave_y)[None], sr, subtype="PCM_16")
+                write_audio(storage.join(audio_dir, degraded_name), wave_y, sr, subtype="PCM_16")  # the int16 as they are
             if png is not None:
                 storage.write_bytes_atomic(storage.join(self.out, PNG_DIR, f"{track_id}{suffix}.png"), png)
             if dm.write_txt:
@@ -177,8 +197,8 @@ class TrackProcessor:
                 "n_frames": int(mel_clean_db.shape[-1]),
                 "input_gain_db": 20.0 * math.log10(input_gain),
                 "rms_db": rms_db,
-                "mel_original_db": mel_clean_db.numpy(),
-                "mel_degraded_db": mel_y_db.numpy(),
+                "mel_original_db": mel_clean_db,
+                "mel_degraded_db": mel_y_db,
                 "wave_original": wave_clean,
                 "wave_degraded": wave_y,
                 "audio_original": f"{AUDIO_DIR}/{clean_name}",
@@ -191,7 +211,7 @@ class TrackProcessor:
 
         t = time.perf_counter()
         if dm.write_audio:
-            write_audio(storage.join(audio_dir, clean_name), from_pcm16(wave_clean)[None], sr, subtype="PCM_16")
+            write_audio(storage.join(audio_dir, clean_name), wave_clean, sr, subtype="PCM_16")
         # Written last and atomically: its presence means every output of the track is complete.
         storage.write_bytes_atomic(dataset_file(self.out, track_id), parquet_bytes(rows))
         stages["writes"] += time.perf_counter() - t
@@ -262,7 +282,7 @@ def run_demaster(
             items = [asdict(t) for t in todo]
             ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000)).map(
                 TrackProcessor,
-                fn_constructor_kwargs={"out": out, "config": config.to_dict()},
+                fn_constructor_kwargs={"out": out, "config": config.to_dict(), "warm_up": True},
                 compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
                 num_cpus=1,
             )

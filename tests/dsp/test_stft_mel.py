@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from automaster.dsp.mel import mel_filterbank, mel_to_linear, melspectrogram
+from automaster.dsp.mel import mel_db_rows, mel_filterbank, mel_from_power, mel_to_linear, melspectrogram
 from automaster.dsp.scale import (
     db_to_power,
     denormalize_fixed,
@@ -12,7 +12,7 @@ from automaster.dsp.scale import (
     normalize_minmax,
     power_to_db,
 )
-from automaster.dsp.stft import istft, n_frames, stft
+from automaster.dsp.stft import istft, n_frames, stft, stft_rows
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +83,17 @@ def test_minmax_normalisation_hides_level_but_inverts_with_stats():
     torch.testing.assert_close(denormalize_minmax(u, lo, hi), db)
     u_quiet, _, _ = normalize_minmax(db - 6.0)
     torch.testing.assert_close(u_quiet, u)  # level is gone: why it is not the default
+
+
+@pytest.mark.parametrize("sample_rate,n_mels", [(44100, 128), (22050, 64)])
+def test_mel_db_rows_equals_the_torch_mel_in_db(music, sample_rate, n_mels):
+    x = np.stack([music, music * 1e-4])  # the quiet row reaches the dB floor in places
+    x[1, :4096] = 0.0
+    rows = stft_rows(x)  # (2, F, bins)
+    ours = mel_db_rows(rows, sample_rate, n_mels)
+    ref = power_to_db(mel_from_power(stft(torch.from_numpy(x)).abs().square(), sample_rate, n_mels)).numpy()
+    assert ours.shape == ref.shape == (2, n_mels, n_frames(music.size)) and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, ref, atol=1e-3)
+    assert ours[1, :, 0].max() == pytest.approx(-60.0)  # 10 log10(1e-6) in digital silence
+    with pytest.raises(ValueError, match="complex"):
+        mel_db_rows(np.abs(rows))

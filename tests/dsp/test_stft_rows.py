@@ -31,3 +31,15 @@ def test_float64_and_power():
     np.testing.assert_allclose(power_rows(rows), np.abs(rows) ** 2, rtol=1e-12)
     with pytest.raises(ValueError, match="shape"):
         stft_rows(x[0])
+
+
+def test_istft_rows_gain_equals_masking_first():
+    x = np.random.default_rng(1).standard_normal((4, 9000)).astype(np.float32)
+    rows = stft_rows(x)
+    before = rows.copy()
+    gain = np.random.default_rng(2).uniform(0.5, 2.0, (2, *rows.shape[1:])).astype(np.float32)  # rows 0-1, 2-3
+    masked = rows * np.repeat(gain, 2, axis=0)
+    np.testing.assert_allclose(istft_rows(rows, 9000, gain=gain), istft_rows(masked, 9000), atol=1e-6)
+    assert np.array_equal(rows, before)
+    with pytest.raises(ValueError, match="gain"):
+        istft_rows(rows, 9000, gain=gain[:, :3])

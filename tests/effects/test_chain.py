@@ -3,12 +3,13 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
 from automaster.dsp.mel import melspectrogram
-from automaster.dsp.stft import stft
+from automaster.dsp.stft import stft, stft_rows
 from automaster.effects import apply_chain, gain, gain_inverse, invert_chain, neutral_params
 from automaster.effects.params import PARAMS
 
@@ -125,6 +126,29 @@ def test_fast_cpu_inverse_equals_the_differentiable_one(u):
 
 
 @needs_music
+@pytest.mark.parametrize("u", [0.2, 0.9])
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_fast_cpu_chain_equals_the_differentiable_one(u, channels):
+    # Without autograd the CPU chain runs frame-major numpy/numba (what the demaster job uses);
+    # with it, the torch formulas. Same audio up to float rounding, same generator draws.
+    x = torch.cat([_music(0, 2.0), _music(1, 2.0)])[:, :channels]  # (2, C, T): a batch of two
+    params = _params([u, 1 - u], 1 + x.shape[-1] // 512)
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    fast = apply_chain(x, 44100, params, gens())
+    with torch.enable_grad():
+        slow = apply_chain(x.clone().requires_grad_(), 44100, params, gens()).detach()
+    torch.testing.assert_close(fast, slow, atol=2e-6, rtol=0)
+    rows = stft_rows(x.reshape(2 * channels, -1).numpy())
+    before = rows.copy()
+    torch.testing.assert_close(apply_chain(x, 44100, params, gens(), stft_rows_x=rows), fast)
+    assert np.array_equal(rows, before)  # the caller's spectra are left alone
+    torch.testing.assert_close(apply_chain(x, 44100, params, gens(), stft_x=stft(x)), fast, atol=1e-6, rtol=0)
+    with torch.enable_grad():  # frame-major spectra given to the torch path
+        given = apply_chain(x.clone().requires_grad_(), 44100, params, gens(), stft_rows_x=rows).detach()
+    torch.testing.assert_close(given, slow, atol=1e-6, rtol=0)
+
+
+@needs_music
 def test_gradients_reach_every_parameter_through_both_chains():
     x = (_music(1, 1.0) * 2.0).requires_grad_()  # loud enough to cross the knee
     params = {k: v.clone().requires_grad_() for k, v in _params(0.7, 1 + x.shape[-1] // 512).items()}
@@ -161,5 +185,7 @@ def test_bad_inputs_raise_clear_errors():
         apply_chain(x, 44100, {k: v for k, v in params.items() if k != "echo_gain"})
     with pytest.raises(ValueError, match=r"unknown \['echo_gian'\]"):
         invert_chain(x, 44100, {**params, "echo_gian": torch.zeros(1)})
+    with pytest.raises(ValueError, match="stft_rows_x of shape"):
+        apply_chain(x, 44100, params, stft_rows_x=np.zeros((1, 3, 1025), np.complex64))
     with pytest.raises(ValueError, match="stft_x of shape"):
         apply_chain(x, 44100, params, stft_x=torch.zeros(1, 1, 1025, 3, dtype=torch.complex64))

@@ -147,3 +147,14 @@ def test_bad_inputs_raise_clear_errors():
         compressor(torch.zeros(1, 1, 100), 44100, **_settings(ratio=0.5))
     with pytest.raises(ValueError, match=r"threshold_db of shape \(1,\)"):
         compressor(torch.zeros(1, 1, 100), 44100, **{**_settings(), "threshold_db": torch.zeros(2)})
+
+
+@pytest.mark.parametrize("channels", CHANNELS)
+def test_fast_cpu_compressor_equals_the_differentiable_one(channels):
+    # Without autograd on the CPU the detector runs as one fused numba pass and the gain is
+    # interpolated as it is applied; with it, two autograd recursions and torch interpolation.
+    x = torch.randn(2, channels, 44100 + 37, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.3, 0.05]).view(2, 1, 1)
+    settings = {k: torch.cat([v, v * 0.5]) for k, v in _settings(knee_db=6.0, attack_ms=3.0, release_ms=80.0).items()}
+    fast = compressor(x, 44100, **settings)
+    slow = compressor(x, 44100, **{k: v.clone().requires_grad_() for k, v in settings.items()}).detach()
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
