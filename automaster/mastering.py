@@ -398,6 +398,7 @@ class Masterer:
         self.min_echo_gain = float(min_echo_gain)
         self.max_forecast_error = None if max_forecast_error is None else float(max_forecast_error)
         self.forecast_skill = forecast_errors(self.meta)
+        self._policy = self._chain_policy()
         self.loudness = _loudness()
         if (target_lufs is not None or true_peak_dbtp is not None) and self.loudness is None:
             raise MasteringError("--target-lufs/--true-peak need automaster.dsp.loudness, which is not available")
@@ -417,6 +418,9 @@ class Masterer:
         """Where each chain parameter comes from: ``"forecast"``, ``"neutral"`` (the forecast is
         not better than the mean on validation, and the parameter has a neutral value) or
         ``"estimate"`` (echo, measured from the audio)."""
+        return dict(self._policy)
+
+    def _chain_policy(self) -> dict[str, str]:
         from automaster.effects.params import PARAMS
 
         out = {}
@@ -442,7 +446,7 @@ class Masterer:
             return float(BY_NAME[name].normalize(torch.tensor(float(value))))
 
         render = params_norm.copy()
-        for name, how in self.chain_policy().items():
+        for name, how in self._policy.items():
             if how == "neutral" or (how == "estimate" and name == "echo_gain"):
                 render[PARAM_NAMES.index(name)] = norm(name, BY_NAME[name].neutral)
         report = render.copy()
@@ -748,7 +752,7 @@ class Masterer:
         write_audio(target, mastered, sr, subtype="PCM_24")
         self._write_images(out_root, out_rel, arrays)
         if "params_norm" in arrays:
-            stats = parameter_stats(arrays["params_norm"], self.chain_policy())
+            stats = parameter_stats(arrays["params_norm"], self._policy)
             storage.write_bytes_atomic(
                 storage.join(out_root, PARAMS_DIR, out_rel + ".json"), json.dumps(stats, indent=2).encode()
             )
@@ -780,18 +784,14 @@ class Masterer:
 def forecast_errors(meta: dict[str, Any]) -> dict[str, float]:
     """Per parameter, the checkpoint's validation MAE over the predict-the-mean baseline's
     (``{}`` when the checkpoint has no such metrics, e.g. a model saved outside training)."""
+    from automaster.model.validate import mae_ratios
+
     try:
         metrics = json.loads(meta.get("extra", {}).get("metrics", "{}"))
+        ratios = mae_ratios({k: float(v) for k, v in metrics.items()})
     except (TypeError, ValueError):
         return {}
-    out = {}
-    for key, value in metrics.items():
-        if key.startswith("val/mae/"):
-            name = key[len("val/mae/") :]
-            base = metrics.get(f"val/mae_baseline/{name}")
-            if base and math.isfinite(float(value)) and float(base) > 0:
-                out[name] = float(value) / float(base)
-    return out
+    return {name: r for name, r in ratios.items() if math.isfinite(r)}
 
 
 def parameter_stats(params_norm: np.ndarray, sources: dict[str, str] | None = None) -> dict[str, Any]:

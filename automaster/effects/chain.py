@@ -77,6 +77,11 @@ def _lti_transfer(
     return rev * (tap * db_to_amplitude(p["output_gain_db"]).view(-1, 1, 1))
 
 
+def _arr(t: torch.Tensor, dtype: type = np.float64) -> np.ndarray:
+    """Per-clip parameters as a numpy array of ``dtype`` for the numba kernels (via float64)."""
+    return t.detach().double().numpy().astype(dtype, copy=False)
+
+
 def _masked(spec: torch.Tensor, mask: torch.Tensor, in_place: bool) -> torch.Tensor:
     """``spec * mask``; in place when allowed and no gradient is needed (large spectra are slow to
     allocate: fresh pages cost more than the multiply)."""
@@ -162,9 +167,9 @@ def _apply_chain_rows(
     reverb x echo x gain response in one pass over the long spectrum (no complex temporaries).
     The reverb noise is drawn first, as on the torch path, so a generator gives the same draw."""
     batch, channels, length = x.shape
-    tail = ir_length(sample_rate, p["reverb_rt60_s"]) + delay_padding(sample_rate, p["echo_delay_s"])
-    n_fft = fast_fft_size(length + tail)  # linear, not circular, convolution
-    noise = reverb_noise(batch, channels, ir_length(sample_rate, p["reverb_rt60_s"]), generator)
+    ir = ir_length(sample_rate, p["reverb_rt60_s"])
+    n_fft = fast_fft_size(length + ir + delay_padding(sample_rate, p["echo_delay_s"]))  # linear, not circular, convolution
+    noise = reverb_noise(batch, channels, ir, generator)
     if spec is None:
         spec = stft_rows(x.reshape(batch * channels, length).numpy())  # (B * C, F, n_bins)
     response = eq_response(sample_rate, spec.shape[-1], spec.shape[-2], **_kwargs(p, EQ_ARGS), batch=batch, frames_first=True)
@@ -175,13 +180,10 @@ def _apply_chain_rows(
     long_spec = scipy.fft.rfft(x.reshape(batch * channels, length).numpy(), n=n_fft, axis=-1)
     reverb_spec = scipy.fft.rfft(h.reshape(batch * channels, -1).numpy(), n=n_fft, axis=-1)
 
-    def arr(t: torch.Tensor) -> np.ndarray:
-        return t.detach().double().numpy()
-
     # echo_transfer's phase -2 pi f delay at f = k sample_rate / n_fft, per bin k
-    phase_step = -2.0 * math.pi * sample_rate / n_fft * arr(p["echo_delay_s"])
-    _lti_rows(long_spec, reverb_spec, channels, arr(p["reverb_wet"]), arr(p["echo_gain"]), phase_step,
-              arr(db_to_amplitude(p["output_gain_db"])))
+    phase_step = -2.0 * math.pi * sample_rate / n_fft * _arr(p["echo_delay_s"])
+    _lti_rows(long_spec, reverb_spec, channels, _arr(p["reverb_wet"]), _arr(p["echo_gain"]), phase_step,
+              _arr(db_to_amplitude(p["output_gain_db"])))
     y = scipy.fft.irfft(long_spec, n=n_fft, axis=-1, overwrite_x=True)[:, :length]
     return torch.from_numpy(y).view(batch, channels, length)
 
@@ -303,12 +305,9 @@ def _invert_rest_rows(z: torch.Tensor, sample_rate: float, p: dict[str, torch.Te
     weights = np.full(n_bins, 2.0, real)
     weights[0] = weights[-1] = 1.0
 
-    def arr(t: torch.Tensor) -> np.ndarray:
-        return t.detach().double().numpy().astype(real)
-
     before, after = _dereverb_eq_rows(
-        spec.view(real), np.ascontiguousarray(response.numpy(), dtype=real), channels, arr(decay), arr(share),
-        arr(1.0 / (1.0 - wet)), real(SUPPRESSION_FLOOR), real(POWER_EPS), weights,
+        spec.view(real), np.ascontiguousarray(response.numpy(), dtype=real), channels, _arr(decay, real), _arr(share, real),
+        _arr(1.0 / (1.0 - wet), real), real(SUPPRESSION_FLOOR), real(POWER_EPS), weights,
     )
     ratio = torch.from_numpy(before / np.maximum(after, 1e-20)).to(z.dtype)  # (B, F)
     ratio = upsample_linear(ratio, HOP_LENGTH, length)  # (B, T)

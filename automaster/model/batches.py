@@ -18,10 +18,15 @@ from automaster.dsp.scale import normalize_fixed, normalize_minmax
 from automaster.effects.params import PARAMS, stack
 
 
+def batch_rows(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """A Ray Data numpy batch (columns) -> its rows, not decoded (see :func:`rows_from_batch`)."""
+    n = len(next(iter(batch.values())))
+    return [{k: v[i] for k, v in batch.items()} for i in range(n)]
+
+
 def rows_from_batch(batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
     """A Ray Data numpy batch (columns) -> decoded rows (numpy arrays with shapes)."""
-    n = len(next(iter(batch.values())))
-    return [decode_row({k: v[i] for k, v in batch.items()}) for i in range(n)]
+    return [decode_row(row) for row in batch_rows(batch)]
 
 
 def normalize_mel(db: torch.Tensor, audio: AudioConfig, stats_from: torch.Tensor | None = None) -> torch.Tensor:

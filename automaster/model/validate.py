@@ -114,11 +114,17 @@ def metrics_from_totals(totals: dict[str, tuple[float, int]]) -> dict[str, float
     """``(sum, count)`` per metric -> means, plus ``val/mae_ratio`` (from the means, so it is
     the same whichever way the rows were shared out). Metrics with no rows are left out."""
     metrics = {k: float(total) / n for k, (total, n) in totals.items() if n > 0}
-    ratios = [
-        metrics[f"val/mae/{p.name}"] / max(metrics[f"val/mae_baseline/{p.name}"], 1e-9)
-        for p in PARAMS
-        if f"val/mae_baseline/{p.name}" in metrics and p.name != "output_gain_db"
-    ]
+    ratios = [r for name, r in mae_ratios(metrics).items() if name != "output_gain_db"]
     if ratios:
         metrics["val/mae_ratio"] = float(np.mean(ratios))
     return metrics
+
+
+def mae_ratios(metrics: dict[str, float]) -> dict[str, float]:
+    """Per parameter with both in ``metrics``: ``val/mae/<p>`` over ``val/mae_baseline/<p>``
+    (the forecast's error as a share of predicting the training mean)."""
+    return {
+        p.name: metrics[f"val/mae/{p.name}"] / max(metrics[f"val/mae_baseline/{p.name}"], 1e-9)
+        for p in PARAMS
+        if f"val/mae/{p.name}" in metrics and f"val/mae_baseline/{p.name}" in metrics
+    }

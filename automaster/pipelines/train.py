@@ -84,7 +84,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from automaster.model.batches import collate, random_crops, rows_from_batch
+    from automaster.dataset import decode_row
+    from automaster.model.batches import batch_rows, collate, random_crops, rows_from_batch
     from automaster.model.cascade import Cascade
     from automaster.model.checkpoint import load_training_state, save_checkpoint
     from automaster.model.losses import CompositeLoss
@@ -162,10 +163,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         # Validation is shared out: rank r takes rows r, r + world, ... (rank 0's first row, the
         # figure, is the split's first), and the (sum, count) totals are added up over the ranks.
-        val_rows = [r for raw in val_shard.iter_batches(batch_size=1, batch_format="numpy") for r in rows_from_batch(raw)]
+        # Every rank sees the whole split; each decodes only its own rows.
+        val_rows = [r for raw in val_shard.iter_batches(batch_size=1, batch_format="numpy") for r in batch_rows(raw)]
         if 0 < tc.val_rows < len(val_rows):  # evenly spread, the same rows every epoch
             val_rows = [val_rows[i] for i in np.linspace(0, len(val_rows) - 1, tc.val_rows).round().astype(int)]
-        totals, figure = validation_totals(bare, val_rows[rank::world], audio, means, device)
+        mine = [decode_row(r) for r in val_rows[rank::world]]
+        totals, figure = validation_totals(bare, mine, audio, means, device)
         keys = [k for k in loop_config["val_keys"] if k != "val/mae_ratio"]  # a ratio of means, not a mean
         val_metrics = metrics_from_totals(_all_reduce_totals(totals, keys))
         scheduler.step(val_metrics.get(monitor, float("nan")))
