@@ -58,6 +58,11 @@ class AudioError(Exception):
         self.reason = reason
         super().__init__(f"cannot read {self.path!r}: {reason}")
 
+
+class FileError(Exception):
+    """One input that a job cannot use (too short, silent, ...): recorded with its reason, never
+    stops a batch. (:class:`AudioError` is the reader's; this is a job's policy.)"""
+
     def __reduce__(self):  # picklable across Ray workers despite the two-argument constructor
         return (type(self), (self.path, self.reason))
 
@@ -342,6 +347,29 @@ def _looks_like_text(data: bytes) -> bool:
 
 
 # --------------------------------------------------------------------------------------- writing
+
+
+def read_excerpt(
+    path: str | os.PathLike, seconds: float, *, sample_rate: int, mono: bool, min_seconds: float,
+    offset_s: float | None = None,
+) -> tuple[np.ndarray, float]:
+    """An excerpt of at most ``seconds``: centred (intros are rarely representative) or starting at
+    ``offset_s``. Returns ``(audio (C, T) float32 at sample_rate, offset_s)``.
+
+    Raises:
+        AudioError: the file cannot be read.
+        FileError: shorter than ``min_seconds`` (by its header, or once decoded).
+    """
+    info = audio_info(path)
+    if info.duration_s < min_seconds:
+        raise FileError(f"{os.fspath(path)!r}: too short: {info.duration_s:.2f} s (minimum {min_seconds:g} s)")
+    clip_s = min(seconds, info.duration_s)
+    if offset_s is None:
+        offset_s = max(0.0, (info.duration_s - clip_s) / 2.0)
+    audio, _ = read_audio(path, sample_rate=sample_rate, mono=mono, offset_s=offset_s, duration_s=clip_s)
+    if audio.shape[-1] < min_seconds * sample_rate * 0.99:
+        raise FileError(f"{os.fspath(path)!r}: too short after decoding: {audio.shape[-1] / sample_rate:.2f} s")
+    return np.ascontiguousarray(audio, dtype=np.float32), offset_s
 
 
 def write_audio(

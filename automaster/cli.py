@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from automaster.config import ConfigError, load_config
+from automaster.config import INVERSIONS, ConfigError, MasterConfig, load_config
 
 log = logging.getLogger("automaster")
 
@@ -197,14 +197,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_repair_options(p: argparse.ArgumentParser) -> None:
-    """The mastering options shared by ``master`` and ``evaluate`` (automaster.mastering.Masterer)."""
+_MASTER = MasterConfig()  # the defaults the master and evaluate commands show and use
+
+
+def _add_repair_options(p: argparse.ArgumentParser, init_phase_help: str, levels_help: str) -> None:
+    """The mastering options shared by ``master`` and ``evaluate`` (a MasterConfig)."""
+    p.add_argument("--iterations", type=int, default=_MASTER.iterations,
+                   help=f"Griffin-Lim iterations (default {_MASTER.iterations})")
+    p.add_argument("--init-phase", action="store_true", help=init_phase_help)
+    p.add_argument("--target-lufs", type=float, help=f"normalise integrated loudness to this (e.g. -14){levels_help}")
+    p.add_argument("--true-peak", type=float, help=f"true-peak ceiling in dBTP (e.g. -1){levels_help}")
     p.add_argument("--no-echo-removal", dest="echo_removal", action="store_false",
                    help="skip the echo stage (default: measure the strongest echo from the audio's cepstrum and "
-                   "undo it when its gain is >= 0.15, before any inversion)")
-    p.add_argument("--max-forecast-error", type=float, default=0.8,
+                   f"undo it when its gain is >= {_MASTER.min_echo_gain:g}, before any inversion)")
+    p.add_argument("--max-forecast-error", type=float, default=_MASTER.max_forecast_error,
                    help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
-                   "of the predict-the-mean baseline's (default 0.8; others stay neutral); 'inf': apply every forecast")
+                   f"of the predict-the-mean baseline's (default {_MASTER.max_forecast_error:g}; others stay neutral); "
+                   "'inf': apply every forecast")
+
+
+def _master_config(args: argparse.Namespace, **fields) -> MasterConfig:
+    """The MasterConfig of the parsed repair options (plus ``fields``)."""
+    try:
+        return MasterConfig(
+            iterations=args.iterations, init_phase=args.init_phase, target_lufs=args.target_lufs,
+            true_peak_dbtp=args.true_peak, echo_removal=args.echo_removal,
+            max_forecast_error=args.max_forecast_error, **fields,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _master_parser(sub: argparse._SubParsersAction) -> None:
@@ -212,15 +233,11 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
     p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, summary.json)")
-    p.add_argument("--inversion", choices=["chain", "mask", "griffinlim"],
+    p.add_argument("--inversion", choices=INVERSIONS,
                    help="chain: predicted parameters drive the inverse effects (default for models that forecast "
                    "parameters: it measured best, see README 'Results'); mask: the U-Net's mel gain on the input STFT "
                    "(default for U-Net-only models); griffinlim: the restored mel through Griffin-Lim (thesis)")
-    p.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations (default 32)")
-    p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the input's phase")
-    p.add_argument("--target-lufs", type=float, help="normalise integrated loudness to this (e.g. -14)")
-    p.add_argument("--true-peak", type=float, help="true-peak ceiling in dBTP (e.g. -1)")
-    _add_repair_options(p)
+    _add_repair_options(p, "start Griffin-Lim from the input's phase", "")
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
@@ -266,13 +283,7 @@ def _cmd_master(args: argparse.Namespace) -> int:
             _location(model, must_exist=True),
             _location(args.input, must_exist=True),
             _location(args.out),
-            inversion=inversion,
-            iterations=args.iterations,
-            init_phase=args.init_phase,
-            target_lufs=args.target_lufs,
-            true_peak_dbtp=args.true_peak,
-            echo_removal=args.echo_removal,
-            max_forecast_error=args.max_forecast_error,
+            config=_master_config(args, inversion=inversion),
             workers=args.workers,
             gpu=args.gpu,
             overwrite=args.overwrite,
@@ -311,11 +322,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many files (0: all)")
     p.add_argument("--clip-seconds", type=float, default=30.0, help="centred excerpt length in seconds (default 30)")
     p.add_argument("--mono", action="store_true", help="downmix to mono (default: keep the channels)")
-    p.add_argument("--iterations", type=int, default=32, help="Griffin-Lim iterations, model path and oracle (default 32)")
-    p.add_argument("--init-phase", action="store_true", help="start Griffin-Lim from the degraded input's phase")
-    p.add_argument("--target-lufs", type=float, help="loudness target of the model paths (as in `automaster master`)")
-    p.add_argument("--true-peak", type=float, help="true-peak ceiling of the model paths in dBTP")
-    _add_repair_options(p)
+    _add_repair_options(p, "start Griffin-Lim (model and oracle) from the degraded input's phase", "; model inversions only")
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     p.add_argument("--experiment", help="MLflow experiment name (default automaster-evaluate)")

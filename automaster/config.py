@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from automaster.dsp.constants import DB_MAX, DB_MIN, HOP_LENGTH, MODEL_RATE, N_FFT, N_MELS
+
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid (unknown key, bad value)."""
@@ -23,14 +25,14 @@ class ConfigError(ValueError):
 class AudioConfig:
     """Analysis settings shared by the dataset, the model and mastering."""
 
-    sample_rate: int = 44100
-    n_fft: int = 2048
-    hop_length: int = 512
-    n_mels: int = 128
+    sample_rate: int = MODEL_RATE
+    n_fft: int = N_FFT
+    hop_length: int = HOP_LENGTH
+    n_mels: int = N_MELS
     # "fixed": a fixed dB range -> [0, 1] (keeps absolute level); "minmax": per-clip (thesis).
     normalization: str = "fixed"
-    db_min: float = -60.0
-    db_max: float = 40.0
+    db_min: float = DB_MIN
+    db_max: float = DB_MAX
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,81 @@ class TuneConfig:
     grace_period: int = 1
     reduction_factor: int = 2
     seed: int = 0
+
+
+INVERSIONS = ("chain", "mask", "griffinlim")  # how the model's output becomes audio (automaster.mastering)
+
+
+@dataclass(frozen=True)
+class MasterConfig:
+    """How a :class:`automaster.mastering.Masterer` masters (the master and evaluate jobs).
+
+    ``iterations``, ``momentum``, ``init_phase`` and ``seed`` are Griffin-Lim's (random phase
+    seeded: the same file gives the same output); ``target_lufs``/``true_peak_dbtp`` the levels
+    stage (None: keep the level, no ceiling); ``chunk_s``/``context_s`` bound memory on long
+    tracks; ``max_gain_db`` bounds the mask's gain per bin (a safety net for untrained models).
+    ``echo_removal`` measures the strongest echo from the audio's cepstrum and undoes it when its
+    gain is at least ``min_echo_gain``. ``max_forecast_error``: the chain applies a forecast
+    parameter only when its validation MAE is at most this share of the predict-the-mean
+    baseline's (None: every forecast).
+    """
+
+    inversion: str = "chain"
+    iterations: int = 32
+    init_phase: bool = False
+    momentum: float = 0.99
+    seed: int = 0
+    target_lufs: float | None = None
+    true_peak_dbtp: float | None = None
+    chunk_s: float = 30.0
+    context_s: float = 2.0
+    max_gain_db: float = 24.0
+    echo_removal: bool = True
+    min_echo_gain: float = 0.15
+    max_forecast_error: float | None = 0.8
+
+    def __post_init__(self) -> None:
+        if self.inversion not in INVERSIONS:
+            raise ConfigError(f"inversion must be one of {', '.join(INVERSIONS)}, got {self.inversion!r}")
+        if self.iterations < 1:
+            raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
+        if not (self.chunk_s > 0 and self.context_s > 0 and self.chunk_s >= 4 * self.context_s):
+            raise ConfigError(
+                f"need chunk_s >= 4 * context_s > 0, got chunk_s={self.chunk_s}, context_s={self.context_s}"
+            )
+
+
+DEGRADERS = ("ours", "pedalboard")  # who damages the clean clips an evaluation restores
+GIVEN = "given"  # the degrader recorded when the damaged files are given (--degraded)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluate job: which excerpts, how they are damaged, and which inversions run.
+
+    ``seed`` (with each track id) seeds the damage; ``degrader``: ``ours``, ``pedalboard`` or
+    ``given`` (damaged files at the clean files' relative paths). Excerpts of ``clip_seconds``
+    are centred; shorter files than ``min_seconds`` and clips quieter than ``silence_db`` (RMS,
+    dBFS) are recorded as failures. ``inversions``: empty for every one the model can do.
+    """
+
+    seed: int = 1
+    degrader: str = "ours"
+    clip_seconds: float = 30.0
+    mono: bool = False
+    peak_ceiling: float = 0.999
+    min_seconds: float = 1.0
+    silence_db: float = -70.0
+    inversions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.degrader not in (*DEGRADERS, GIVEN):
+            raise ConfigError(f"degrader must be one of {', '.join(DEGRADERS)}, got {self.degrader!r}")
+        if not (self.clip_seconds >= self.min_seconds > 0):
+            raise ConfigError(f"clip_seconds must be >= {self.min_seconds:g}, got {self.clip_seconds}")
+        unknown = [i for i in self.inversions if i not in INVERSIONS]
+        if unknown:
+            raise ConfigError(f"unknown inversion(s) {', '.join(unknown)}; choose from {', '.join(INVERSIONS)}")
 
 
 @dataclass(frozen=True)

@@ -110,10 +110,10 @@ def time_inversion(model: str, inversion: str, audio: np.ndarray, reps: int, lou
 
     total = best_of(run, reps)
     stages = {k: min(r[k] for r in stages_runs[1:]) for k in ("analysis", "render", "loudness")}
-    chunks = plan_chunks(audio.shape[1], SR, masterer.chunk_s, masterer.context_s)
+    chunks = plan_chunks(audio.shape[1], SR, masterer.cfg.chunk_s, masterer.cfg.context_s)
     with torch.inference_mode():
-        with_model = best_of(lambda: masterer._analyse(audio, SR, chunks, model=True), reps)
-        without = best_of(lambda: masterer._analyse(audio, SR, chunks, model=False), reps)
+        with_model = best_of(lambda: masterer.analyse(audio, SR, chunks, masterer.inversion), reps)
+        without = best_of(lambda: masterer.analyse(audio, SR, chunks), reps)
     return {
         "inversion": inversion, "loudness_stages": loudness, **total, "stages_wall_s": stages,
         "model_wall_s": with_model["wall_s"] - without["wall_s"], "model_cpu_s": with_model["cpu_s"] - without["cpu_s"],

@@ -12,9 +12,9 @@ import torch
 
 from automaster.config import load_config
 from automaster.effects.params import PARAMS
-from automaster.mastering import (
-    INVERSIONS, Masterer, MasteringError, _window, output_rel_path, plan_chunks, plan_outputs, prepare_for_inference,
-)
+from automaster.mastering import INVERSIONS, Masterer, MasteringError, plan_chunks, prepare_for_inference
+from automaster.mastering import window as _window
+from automaster.pipelines.master import master_file, output_rel_path, plan_outputs
 from automaster.model.cascade import Cascade
 from automaster.model.checkpoint import save_checkpoint
 from tests.audio_fixtures import D01, make_bad_inputs, make_good_inputs, sine
@@ -108,7 +108,7 @@ def test_mask_of_a_near_identity_unet_changes_little(ckpt, music):
 def test_master_file_odd_rates_and_channels(ckpt, inputs, tmp_path, inversion, case):
     src = inputs[case]
     before = sf.info(str(src))
-    status = Masterer(ckpt, inversion, iterations=4).master_file(str(src), str(tmp_path), src.name)
+    status = master_file(Masterer(ckpt, inversion, iterations=4), str(src), str(tmp_path), src.name)
     assert status["status"] == "ok", status["reason"]
     out = tmp_path / "audio" / src.name
     after = sf.info(str(out))
@@ -122,7 +122,7 @@ def test_master_file_odd_rates_and_channels(ckpt, inputs, tmp_path, inversion, c
 
 
 def test_mp3_becomes_flac_and_parameters_are_written(ckpt, inputs, tmp_path):
-    status = Masterer(ckpt, "chain").master_file(str(inputs["mp3"]), str(tmp_path), "sub/d02.mp3")
+    status = master_file(Masterer(ckpt, "chain"), str(inputs["mp3"]), str(tmp_path), "sub/d02.mp3")
     assert status["status"] == "ok", status["reason"]
     assert status["output"] == "audio/sub/d02.flac"
     assert sf.info(str(tmp_path / "audio" / "sub" / "d02.flac")).format == "FLAC"
@@ -137,7 +137,7 @@ def test_mp3_becomes_flac_and_parameters_are_written(ckpt, inputs, tmp_path):
 def test_broken_files_are_reported_not_raised(ckpt, inputs, tmp_path):
     masterer = Masterer(ckpt, "chain")
     for key in ("empty", "text", "truncated_flac", "nan_wav"):
-        status = masterer.master_file(str(inputs[key]), str(tmp_path), inputs[key].name)
+        status = master_file(masterer, str(inputs[key]), str(tmp_path), inputs[key].name)
         assert status["status"] == "error" and status["reason"], key
     assert not (tmp_path / "audio").exists()
 
@@ -145,7 +145,7 @@ def test_broken_files_are_reported_not_raised(ckpt, inputs, tmp_path):
 def test_silence_and_tiny_files_master_cleanly(ckpt, inputs, tmp_path):
     masterer = Masterer(ckpt, "mask", target_lufs=-14.0, true_peak_dbtp=-1.0)
     for key in ("silence", "hundred_samples"):
-        status = masterer.master_file(str(inputs[key]), str(tmp_path), inputs[key].name)
+        status = master_file(masterer, str(inputs[key]), str(tmp_path), inputs[key].name)
         assert status["status"] == "ok", (key, status["reason"])
         assert sf.info(str(tmp_path / "audio" / inputs[key].name)).frames == sf.info(str(inputs[key])).frames
 
@@ -272,7 +272,7 @@ def test_chain_applies_only_forecasts_better_than_the_mean_and_measures_the_echo
     assert policy["comp_ratio"] == policy["output_gain_db"] == policy["eq_high_gain_db"] == "neutral"
     assert policy["comp_threshold_db"] == "forecast"  # no neutral value: harmless once the ratio is 1
     assert policy["echo_gain"] == policy["echo_delay_s"] == "estimate"
-    status = masterer.master_file(str(D01), str(tmp_path / "out"), "d01.flac")
+    status = master_file(masterer, str(D01), str(tmp_path / "out"), "d01.flac")
     assert status["status"] == "ok", status["reason"]
     params = json.loads((tmp_path / "out" / "parameters" / "d01.flac.json").read_text())["params"]
     assert params["comp_ratio"]["applied"] == pytest.approx(1.0) and params["comp_ratio"]["source"] == "neutral"

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.fft
 import torch
 
-from automaster.dsp.mel import SAMPLE_RATE, _pinv, mel_to_linear
+from automaster.dsp.mel import MODEL_RATE, _pinv, mel_to_linear
 from automaster.dsp.stft import (
     HOP_LENGTH, N_FFT, _hann_np, _inverse_envelope, _overlap_add, istft, istft_rows, n_frames, padded_length,
     rfft_frames, stft, ROW_BLOCK,
@@ -246,7 +246,7 @@ def spectral_convergence(
 
 def mel_to_audio(
     mel_power: torch.Tensor,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = MODEL_RATE,
     n_iter: int = 32,
     momentum: float = 0.99,
     length: int | None = None,

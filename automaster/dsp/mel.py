@@ -13,10 +13,8 @@ import numba
 import numpy as np
 import torch
 
-from automaster.dsp.stft import HOP_LENGTH, N_FFT, stft
-
-SAMPLE_RATE = 44100
-N_MELS = 128
+from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE, N_FFT, N_MELS
+from automaster.dsp.stft import stft
 
 
 @functools.lru_cache(maxsize=8)
@@ -25,7 +23,7 @@ def _filterbank_np(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
 
 
 def mel_filterbank(
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = MODEL_RATE,
     n_fft: int = N_FFT,
     n_mels: int = N_MELS,
     device: torch.device | str | None = None,
@@ -34,7 +32,7 @@ def mel_filterbank(
     return torch.from_numpy(_filterbank_np(sample_rate, n_fft, n_mels)).to(device)
 
 
-def mel_from_power(power: torch.Tensor, sample_rate: int = SAMPLE_RATE, n_mels: int = N_MELS) -> torch.Tensor:
+def mel_from_power(power: torch.Tensor, sample_rate: int = MODEL_RATE, n_mels: int = N_MELS) -> torch.Tensor:
     """Mel power ``(..., n_mels, F)`` from a power spectrogram ``(..., n_fft // 2 + 1, F)``."""
     n_fft = 2 * (power.shape[-2] - 1)
     fb = mel_filterbank(sample_rate, n_fft, n_mels, device=power.device).to(power.dtype)
@@ -43,7 +41,7 @@ def mel_from_power(power: torch.Tensor, sample_rate: int = SAMPLE_RATE, n_mels: 
 
 def melspectrogram(
     x: torch.Tensor,
-    sample_rate: int = SAMPLE_RATE,
+    sample_rate: int = MODEL_RATE,
     n_fft: int = N_FFT,
     hop_length: int = HOP_LENGTH,
     n_mels: int = N_MELS,
@@ -90,7 +88,7 @@ def _mel_db_pairs(pairs, starts, stops, weights, eps, out):  # pragma: no cover 
                 out[r, m, f] = 10.0 * np.log10(max(acc, eps))
 
 
-def mel_db_rows(spec: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mels: int = N_MELS, eps: float = 1e-6) -> np.ndarray:
+def mel_db_rows(spec: np.ndarray, sample_rate: int = MODEL_RATE, n_mels: int = N_MELS, eps: float = 1e-6) -> np.ndarray:
     """Mel spectrogram in dB ``(N, n_mels, F)`` of frame-major spectra ``(N, F, n_fft // 2 + 1)``
     (:func:`automaster.dsp.stft.stft_rows`): ``power_to_db(mel_from_power(|S|^2))`` in one pass,
     without the power spectrogram or the dense matrix product (the filterbank is ~98% zeros)."""
@@ -103,7 +101,7 @@ def mel_db_rows(spec: np.ndarray, sample_rate: int = SAMPLE_RATE, n_mels: int = 
     return out
 
 
-def mel_to_linear(mel_power: torch.Tensor, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> torch.Tensor:
+def mel_to_linear(mel_power: torch.Tensor, sample_rate: int = MODEL_RATE, n_fft: int = N_FFT) -> torch.Tensor:
     """Approximate linear power ``(..., n_fft // 2 + 1, F)`` from mel power ``(..., n_mels, F)``.
 
     Uses the filterbank's pseudo-inverse, clamped at zero (librosa's ``mel_to_stft`` solves a

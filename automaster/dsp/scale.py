@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import torch
 
-EPS = 1e-6
-# 10*log10(EPS) is the floor; the loudest mel bands of full-scale music sit near +40 dB.
-DB_MIN = -60.0
-DB_MAX = 40.0
+from automaster.dsp.constants import DB_MAX, DB_MIN
+
+EPS = 1e-6  # power floor: 10*log10(EPS) dB
 
 
 def power_to_db(power: torch.Tensor, eps: float = EPS) -> torch.Tensor:

@@ -23,8 +23,8 @@ import numpy as np
 import scipy.fft
 import torch
 
-N_FFT = 2048
-HOP_LENGTH = 512
+from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE, N_FFT  # noqa: F401 (re-exported)
+
 ROW_BLOCK = 128  # frames per FFT call in the frame-major transforms (~1 MB per block: cache-sized)
 
 

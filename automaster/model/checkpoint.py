@@ -181,6 +181,32 @@ def load_model(
     return model, config, meta
 
 
+_CACHE: dict[tuple[str, int, int, str], tuple[Cascade, Config, dict[str, Any]]] = {}
+_CACHE_SIZE = 4
+
+
+def load_model_cached(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[Cascade, Config, dict[str, Any]]:
+    """:func:`load_model` once per process: the same checkpoint (resolved path and modification
+    times of its files) on the same device returns the same objects. For inference only: callers
+    must not train or modify the shared model.
+    """
+    model_path, config_path = checkpoint_paths(path)
+    try:
+        key = (
+            str(model_path.resolve()), model_path.stat().st_mtime_ns, config_path.stat().st_mtime_ns,
+            str(torch.device(map_location)),
+        )
+    except OSError:
+        return load_model(path, map_location)  # the loader reports what is missing
+    if key not in _CACHE:
+        while len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = load_model(path, map_location)
+    return _CACHE[key]
+
+
 def load_training_state(
     path: str | os.PathLike,
     optimizer: torch.optim.Optimizer | None = None,

@@ -36,7 +36,6 @@ and never stops the job.
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -52,8 +51,7 @@ import torch
 
 from automaster import storage
 from automaster.audio import AudioError, audio_info, is_audio_file, read_audio
-from automaster.mastering import INVERSIONS, MAX_FORECAST_ERROR, Masterer, MasteringError
-from automaster.mastering import FileError as MasteringFileError
+from automaster.mastering import INVERSIONS, MAX_FORECAST_ERROR, FileError, Masterer, MasteringError, griffinlim_audio
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +76,6 @@ DESCRIPTIONS = {
 }
 MIN_SECONDS = 1.0  # shorter clips are rejected (too few frames to mean anything)
 SILENCE_DB = -70.0  # RMS below this (dBFS) is silence: no loudness, nothing to restore
-
-
-class FileError(Exception):
-    """One file that cannot be evaluated (recorded, never stops the job)."""
 
 
 # ------------------------------------------------------------------------------- measuring
@@ -208,15 +202,12 @@ class Evaluator:
             raise MasteringError("no inversion to evaluate")
         self.settings = dict(settings)
         self.options = dict(options)
-        first = Masterer(model, inversion=inversions[0], device=device, **options)
-        # One loaded model for every path: a Masterer's inversion is a plain attribute, so shallow
-        # copies share the model and differ only in how they render audio.
-        self.masterers = {inversions[0]: first}
+        # One loaded model renders every inversion (master_audio(..., inversion=)).
+        self.masterer = Masterer(model, inversion=inversions[0], device=device, **options)
         for inversion in inversions[1:]:
-            other = copy.copy(first)
-            other.inversion = inversion
-            self.masterers[inversion] = other
-        self.audio_cfg = first.audio_cfg
+            self.masterer.check_inversion(inversion)
+        self.inversions = list(inversions)
+        self.audio_cfg = self.masterer.audio_cfg
 
     def evaluate(self, row: dict[str, Any]) -> dict[str, Any]:
         """Evaluate one row (``track_id``, ``path``, ``rel_path``, optional ``degraded_path``);
@@ -300,9 +291,9 @@ class Evaluator:
         # The forecast parameters come with the chain path: the Masterer runs the forecaster only
         # for the inversion that needs it.
         forecast: dict[str, np.ndarray] = {}
-        for inversion, masterer in self.masterers.items():
+        for inversion in self.inversions:
             keep = forecast if inversion == "chain" else None
-            outputs[inversion] = lambda m=masterer, keep=keep: self._master(m, degraded, keep)
+            outputs[inversion] = lambda inversion=inversion, keep=keep: self._master(inversion, degraded, keep)
 
         for name, render in outputs.items():
             try:
@@ -310,14 +301,14 @@ class Evaluator:
                 if not np.isfinite(audio).all():
                     raise FileError("NaN/Inf samples")
                 result["paths"][name] = measure(audio, clean, clean_mel, clean_lufs, name in ALIGNED, self.audio_cfg)
-            except (FileError, MasteringFileError, MasteringError, ValueError) as exc:  # this path only
+            except (FileError, MasteringError, ValueError) as exc:  # this path only
                 result["path_errors"][name] = f"{type(exc).__name__}: {exc}"
                 log.warning("%s: path %s failed: %s", row["rel_path"], name, exc)
         if "params_norm" in forecast and truth:
             result["parameters"] = parameter_errors(forecast["params_norm"], truth)
 
-    def _master(self, masterer: Masterer, degraded: np.ndarray, forecast: dict | None) -> np.ndarray:
-        mastered, info = masterer.master_audio(degraded, EVAL_RATE, images=forecast is not None)
+    def _master(self, inversion: str, degraded: np.ndarray, forecast: dict | None) -> np.ndarray:
+        mastered, info = self.masterer.master_audio(degraded, EVAL_RATE, inversion=inversion, images=forecast is not None)
         if forecast is not None and "params_norm" in info.get("arrays", {}):
             forecast["params_norm"] = info["arrays"]["params_norm"]
         return mastered
@@ -344,22 +335,12 @@ class Evaluator:
     def _oracle_griffinlim(self, clean: np.ndarray, degraded: np.ndarray) -> np.ndarray:
         """Griffin-Lim from the clean mel with the griffinlim path's iterations, momentum, initial
         phase (the degraded input's, with ``init_phase``) and random-phase seed."""
-        from automaster.dsp.griffinlim import mel_to_audio
-        from automaster.dsp.scale import db_to_power
-        from automaster.dsp.stft import stft
-
-        m = next(iter(self.masterers.values()))
-        a = self.audio_cfg
-        power = db_to_power(_mel_db(clean, a))  # through dB, as the griffinlim path does (same floor)
-        init = stft(torch.from_numpy(degraded), a.n_fft, a.hop_length) if m.init_phase else None
-        generator = torch.Generator().manual_seed(m.seed * 1_000_003)  # the path's seed for a one-chunk clip
+        power_db = _mel_db(clean, self.audio_cfg)  # through dB, as the griffinlim path does (same floor)
         with torch.inference_mode():
-            wave = mel_to_audio(
-                power, sample_rate=EVAL_RATE, n_iter=m.iterations, momentum=m.momentum, length=clean.shape[-1],
-                init_phase=init, generator=generator, n_fft=a.n_fft, hop_length=a.hop_length,
+            wave = griffinlim_audio(
+                power_db, clean.shape[-1], self.audio_cfg, self.masterer.cfg, init_from=torch.from_numpy(degraded)
             )
         return wave.numpy()
-
 
 def _summary_value(value: Any) -> float:
     """A per-clip value, or a trajectory's mean (for the record)."""

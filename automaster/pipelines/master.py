@@ -11,38 +11,148 @@ One MLflow run per job.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import posixpath
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from automaster import storage
-from automaster.audio import is_audio_file
-from automaster.mastering import AUDIO_DIR, MAX_FORECAST_ERROR, PNG_DIR, STAGES, Masterer, MasteringError, plan_outputs
+from automaster.audio import AudioError, audio_info, is_audio_file, read_audio, write_audio
+from automaster.config import MasterConfig
+from automaster.mastering import STAGES, FileError, Masterer, MasteringError, parameter_stats
 
 log = logging.getLogger(__name__)
 
+AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR = "audio", "spectrograms", "parameters", "debug"
 EXCERPT_S = 5.0
+# Output format by input extension: what soundfile writes stays, MP3/AIFF become FLAC.
+_OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg", ".mp3": ".flac", ".aiff": ".flac", ".aif": ".flac"}
+_GAIN_IMAGE_DB = 12.0  # debug images map a mel gain of +-12 dB onto the colour range
 _LEVEL_KEYS = ("lufs_before", "lufs_after", "true_peak_before_dbtp", "true_peak_after_dbtp", "peak_before_dbfs", "peak_after_dbfs")
+
+
+# ------------------------------------------------------------------------ one file's outputs
+
+
+def output_rel_path(rel_path: str) -> str:
+    """The output name of an input's relative path: same name; ``.mp3``/``.aiff`` -> ``.flac``."""
+    root, ext = posixpath.splitext(rel_path)
+    out_ext = _OUTPUT_EXT.get(ext.lower())
+    if out_ext is None:
+        raise ValueError(f"not an audio file name: {rel_path!r}")
+    return root + (ext if out_ext == ext.lower() else out_ext)
+
+
+def plan_outputs(rel_paths: list[str]) -> dict[str, str]:
+    """``{input rel: output rel}``; an MP3 whose FLAC name is taken (``a.mp3`` next to ``a.flac``)
+    keeps its extension in the name (``a.mp3.flac``) so no output overwrites another."""
+    plan: dict[str, str] = {}
+    taken = {output_rel_path(r) for r in rel_paths if output_rel_path(r) == r}
+    for rel in sorted(rel_paths):
+        out = output_rel_path(rel)
+        if out != rel and out in taken:
+            out = rel + ".flac"
+        taken.add(out)
+        plan[rel] = out
+    return plan
+
+
+def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out_rel: str | None = None) -> dict[str, Any]:
+    """Master one file and write its outputs under ``out_root``; never raises for a bad file.
+
+    Writes ``audio/<out_rel>`` (24-bit), ``spectrograms/<out_rel>.png`` (input | output mel),
+    ``parameters/<out_rel>.json`` (models that forecast parameters) and ``debug/<out_rel>.png``.
+    Returns a flat status dict: ``status`` (``ok``/``error``), ``reason``, levels, ``seconds``,
+    ``stage_*_s``, ``output`` (relative to ``out_root``), sample rate, channels, duration.
+    """
+    out_rel = out_rel or output_rel_path(rel_path)
+    status: dict[str, Any] = {
+        "path": str(path), "rel_path": rel_path, "output": f"{AUDIO_DIR}/{out_rel}", "status": "ok", "reason": "",
+        "sample_rate": None, "channels": None, "duration_s": None, "t_start": time.time(),
+    }
+    stages = dict.fromkeys(STAGES, 0.0)
+    t0 = time.perf_counter()
+    try:
+        status.update(_master_file(masterer, str(path), out_root, out_rel, stages))
+    except (AudioError, FileError) as exc:
+        status.update(status="error", reason=str(exc))
+    except Exception as exc:  # per-item boundary of a batch: record, never abort the batch
+        log.error("%s failed unexpectedly:\n%s", path, traceback.format_exc())
+        status.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+    status["seconds"] = time.perf_counter() - t0
+    status["t_end"] = time.time()
+    status.update({f"stage_{k}_s": v for k, v in stages.items()})
+    return status
+
+
+def _master_file(masterer: Masterer, path: str, out_root: str, out_rel: str, stages: dict[str, float]) -> dict[str, Any]:
+    t = time.perf_counter()
+    info = audio_info(path)
+    audio, sr = read_audio(path)
+    stages["decode"] += time.perf_counter() - t
+    mastered, levels = masterer.master_audio(audio, sr, images=True, stages=stages)
+    arrays = levels.pop("arrays")
+
+    t = time.perf_counter()
+    write_audio(storage.join(out_root, AUDIO_DIR, out_rel), mastered, sr, subtype="PCM_24")
+    write_images(masterer.audio_cfg, out_root, out_rel, arrays)
+    if "params_norm" in arrays:
+        stats = parameter_stats(arrays["params_norm"], masterer.chain_policy())
+        storage.write_bytes_atomic(
+            storage.join(out_root, PARAMS_DIR, out_rel + ".json"), json.dumps(stats, indent=2).encode()
+        )
+    stages["writes"] += time.perf_counter() - t
+    return {
+        **levels, "sample_rate": sr, "channels": int(audio.shape[0]), "duration_s": audio.shape[1] / sr,
+        "input_format": f"{info.format}/{info.subtype}",
+    }
+
+
+def write_images(audio_cfg, out_root: str, out_rel: str, arrays: dict[str, np.ndarray]) -> None:
+    """``spectrograms/<out_rel>.png`` (input | output mel) and ``debug/<out_rel>.png`` (restored
+    mel | mel gain | parameter trajectories, whichever the model has)."""
+    from automaster.plots import mel_strip_png
+
+    a = audio_cfg
+    png = mel_strip_png([arrays["mel_input_db"], arrays["mel_output_db"]], a.db_min, a.db_max)
+    storage.write_bytes_atomic(storage.join(out_root, PNG_DIR, out_rel + ".png"), png)
+    tiles = []
+    span = a.db_max - a.db_min
+    if "gain_db" in arrays:
+        tiles.append(arrays["mel_model_db"] + arrays["gain_db"])  # the restored mel (mono view)
+        g = np.clip(arrays["gain_db"], -_GAIN_IMAGE_DB, _GAIN_IMAGE_DB)
+        tiles.append(a.db_min + (g + _GAIN_IMAGE_DB) / (2 * _GAIN_IMAGE_DB) * span)
+    if "params_norm" in arrays:
+        p = arrays["params_norm"]  # (P, F) in [0, 1]: one stripe per parameter, table order top-down
+        rows = np.minimum(np.arange(a.n_mels) * p.shape[0] // a.n_mels, p.shape[0] - 1)
+        tiles.append(a.db_min + p[rows][::-1] * span)
+    debug = mel_strip_png(tiles, a.db_min, a.db_max)
+    storage.write_bytes_atomic(storage.join(out_root, DEBUG_DIR, out_rel + ".png"), debug)
+
+
+# ------------------------------------------------------------------------------------ the job
 
 
 class MasterProcessor:
     """Ray Data callable class: loads the model once, masters one row (file) per call."""
 
-    def __init__(self, model: str, out: str, options: dict[str, Any], device: str = "cpu"):
+    def __init__(self, model: str, out: str, config: MasterConfig, device: str = "cpu"):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(1)  # one file per CPU; parallelism comes from Ray
         self.out = out
-        self.masterer = Masterer(model, device=device, **options)
+        self.masterer = Masterer(model, config=config, device=device)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return self.masterer.master_file(row["path"], self.out, row["rel_path"], row["out_rel"])
+        return master_file(self.masterer, row["path"], self.out, row["rel_path"], row["out_rel"])
 
 
 def list_inputs(input_dir: str, out: str | None = None) -> tuple[list[dict[str, str]], list[str]]:
@@ -110,29 +220,24 @@ def run_master(
     input_dir: str,
     out: str,
     *,
-    inversion: str = "chain",
-    iterations: int = 32,
-    init_phase: bool = False,
-    target_lufs: float | None = None,
-    true_peak_dbtp: float | None = None,
+    config: MasterConfig | None = None,
     workers: int = 0,
     gpu: bool = False,
     overwrite: bool = False,
-    chunk_s: float = 30.0,
-    context_s: float = 2.0,
-    echo_removal: bool = True,
-    max_forecast_error: float | None = MAX_FORECAST_ERROR,
     tracking_uri: str | None = None,
     experiment: str = "automaster-master",
     run_name: str | None = None,
     ray_address: str | None = None,
     progress_every_s: float = 10.0,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Master every audio file under ``input_dir`` into ``out``; returns the summary (also in
     ``<out>/summary.json``).
 
+    ``config`` (with ``overrides``: :class:`MasterConfig` fields) says how to master.
+
     Raises:
-        MasteringError: the model cannot do ``inversion``, bad options, or ``gpu`` without a GPU.
+        MasteringError: the model cannot do the inversion, bad settings, or ``gpu`` without a GPU.
         automaster.model.checkpoint.CheckpointError: the model cannot be loaded.
         FileNotFoundError: ``input_dir`` is not a folder.
     """
@@ -140,14 +245,9 @@ def run_master(
 
     from automaster.pipelines import runtime, tracking
 
-    options = {
-        "inversion": inversion, "iterations": iterations, "init_phase": init_phase, "target_lufs": target_lufs,
-        "true_peak_dbtp": true_peak_dbtp, "chunk_s": chunk_s, "context_s": context_s, "echo_removal": echo_removal,
-        "max_forecast_error": max_forecast_error,
-    }
     # Fail before any file (and before Ray) when the checkpoint cannot do what is asked.
-    probe = Masterer(model, **options)
-    settings = probe.settings()
+    probe = Masterer(model, config=config, **overrides)
+    config, settings = probe.cfg, probe.settings()
     del probe
     rows, ignored = list_inputs(input_dir, out)
     storage.makedirs(out)
@@ -168,7 +268,7 @@ def run_master(
             resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
             ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 1000)).map(
                 MasterProcessor,
-                fn_constructor_kwargs={"model": model, "out": out, "options": options, "device": "cuda" if gpu else "cpu"},
+                fn_constructor_kwargs={"model": model, "out": out, "config": config, "device": "cuda" if gpu else "cpu"},
                 compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(todo)))),
                 **resources,
             )

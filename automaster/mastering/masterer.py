@@ -1,0 +1,278 @@
+"""The Masterer: one loaded model, one :class:`automaster.config.MasterConfig`, waveforms in and
+out (no files, no Ray, no MLflow).
+
+    masterer = Masterer("models/reference", config=MasterConfig(target_lufs=-14, true_peak_dbtp=-1))
+    mastered, info = masterer.master_audio(audio, sample_rate)              # (C, T) float32
+    masked, _ = masterer.master_audio(audio, sample_rate, inversion="mask")  # same model
+
+The output keeps the input's sample rate, channel count and length. Stages: echo stage
+(:mod:`.policy`) -> analysis (per chunk: mono downmix at the model rate, mel, model; controls
+stitched over the track) -> synthesis (per chunk: the inversion, :mod:`.inversions`; overlaps
+crossfaded, :mod:`.chunks`) -> levels (:mod:`.levels`). Per-clip parameters are averaged over
+the whole track, so every chunk is repaired with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from automaster.audio import FileError
+from automaster.config import INVERSIONS, ConfigError, MasterConfig
+from automaster.dsp.constants import MODEL_RATE
+from automaster.effects.params import unstack
+from automaster.mastering.chunks import Chunk, fit_frames, plan_chunks, resample, window
+from automaster.mastering.inversions import mel_db, render
+from automaster.mastering.levels import HEADROOM_PEAK_DBFS, all_finite, apply_levels
+from automaster.mastering.policy import apply_chain_policy, chain_policy, forecast_errors, remove_echo
+from automaster.model.batches import normalize_mel
+from automaster.model.checkpoint import load_model_cached
+from automaster.model.validate import denormalize_mel
+
+STAGES = ("decode", "analysis", "render", "loudness", "writes")
+
+
+class MasteringError(ValueError):
+    """A setup that cannot master anything (model mode lacks what the inversion needs, ...)."""
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
+    """On the CPU, store the model's 4-D weights channels-last (feed it channels-last inputs too):
+    oneDNN's convolutions run faster so, with the same outputs to float rounding. In place; eval
+    mode only; idempotent."""
+    if model.training:
+        raise ValueError("prepare_for_inference needs a model in eval mode")
+    if device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+class Masterer:
+    """Masters waveforms with one loaded model.
+
+    Args:
+        model_path: checkpoint directory or its ``model.pt`` (loaded once per process).
+        inversion: overrides ``config.inversion`` (``"chain"``, ``"mask"`` or ``"griffinlim"``).
+        config: the mastering settings (defaults: :class:`MasterConfig`'s).
+        device: torch device of the model and the DSP.
+        **overrides: :class:`MasterConfig` fields replacing ``config``'s.
+
+    Raises:
+        MasteringError: bad settings, or the checkpoint's model mode lacks what the inversion needs.
+        automaster.model.checkpoint.CheckpointError: the checkpoint cannot be loaded.
+    """
+
+    def __init__(
+        self, model_path: str | os.PathLike, inversion: str | None = None, *, config: MasterConfig | None = None,
+        device: str | torch.device = "cpu", **overrides: Any,
+    ) -> None:
+        if inversion is not None:
+            overrides["inversion"] = inversion
+        try:
+            self.cfg = dataclasses.replace(config or MasterConfig(), **overrides)
+        except ConfigError as exc:
+            raise MasteringError(str(exc)) from None
+        self.device = torch.device(device)
+        model, self.model_config, self.meta = load_model_cached(model_path, map_location=self.device)
+        self.model = prepare_for_inference(model, self.device)
+        self.model_path = str(model_path)
+        self.mode = self.model.mode
+        self.audio_cfg = self.model_config.audio
+        if self.audio_cfg.sample_rate != MODEL_RATE:
+            raise MasteringError(f"the model's analysis rate must be {MODEL_RATE} Hz, got {self.audio_cfg.sample_rate}")
+        self.check_inversion(self.cfg.inversion)
+        self.forecast_skill = forecast_errors(self.meta)
+        self._policy = chain_policy(self.forecast_skill, self.cfg.echo_removal, self.cfg.max_forecast_error)
+
+    @property
+    def inversion(self) -> str:
+        """The default inversion (``config.inversion``)."""
+        return self.cfg.inversion
+
+    def check_inversion(self, inversion: str) -> None:
+        """Raise :class:`MasteringError` unless this model can render ``inversion``."""
+        if inversion not in INVERSIONS:
+            raise MasteringError(f"inversion must be one of {', '.join(INVERSIONS)}, got {inversion!r}")
+        if inversion == "chain" and self.model.forecaster is None:
+            raise MasteringError(
+                f"inversion 'chain' needs forecast parameters, but the checkpoint's model mode is {self.mode!r} "
+                "(U-Net only); use --inversion mask or griffinlim, or a 'params'/'cascade' model"
+            )
+        if inversion != "chain" and self.model.unet is None:
+            raise MasteringError(
+                f"inversion {inversion!r} needs the U-Net's restored mel, but the checkpoint's model mode is "
+                f"{self.mode!r} (parameters only); use --inversion chain, or a 'restore'/'cascade' model"
+            )
+
+    def supported_inversions(self) -> list[str]:
+        """The inversions this model can render, in :data:`INVERSIONS` order."""
+        return [i for i in INVERSIONS if (self.model.forecaster if i == "chain" else self.model.unet) is not None]
+
+    def settings(self) -> dict[str, Any]:
+        """What the outputs depend on (for summaries and MLflow)."""
+        return {
+            "model": self.model_path, "model_mode": self.mode, **dataclasses.asdict(self.cfg),
+            "headroom_peak_dbfs": HEADROOM_PEAK_DBFS,
+        }
+
+    def chain_policy(self) -> dict[str, str]:
+        """Where each chain parameter comes from (:func:`automaster.mastering.policy.chain_policy`)."""
+        return dict(self._policy)
+
+    # ------------------------------------------------------------------------------ analysis
+
+    def _run_model(self, mel_db_: torch.Tensor, inversion: str) -> dict[str, torch.Tensor]:
+        """``(B, M, F)`` dB -> ``"params"`` ``(B, P, F)`` normalised (chain) or ``"gain_db"``
+        ``(B, M, F)`` (restored - input, dB, bounded by ``max_gain_db``); only the network needed."""
+        x = mel_db_[:, None]  # (B, 1, M, F)
+        u = normalize_mel(x, self.audio_cfg)
+        if self.device.type == "cpu":
+            u = u.contiguous(memory_format=torch.channels_last)  # the layout the weights are in
+        out = self.model(u, outputs=("params",) if inversion == "chain" else ("mel",))
+        result = {}
+        if "params" in out:
+            result["params"] = out["params"]
+        if "mel" in out:
+            restored_db = denormalize_mel(out["mel"], self.audio_cfg, x)
+            seen_db = denormalize_mel(u, self.audio_cfg, x)
+            bound = self.cfg.max_gain_db
+            result["gain_db"] = (restored_db - seen_db).clamp(-bound, bound)[:, 0]
+        return result
+
+    @torch.inference_mode()
+    def analyse(self, audio: np.ndarray, sr: int, chunks: list[Chunk], inversion: str | None = None) -> dict[str, np.ndarray]:
+        """Frame-rate controls of the whole track from its mono downmix, stitched over chunks.
+
+        Returns ``"mel_db"`` ``(M, F)`` and, with an ``inversion``, the model's output for it:
+        ``"params"`` ``(P, F)`` (chain) or ``"gain_db"`` ``(M, F)`` (mask, griffinlim). Every
+        channel gets the same controls.
+        """
+        n_frames = chunks[-1].f1
+        sums: dict[str, np.ndarray] = {}
+        weight = np.zeros(n_frames, np.float32)
+        for c in chunks:
+            nf = c.f1 - c.f0
+            # Downmix first (linear, so the same as after resampling): one channel to resample.
+            mono = np.ascontiguousarray(audio[:, c.s0 : c.s1].mean(axis=0, keepdims=True, dtype=np.float32))
+            y = torch.from_numpy(resample(mono, sr, MODEL_RATE)).to(self.device)  # (1, n_model)
+            mel = fit_frames(mel_db(y, self.audio_cfg), nf)  # (1, M, nf)
+            outputs = {"mel_db": mel[0]}
+            if inversion is not None:
+                outputs.update({k: v[0] for k, v in self._run_model(mel, inversion).items()})
+            w = window(c.f0, nf, c.frame_in, c.frame_out, equal_power=False)
+            for key, value in outputs.items():
+                value = value.float().cpu().numpy()
+                if key not in sums:
+                    sums[key] = np.zeros(value.shape[:-1] + (n_frames,), np.float32)
+                sums[key][..., c.f0 : c.f1] += value * w
+            weight[c.f0 : c.f1] += w
+        return {k: v / np.maximum(weight, 1e-8) for k, v in sums.items()}
+
+    def _controls(self, audio: np.ndarray, sr: int, chunks: list[Chunk], inversion: str, echo: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`analyse` plus the chain policy, as the renderers take them (on the device)."""
+        controls: dict[str, Any] = self.analyse(audio, sr, chunks, inversion)
+        if "params" in controls:
+            controls["params"], controls["params_report"] = apply_chain_policy(
+                controls["params"], self._policy, echo, self.cfg.echo_removal
+            )
+            norm = torch.from_numpy(controls["params"]).to(self.device)[None]  # (1, P, F)
+            controls["physical"] = unstack(norm)  # per frame (1, F); per clip (1,): whole-track means
+        if "gain_db" in controls:
+            controls["gain_db"] = torch.from_numpy(controls["gain_db"]).to(self.device)
+        return controls
+
+    # ----------------------------------------------------------------------------- synthesis
+
+    @torch.inference_mode()
+    def _synthesise(self, audio: np.ndarray, sr: int, chunks: list[Chunk], controls: dict[str, Any], inversion: str) -> np.ndarray:
+        def one(seg: np.ndarray, c: Chunk) -> np.ndarray:
+            return render(inversion, seg, sr, c, controls, self.audio_cfg, self.cfg, self.device)
+
+        equal_power = inversion == "griffinlim" and not self.cfg.init_phase  # mutually incoherent chunks
+        if len(chunks) == 1:  # the whole track at once: no crossfade, no copy
+            return np.ascontiguousarray(one(np.ascontiguousarray(audio), chunks[0]), dtype=np.float32)
+        out = np.zeros_like(audio)
+        for c in chunks:
+            y = one(np.ascontiguousarray(audio[:, c.s0 : c.s1]), c)
+            out[:, c.s0 : c.s1] += y * window(c.s0, c.s1 - c.s0, c.sample_in, c.sample_out, equal_power)
+        return out
+
+    # ---------------------------------------------------------------------------- public API
+
+    def master_audio(
+        self, audio: np.ndarray, sample_rate: int, *, inversion: str | None = None, images: bool = False,
+        stages: dict[str, float] | None = None,
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Master ``audio`` ``(C, T)`` float32 at ``sample_rate`` -> ``(mastered (C, T), info)``.
+
+        ``inversion`` overrides the configured one (the same loaded model renders every inversion
+        it supports). ``info`` holds levels before/after (``lufs_*``, ``true_peak_*_dbtp``,
+        ``peak_*_dbfs``), ``loudness_gain_db``, ``headroom_gain_db``, ``chunks`` and the echo
+        stage's note; with ``images``, also ``"arrays"``: mels and controls for pictures and
+        parameter statistics. ``stages`` accumulates seconds per stage.
+
+        Raises:
+            ValueError: not ``(C, T)`` finite audio, or a bad sample rate.
+            MasteringError: an inversion this model cannot render.
+            FileError: the inversion produced NaN/Inf samples.
+        """
+        inversion = inversion or self.cfg.inversion
+        if inversion != self.cfg.inversion:
+            self.check_inversion(inversion)
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim != 2 or audio.shape[0] < 1 or audio.shape[1] < 1:
+            raise ValueError(f"expected (C, T) audio, got shape {audio.shape}")
+        if int(sample_rate) != sample_rate or sample_rate <= 0:
+            raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+        if not all_finite(audio):
+            raise ValueError("audio contains NaN/Inf")
+        sr = int(sample_rate)
+        stages = stages if stages is not None else dict.fromkeys(STAGES, 0.0)
+        chunks = plan_chunks(audio.shape[1], sr, self.cfg.chunk_s, self.cfg.context_s, self.audio_cfg.hop_length)
+
+        t = time.perf_counter()
+        original = audio
+        echo: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None}
+        if self.cfg.echo_removal:
+            audio, echo = remove_echo(audio, sr, self.cfg.min_echo_gain)
+        controls = self._controls(audio, sr, chunks, inversion, echo)
+        stages["analysis"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        mastered = self._synthesise(audio, sr, chunks, controls, inversion)
+        if not all_finite(mastered):
+            raise FileError(f"the {inversion} inversion produced NaN/Inf samples")
+        stages["render"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        mastered, info = apply_levels(original, mastered, sr, self.cfg.target_lufs, self.cfg.true_peak_dbtp)
+        info["chunks"] = len(chunks)
+        info.update(echo)
+        stages["loudness"] += time.perf_counter() - t
+
+        if images:
+            t = time.perf_counter()
+            info["arrays"] = self._image_arrays(original, audio, mastered, sr, chunks, controls)
+            stages["analysis"] += time.perf_counter() - t
+        return mastered, info
+
+    def _image_arrays(
+        self, original: np.ndarray, seen: np.ndarray, mastered: np.ndarray, sr: int, chunks: list[Chunk],
+        controls: dict[str, Any],
+    ) -> dict[str, np.ndarray]:
+        """Mels of the input, of what the model saw and of the output, and the controls."""
+        mel_in = controls["mel_db"] if seen is original else self.analyse(original, sr, chunks)["mel_db"]
+        arrays = {"mel_input_db": mel_in, "mel_model_db": controls["mel_db"]}
+        arrays["mel_output_db"] = self.analyse(mastered, sr, chunks)["mel_db"]
+        if "gain_db" in controls:
+            gain = controls["gain_db"].cpu().numpy()
+            arrays["gain_db"] = gain if gain.ndim == 2 else gain.mean(axis=0)
+        if "params" in controls:
+            arrays["params_norm"] = controls["params_report"]
+        return arrays

@@ -1,0 +1,122 @@
+"""What the chain path applies: the echo stage and the forecast policy.
+
+* Echo stage (every inversion, before the model): the strongest echo is measured from the input's
+  own cepstrum and undone (the exact IIR inverse) when its gain is at least ``min_echo_gain``,
+  strong enough to tell from the music's own repetitions.
+* Forecast policy (chain): a forecast whose validation error (recorded in the checkpoint) is not
+  clearly below the predict-the-mean baseline's takes its effect's neutral value: a correction the
+  model cannot make is not applied.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from automaster.dsp.cepstrum import estimate_echo
+from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE
+from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time
+from automaster.effects.params import BY_NAME, PARAM_NAMES, PARAMS
+from automaster.model.validate import mae_ratios
+
+# A forecast is applied when its validation MAE is at most this share of the predict-the-mean
+# baseline's; an echo estimate is undone from this gain up (clean music measures up to ~0.18 from
+# its own cepstrum, 90% below 0.13: automaster/dsp/cepstrum.py).
+MAX_FORECAST_ERROR = 0.8
+MIN_ECHO_GAIN = 0.15
+ECHO_PARAMS = ("echo_delay_s", "echo_gain")
+
+
+def forecast_errors(meta: dict[str, Any]) -> dict[str, float]:
+    """Per parameter, the checkpoint's validation MAE over the predict-the-mean baseline's
+    (``{}`` when the checkpoint has no such metrics, e.g. a model saved outside training)."""
+    try:
+        metrics = json.loads(meta.get("extra", {}).get("metrics", "{}"))
+        ratios = mae_ratios({k: float(v) for k, v in metrics.items()})
+    except (TypeError, ValueError):
+        return {}
+    return {name: r for name, r in ratios.items() if math.isfinite(r)}
+
+
+def chain_policy(forecast_skill: dict[str, float], echo_removal: bool, max_forecast_error: float | None) -> dict[str, str]:
+    """Where each chain parameter comes from: ``"forecast"``, ``"neutral"`` (the forecast is not
+    better than the mean on validation, and the parameter has a neutral value) or ``"estimate"``
+    (echo, measured from the audio by the echo stage)."""
+    out = {}
+    for p in PARAMS:
+        error = forecast_skill.get(p.name)
+        unreliable = max_forecast_error is not None and (error is None or error > max_forecast_error)
+        if echo_removal and p.name in ECHO_PARAMS:
+            out[p.name] = "estimate"
+        elif unreliable and p.neutral is not None and forecast_skill:
+            out[p.name] = "neutral"
+        else:
+            out[p.name] = "forecast"
+    return out
+
+
+def _norm(name: str, value: float) -> float:
+    return float(BY_NAME[name].normalize(torch.tensor(float(value))))
+
+
+def apply_chain_policy(
+    params_norm: np.ndarray, policy: dict[str, str], echo: dict[str, Any], echo_removal: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The chain's parameters ``(P, F)`` (normalised) after ``policy``: ``(to render, to report)``.
+
+    With the echo stage on, the rendered echo gain is 0 (that stage has undone the echo) and the
+    reported echo is the stage's (its gain 0 when it left the audio alone).
+    """
+    render = params_norm.copy()
+    for name, how in policy.items():
+        if how == "neutral" or (how == "estimate" and name == "echo_gain"):
+            render[PARAM_NAMES.index(name)] = _norm(name, BY_NAME[name].neutral)
+    report = render.copy()
+    if echo_removal and echo["echo_delay_s"] is not None:
+        report[PARAM_NAMES.index("echo_delay_s")] = _norm("echo_delay_s", echo["echo_delay_s"])
+        report[PARAM_NAMES.index("echo_gain")] = _norm("echo_gain", echo["echo_gain"] if echo["echo_removed"] else 0.0)
+    return render, report
+
+
+def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """The echo stage: ``(audio without the echo, what was measured)`` (flat scalars: they go
+    into batch summaries)."""
+    note: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None}
+    delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
+    longest = min(1.04 * delay.high, 0.25 * audio.shape[-1] / sr)  # four delays must fit in the input
+    try:
+        echo = estimate_echo(audio, sr, min_delay_s=0.9 * delay.low, max_delay_s=longest)
+    except ValueError:  # too short to tell an echo from the music: leave it alone
+        return audio, note
+    note.update(echo_delay_s=echo.delay_s, echo_gain=echo.gain)
+    usable = echo.delay_s * sr >= 2 * FRACTIONAL_HALF_TAPS and delay.low <= echo.delay_s <= delay.high
+    if echo.gain < min_echo_gain or not usable:
+        return audio, note
+    note["echo_removed"] = True
+    return echo_inverse_time(audio, sr, echo.delay_s, min(echo.gain, gain.high)), note
+
+
+def parameter_stats(params_norm: np.ndarray, sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per-file statistics of the chain's parameters ``(P, F)`` (normalised) in physical units.
+
+    Every ParamSpec entry gets ``unit``, ``per_frame``, ``mean``/``std``/``min``/``max`` over
+    frames, ``applied``: the value the chain used (per-clip parameters: the track mean of the
+    normalised prediction, denormalised; per-frame ones: the trajectory, so ``null``), and with
+    ``sources`` its ``source`` (:func:`chain_policy`).
+    """
+    norm = torch.from_numpy(np.asarray(params_norm, dtype=np.float32))
+    out: dict[str, Any] = {"frames": int(norm.shape[-1]), "frame_rate_hz": MODEL_RATE / HOP_LENGTH, "params": {}}
+    for i, p in enumerate(PARAMS):
+        values = p.denormalize(norm[i]).numpy().astype(np.float64)
+        out["params"][p.name] = {
+            "unit": p.unit, "per_frame": p.per_frame, "description": p.description,
+            "mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max()),
+            "applied": None if p.per_frame else float(p.denormalize(norm[i].mean())),
+        }
+        if sources is not None:
+            out["params"][p.name]["source"] = sources.get(p.name, "forecast")
+    return out
