@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from automaster.config import INVERSIONS, ConfigError, MasterConfig, load_config
+from automaster.config import DEGRADERS, INVERSIONS, ConfigError, EvalConfig, MasterConfig, load_config
 
 log = logging.getLogger("automaster")
 
@@ -198,6 +198,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 _MASTER = MasterConfig()  # the defaults the master and evaluate commands show and use
+_EVAL = EvalConfig()
 
 
 def _add_repair_options(p: argparse.ArgumentParser, init_phase_help: str, levels_help: str) -> None:
@@ -312,15 +313,17 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--clean", required=True, help="folder of clean masters (recursive) or an FMA root (its --split)")
     p.add_argument("--out", required=True, help="output folder or URI (metrics.json, metrics.csv, parameters.csv)")
-    p.add_argument("--seed", type=int, default=1, help="degradation seed, with each track id (default 1; demaster's default is 0)")
-    p.add_argument("--degrader", choices=["ours", "pedalboard"], help="who damages the clean clips: our chain (default) or "
+    p.add_argument("--seed", type=int, default=_EVAL.seed,
+                   help=f"degradation seed, with each track id (default {_EVAL.seed}; demaster's default is 0)")
+    p.add_argument("--degrader", choices=DEGRADERS, help="who damages the clean clips: our chain (default) or "
                    "Spotify's pedalboard (another implementation)")
     p.add_argument("--degraded", help="folder of degraded files at the clean files' relative paths (instead of a degrader)")
-    p.add_argument("--inversions", help="comma-separated model paths: chain,mask,griffinlim (default: every one the model can do)")
+    p.add_argument("--inversions", help=f"comma-separated: {','.join(INVERSIONS)} (default: every one the model can do)")
     p.add_argument("--split", choices=["training", "validation", "test", "all"],
                    help="corpus split (default: test for an FMA root, every file for a plain folder)")
     p.add_argument("--limit", type=int, default=0, help="evaluate at most this many files (0: all)")
-    p.add_argument("--clip-seconds", type=float, default=30.0, help="centred excerpt length in seconds (default 30)")
+    p.add_argument("--clip-seconds", type=float, default=_EVAL.clip_seconds,
+                   help=f"centred excerpt length in seconds (default {_EVAL.clip_seconds:g})")
     p.add_argument("--mono", action="store_true", help="downmix to mono (default: keep the channels)")
     _add_repair_options(p, "start Griffin-Lim (model and oracle) from the degraded input's phase", "; model inversions only")
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
@@ -346,26 +349,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if not shipped.exists():
             raise UsageError(f"no --model given and no shipped model at {shipped}; pass --model <checkpoint dir or model.pt>")
         model = str(shipped)
-    inversions = [i.strip() for i in args.inversions.split(",") if i.strip()] if args.inversions else None
+    inversions = tuple(i.strip() for i in args.inversions.split(",") if i.strip()) if args.inversions else ()
+    try:
+        evaluation = EvalConfig(
+            seed=args.seed, degrader=args.degrader or _EVAL.degrader, inversions=inversions,
+            clip_seconds=args.clip_seconds, mono=args.mono,
+        )
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
     try:
         metrics = run_evaluate(
             _location(model, must_exist=True),
             _location(args.clean, must_exist=True),
             _location(args.out),
-            seed=args.seed,
-            degrader=args.degrader or "ours",
+            evaluation=evaluation,
+            mastering=_master_config(args),
             degraded_dir=_location(args.degraded, must_exist=True) if args.degraded else None,
-            inversions=inversions,
             split=args.split,
             limit=args.limit,
-            clip_seconds=args.clip_seconds,
-            mono=args.mono,
-            iterations=args.iterations,
-            init_phase=args.init_phase,
-            target_lufs=args.target_lufs,
-            true_peak_dbtp=args.true_peak,
-            echo_removal=args.echo_removal,
-            max_forecast_error=args.max_forecast_error,
             workers=args.workers,
             gpu=args.gpu,
             tracking_uri=args.tracking_uri,

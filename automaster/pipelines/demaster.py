@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from automaster import storage
-from automaster.audio import AudioError, audio_info, read_audio, write_audio
+from automaster.audio import AudioError, FileError, read_excerpt, write_audio
 from automaster.config import Config, from_dict
 from automaster.corpus import scan_corpus
 from automaster.dataset import DATASET_DIR, META_FILE, SCHEMA_VERSION, parquet_bytes, to_pcm16
@@ -37,10 +37,6 @@ log = logging.getLogger(__name__)
 
 STAGES = ("decode", "effects", "mels", "png", "writes")
 AUDIO_DIR, PNG_DIR, TXT_DIR = "output_audio", "output_spectrograms", "output_txt"
-
-
-class TrackError(Exception):
-    """A track that cannot become training data (too short, silent, ...)."""
 
 
 def dataset_file(out: str, track_id: str) -> str:
@@ -109,7 +105,7 @@ class TrackProcessor:
         stages = dict.fromkeys(STAGES, 0.0)
         try:
             self._process(row, stages)
-        except (AudioError, TrackError) as exc:
+        except (AudioError, FileError) as exc:
             status.update(status="error", reason=str(exc))
         except Exception as exc:  # per-item boundary of a batch job: record, never abort the batch
             log.error("track %s failed unexpectedly:\n%s", row["track_id"], traceback.format_exc())
@@ -123,19 +119,12 @@ class TrackProcessor:
         sr, track_id, path = audio_cfg.sample_rate, row["track_id"], row["path"]
 
         t = time.perf_counter()
-        info = audio_info(path)
-        if info.duration_s < dm.min_seconds:
-            raise TrackError(f"{path!r}: too short: {info.duration_s:.2f} s (minimum {dm.min_seconds:g} s)")
-        clip_s = min(dm.clip_seconds, info.duration_s)
-        offset_s = max(0.0, (info.duration_s - clip_s) / 2.0)  # centred: intros are rarely representative
-        audio, _ = read_audio(path, sample_rate=sr, mono=True, offset_s=offset_s, duration_s=clip_s)
+        audio, _ = read_excerpt(path, dm.clip_seconds, sample_rate=sr, mono=True, min_seconds=dm.min_seconds)
         x = torch.from_numpy(np.ascontiguousarray(audio[:1]))  # (1, T)
-        if x.shape[-1] < dm.min_seconds * sr * 0.99:
-            raise TrackError(f"{path!r}: too short after decoding: {x.shape[-1] / sr:.2f} s")
         rms = float(x.square().mean().sqrt())
         rms_db = 20.0 * math.log10(max(rms, 1e-12))
         if rms_db < dm.silence_db:
-            raise TrackError(f"{path!r}: silent (RMS {rms_db:.1f} dBFS < {dm.silence_db:g} dBFS)")
+            raise FileError(f"{path!r}: silent (RMS {rms_db:.1f} dBFS < {dm.silence_db:g} dBFS)")
         # Decoded MP3/Vorbis often peaks above 0 dBFS: scale down rather than clip the reference.
         peak = float(x.abs().max())
         input_gain = min(1.0, cfg.degrade.peak_ceiling / peak)

@@ -14,15 +14,14 @@ import mlflow
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from automaster.cli import main
-from automaster.degrade import draw_params, make_generator
-from automaster.effects.params import PARAM_NAMES, stack
-from automaster.foreign import MAPPED_PARAMS
-from automaster.pipelines.evaluate import (
-    BASELINES, METRICS, Evaluator, list_clean, match_degraded, mrstft_distance, parameter_errors,
-)
+from automaster.effects.params import PARAM_NAMES
+from automaster.pedalboard_damage import MAPPED_PARAMS
+from automaster.config import EvalConfig, MasterConfig
+from automaster.evaluation.baselines import BASELINES
+from automaster.evaluation.metrics import METRICS
+from automaster.pipelines.evaluate import Evaluator, list_clean, match_degraded
 from tests.audio_fixtures import D01
 from tests.test_mastering import make_checkpoint
 
@@ -32,34 +31,6 @@ SR = 44100
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
-
-
-# ---------------------------------------------------------------------------- the distances
-
-
-def test_mrstft_is_zero_for_identical_signals_and_grows_with_noise():
-    rng = np.random.default_rng(0)
-    x = np.sin(2 * np.pi * 440 * np.arange(SR) / SR)[None].astype(np.float32) + 0.05 * rng.standard_normal((1, SR)).astype(np.float32)
-    assert mrstft_distance(x, x) == pytest.approx(0.0, abs=1e-6)
-    noise = rng.standard_normal(x.shape).astype(np.float32)
-    distances = [mrstft_distance(x + level * noise, x) for level in (0.001, 0.01, 0.1, 1.0)]
-    assert all(a < b for a, b in zip(distances, distances[1:])), distances
-    assert mrstft_distance(x[None], x[None]) == pytest.approx(0.0, abs=1e-6)  # (B, C, T) too
-
-
-def test_parameter_errors_zero_for_a_perfect_forecast_and_physical_units():
-    n_frames = 40
-    truth = draw_params(n_frames, make_generator(0, "x"))
-    truth = {k: v[0].numpy() for k, v in truth.items()}
-    perfect = stack({k: torch.as_tensor(v)[None] if v.ndim else torch.as_tensor(v).reshape(1) for k, v in truth.items()}, n_frames)[0]
-    errors = parameter_errors(perfect.numpy(), truth)
-    assert set(errors) == set(PARAM_NAMES)
-    assert max(e["abs_err"] for e in errors.values()) < 1e-3
-    shifted = perfect.clone()
-    shifted[PARAM_NAMES.index("eq_low_gain_db")] += 1.0 / 12.0  # +1 dB on a 12 dB range
-    err = parameter_errors(shifted.numpy(), truth)["eq_low_gain_db"]
-    assert err["abs_err"] == pytest.approx(1.0, abs=1e-3)
-    assert err["mid_range_abs_err"] == pytest.approx(float(np.abs(truth["eq_low_gain_db"]).mean()), abs=1e-4)
 
 
 # ---------------------------------------------------------------------------- listing
@@ -95,18 +66,18 @@ def test_given_pairs_have_no_oracle_chain_and_no_parameter_errors(ckpt, tmp_path
     degraded = tmp_path / "degraded.wav"
     sf.write(clean, audio, sr)
     sf.write(degraded, 0.5 * audio + 0.001 * np.random.default_rng(0).standard_normal(audio.shape).astype(np.float32), sr)
-    settings = {"seed": 0, "degrader": "given", "clip_seconds": 2.0, "mono": True, "peak_ceiling": 0.999}
-    evaluator = Evaluator(ckpt, ["chain", "griffinlim"], settings, {"iterations": 2, "seed": 0})
+    settings = EvalConfig(seed=0, degrader="given", clip_seconds=2.0, mono=True, inversions=("chain", "griffinlim"))
+    evaluator = Evaluator(ckpt, settings, MasterConfig(iterations=2, seed=0))
     result = evaluator.evaluate({"track_id": "t", "path": str(clean), "rel_path": "clean.wav", "degraded_path": str(degraded)})
     assert result["status"] == "ok", result["reason"]
     assert result["channels"] == 1 and result["duration_s"] == pytest.approx(2.0)
-    assert set(result["paths"]) == {"identity", "identity_loudness", "oracle_mel_griffinlim", "chain", "griffinlim"}
+    assert set(result["inversions"]) == {"identity", "identity_loudness", "oracle_mel_griffinlim", "chain", "griffinlim"}
     assert result["parameters"] == {} and result["true_params_known"] == "none"
-    identity = result["paths"]["identity"]
+    identity = result["inversions"]["identity"]
     assert identity["loudness_err_lu"] == pytest.approx(20 * math.log10(2), abs=0.1)  # a 6 dB quieter copy
     assert identity["si_sdr_db"] > 20.0  # faint noise under music: little distortion
-    assert result["paths"]["identity_loudness"]["loudness_err_lu"] < 0.01
-    assert result["paths"]["griffinlim"]["si_sdr_db"] is None  # no phase alignment, no SI-SDR
+    assert result["inversions"]["identity_loudness"]["loudness_err_lu"] < 0.01
+    assert result["inversions"]["griffinlim"]["si_sdr_db"] is None  # no phase alignment, no SI-SDR
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -132,31 +103,31 @@ def test_evaluate_end_to_end_our_degrader(ray_local, ckpt, data_dir, tmp_path, c
     cfg = metrics["config"]
     assert (cfg["n_files"], cfg["n_ok"], cfg["n_failed"], cfg["degrader"], cfg["seed"]) == (3, 3, 0, "ours", 1)
     assert cfg["model"] == ckpt and cfg["inversions"] == ["chain", "mask", "griffinlim"] and cfg["clip_seconds"] == 3.0
-    assert list(metrics["paths"]) == [*BASELINES, "chain", "mask", "griffinlim"]
+    assert list(metrics["inversions"]) == [*BASELINES, "chain", "mask", "griffinlim"]
     files = {f["rel_path"] for f in metrics["files"]}
     assert len(files) == 3 and all(f["status"] == "ok" and f["channels"] == 2 for f in metrics["files"])
-    for name, entry in metrics["paths"].items():
+    for name, entry in metrics["inversions"].items():
         expected = set(METRICS) - ({"si_sdr_db"} if "griffinlim" in name else set())
         assert set(entry["metrics"]) == expected, name
         for stats in entry["metrics"].values():
             assert set(stats["per_file"]) == files and stats["n"] == 3
             assert stats["mean"] is not None and math.isfinite(stats["mean"])
-    paths = metrics["paths"]
-    assert math.isfinite(paths["identity"]["metrics"]["si_sdr_db"]["mean"])
-    assert paths["oracle_chain"]["metrics"]["mel_l1_db"]["mean"] < paths["identity"]["metrics"]["mel_l1_db"]["mean"]
-    assert paths["oracle_chain"]["metrics"]["si_sdr_db"]["mean"] > paths["identity"]["metrics"]["si_sdr_db"]["mean"]
-    assert paths["identity_loudness"]["metrics"]["loudness_err_lu"]["mean"] < 0.05
+    inversions = metrics["inversions"]
+    assert math.isfinite(inversions["identity"]["metrics"]["si_sdr_db"]["mean"])
+    assert inversions["oracle_chain"]["metrics"]["mel_l1_db"]["mean"] < inversions["identity"]["metrics"]["mel_l1_db"]["mean"]
+    assert inversions["oracle_chain"]["metrics"]["si_sdr_db"]["mean"] > inversions["identity"]["metrics"]["si_sdr_db"]["mean"]
+    assert inversions["identity_loudness"]["metrics"]["loudness_err_lu"]["mean"] < 0.05
     assert set(metrics["parameters"]) == set(PARAM_NAMES)
     assert all(p["abs_err"]["n"] == 3 for p in metrics["parameters"].values())
 
     rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
-    assert len(rows) == 3 * 7 and {r["path"] for r in rows} == set(metrics["paths"])
+    assert len(rows) == 3 * 7 and {r["inversion"] for r in rows} == set(metrics["inversions"])
     assert len((out / "parameters.csv").read_text().strip().splitlines()) == 1 + 3 * len(PARAM_NAMES)
 
     client = mlflow.MlflowClient(uri)
     run = client.get_run(metrics["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.info.run_name == "eval-ours"
-    assert run.data.metrics["identity/mel_l1_db"] == pytest.approx(paths["identity"]["metrics"]["mel_l1_db"]["mean"])
+    assert run.data.metrics["identity/mel_l1_db"] == pytest.approx(inversions["identity"]["metrics"]["mel_l1_db"]["mean"])
     assert "chain/si_sdr_db" in run.data.metrics and "forecast/abs_err/eq_low_gain_db" in run.data.metrics
     assert run.data.params["degrader"] == "ours" and run.data.params["seed"] == "1"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"metrics.json", "metrics.csv", "parameters.csv"}
@@ -176,7 +147,7 @@ def test_evaluate_pedalboard_on_the_fma_test_split(ray_local, ckpt, data_dir, tm
     assert metrics["failures"] == [{"rel_path": "001/001777.mp3", "path": str(data_dir / "fma/fma_small/001/001777.mp3"),
                                     "reason": metrics["failures"][0]["reason"]}]
     assert "silent" in metrics["failures"][0]["reason"]
-    assert list(metrics["paths"]) == [*BASELINES, "chain"]  # oracle_chain: the mapped parameters
+    assert list(metrics["inversions"]) == [*BASELINES, "chain"]  # oracle_chain: the mapped parameters
     assert set(metrics["parameters"]) == set(MAPPED_PARAMS)
     rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
     assert [r["status"] for r in rows if r["rel_path"] == "001/001777.mp3"] == ["error"]

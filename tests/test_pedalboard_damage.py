@@ -12,7 +12,7 @@ from automaster.dsp.mel import melspectrogram
 from automaster.dsp.metrics import mel_l1_db
 from automaster.dsp.scale import power_to_db
 from automaster.effects.params import PARAM_NAMES
-from automaster.foreign import MAPPED_PARAMS, build_board, draw_settings, make_rng, mapped_params, pedalboard_degrade
+from automaster.pedalboard_damage import MAPPED_PARAMS, build_board, draw_settings, make_rng, mapped_params, pedalboard_degrade
 from tests.audio_fixtures import D01
 
 SR = 44100
