@@ -30,7 +30,10 @@ ROW_BLOCK = 128  # frames per FFT call in the frame-major transforms (~1 MB per 
 
 @functools.lru_cache(maxsize=16)
 def _hann(n_fft: int, device: str, dtype: torch.dtype) -> torch.Tensor:
-    return torch.hann_window(n_fft, periodic=True, device=device, dtype=dtype)
+    # Never an inference tensor: a window cached under inference_mode (mastering) must still be
+    # usable where autograd records (training).
+    with torch.inference_mode(False):
+        return torch.hann_window(n_fft, periodic=True, device=device, dtype=dtype)
 
 
 def hann_window(n_fft: int, like: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from automaster.dsp import loudness
+from automaster.dsp.limiter import master_loudness
 
 # A result peaking above full scale is brought to this sample peak (dBFS) before it is written.
 HEADROOM_PEAK_DBFS = -0.1
@@ -48,18 +49,21 @@ def apply_levels(
         "lufs_before": finite_or_none(loudness.integrated_loudness(original, sr)),
         "lufs_after": None,
         "true_peak_before_dbtp": finite_or_none(loudness.true_peak_dbtp(original, sr)),
-        "true_peak_after_dbtp": None, "loudness_gain_db": 0.0, "headroom_gain_db": 0.0, "loudness_note": "",
+        "true_peak_after_dbtp": None, "loudness_gain_db": 0.0, "headroom_gain_db": 0.0,
+        "limiter_max_reduction_db": 0.0, "limiter_mean_reduction_db": 0.0, "loudness_note": "",
         "peak_before_dbfs": peak_dbfs(original),
     }
     after: tuple[float, float] | None = None  # (LUFS, dBTP) of `mastered` as it stands, once known
     mastered = np.ascontiguousarray(mastered, dtype=np.float32)
     if target_lufs is not None or true_peak_dbtp is not None:
         # master_loudness passes silence (below the gate) through without a loudness gain.
-        mastered, stats = loudness.master_loudness(mastered, sr, target_lufs, true_peak_dbtp)
+        mastered, stats = master_loudness(mastered, sr, target_lufs, true_peak_dbtp)
         mastered = np.ascontiguousarray(mastered, dtype=np.float32)
         if target_lufs is not None and finite_or_none(stats["lufs_before"]) is None:
             info["loudness_note"] = "silent: loudness target not applied"
         info["loudness_gain_db"] = finite_or_none(stats.get("gain_db")) or 0.0
+        info["limiter_max_reduction_db"] = stats["limiter_max_reduction_db"]
+        info["limiter_mean_reduction_db"] = stats["limiter_mean_reduction_db"]
         after = (stats["lufs_after"], stats["true_peak_after_dbtp"])
     peak = abs_max(mastered)
     if peak > 1.0:

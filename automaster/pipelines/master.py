@@ -35,7 +35,10 @@ EXCERPT_S = 5.0
 # Output format by input extension: what soundfile writes stays, MP3/AIFF become FLAC.
 _OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg", ".mp3": ".flac", ".aiff": ".flac", ".aif": ".flac"}
 _GAIN_IMAGE_DB = 12.0  # debug images map a mel gain of +-12 dB onto the colour range
-_LEVEL_KEYS = ("lufs_before", "lufs_after", "true_peak_before_dbtp", "true_peak_after_dbtp", "peak_before_dbfs", "peak_after_dbfs")
+_LEVEL_KEYS = (
+    "lufs_before", "lufs_after", "true_peak_before_dbtp", "true_peak_after_dbtp", "peak_before_dbfs", "peak_after_dbfs",
+    "limiter_max_reduction_db", "limiter_mean_reduction_db",
+)
 
 
 # ------------------------------------------------------------------------ one file's outputs
