@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from automaster.config import DegradeConfig
+from automaster.effects.chain import apply_chain
 from automaster.effects.params import BY_NAME, PARAMS
 
 # Compressor thresholds are drawn relative to the clip's own RMS level, so every clip is really
@@ -106,8 +107,6 @@ def degrade(
     already computed it for its mel spectrogram) saves one STFT; ``stft_rows_clean`` is the same
     frame-major (:func:`automaster.dsp.stft.stft_rows`, what the CPU path uses).
     """
-    from automaster.effects.chain import apply_chain
-
     params = dict(params)
     params["output_gain_db"] = torch.zeros(clean.shape[0])
     with torch.no_grad():

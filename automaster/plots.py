@@ -7,6 +7,8 @@ import io
 
 import numpy as np
 
+from automaster.dsp.constants import DB_MAX, DB_MIN
+
 
 LEVELS = 255  # colour levels of a spectrogram; palette entry 255 is the white gap between tiles
 
@@ -27,8 +29,8 @@ def _levels(db: np.ndarray, db_min: float, db_max: float) -> np.ndarray:
 
 def mel_strip_png(
     mels_db: list[np.ndarray],
-    db_min: float = -60.0,
-    db_max: float = 40.0,
+    db_min: float = DB_MIN,
+    db_max: float = DB_MAX,
     gap: int = 6,
     max_width: int = 2400,
 ) -> bytes:
@@ -54,7 +56,7 @@ def mel_strip_png(
     return buf.getvalue()
 
 
-def mel_pair_png(left_db: np.ndarray, right_db: np.ndarray, db_min: float = -60.0, db_max: float = 40.0) -> bytes:
+def mel_pair_png(left_db: np.ndarray, right_db: np.ndarray, db_min: float = DB_MIN, db_max: float = DB_MAX) -> bytes:
     """Original | degraded, the demaster job's picture."""
     return mel_strip_png([left_db, right_db], db_min, db_max)
 

@@ -7,11 +7,9 @@ same framing as ``librosa.stft`` and ``librosa.feature.melspectrogram``.
 :func:`stft_rows` / :func:`istft_rows` compute the same transforms on numpy arrays, frame-major:
 ``(N, T)`` <-> ``(N, F, n_fft // 2 + 1)`` (one row per frame, bins contiguous). They run scipy's
 pocketfft a block of frames at a time (the blocks stay in cache and no large temporary is
-allocated) and overlap-add in numba; on one CPU thread they are 2-3x as fast as
-``torch.stft``/``torch.istft`` (30 s of stereo: 24 ms each, against 57 and 80 ms), and the
-frame-major layout lets recursions over frames
-(reverb suppression) run vectorised over bins. For no-autograd CPU work (the inverse effects
-chain, Griffin-Lim).
+allocated) and overlap-add in numba: faster than ``torch.stft``/``torch.istft`` on one CPU thread
+(BENCHMARKS.md), and the frame-major layout lets recursions over frames (reverb suppression) run
+vectorised over bins. For no-autograd CPU work (the inverse effects chain, Griffin-Lim).
 """
 
 from __future__ import annotations

@@ -22,6 +22,7 @@ from torch import nn
 from automaster.config import Config, ModelConfig
 from automaster.dsp.scale import DB_MAX, DB_MIN
 from automaster.effects import params as param_table
+from automaster.effects.chain import invert_chain
 from automaster.model.forecaster import Forecaster
 from automaster.model.unet import UNet
 
@@ -49,9 +50,6 @@ def restore_waveform(degraded_wave: torch.Tensor, sample_rate: int, params_norm:
             f"expected (B={degraded_wave.shape[0]}, {param_table.N_PARAMS}, F) parameters, "
             f"got shape {tuple(params_norm.shape)}"
         )
-    # Lazy import: the effects chain is heavier than the model and not needed to restore mels.
-    from automaster.effects.chain import invert_chain
-
     physical = param_table.unstack(params_norm)  # name -> (B, F) per frame, (B,) per clip
     return invert_chain(degraded_wave, int(sample_rate), physical)
 

@@ -91,11 +91,6 @@ class UNet(nn.Module):
             self.head.weight.mul_(0.1)
             self.head.bias.zero_()
 
-    @property
-    def out_channels(self) -> int:
-        """Channels of :meth:`features` (the last decoder level)."""
-        return self.channels[0]
-
     def forward(self, mel: torch.Tensor) -> dict[str, torch.Tensor]:
         """Restore ``mel`` ``(B, 1, M, F)`` in [0, 1].
 

@@ -34,10 +34,6 @@ def denormalize_mel(u: torch.Tensor, audio: AudioConfig, degraded_db: torch.Tens
     return u * (hi - lo).view(shape) + lo.view(shape)
 
 
-def param_means(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """Training-set mean of every parameter in physical units (the predict-the-mean baseline)."""
-    return {p.name: float(np.mean([np.mean(r[p.name]) for r in rows])) for p in PARAMS}
-
 
 def validation_metrics(
     model: torch.nn.Module,

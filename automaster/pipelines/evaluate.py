@@ -301,6 +301,21 @@ def _job_config(
     }
 
 
+def _unpaired(rows: list[dict[str, str]], degraded_dir: str | None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """``(failed results of the clean files without a degraded file, the rows to evaluate)``."""
+    missing = [r for r in rows if degraded_dir is not None and not r["degraded_path"]]
+    failed = [
+        {
+            "track_id": r["track_id"], "rel_path": r["rel_path"], "path": r["path"], "status": "error",
+            "reason": f"no degraded file for {r['rel_path']} under {degraded_dir}",
+            "inversions": {}, "inversion_errors": {}, "parameters": {},
+        }
+        for r in missing
+    ]
+    names = {r["rel_path"] for r in missing}
+    return failed, [r for r in rows if r["rel_path"] not in names]
+
+
 def run_evaluate(
     model: str,
     clean: str,
@@ -364,16 +379,7 @@ def run_evaluate(
     config["workers"] = workers
     with tracking.start_run(experiment, run_name, tracking_uri, tags={"automaster.job": "evaluate"}) as run:
         tracking.log_params({k: v for k, v in config.items() if k != "notes"})
-        results: list[dict[str, Any]] = []
-        missing = [r for r in rows if degraded_dir is not None and not r["degraded_path"]]
-        missing_names = {r["rel_path"] for r in missing}
-        for r in missing:
-            results.append({
-                "track_id": r["track_id"], "rel_path": r["rel_path"], "path": r["path"], "status": "error",
-                "reason": f"no degraded file for {r['rel_path']} under {degraded_dir}",
-                "inversions": {}, "inversion_errors": {}, "parameters": {},
-            })
-        todo = [r for r in rows if r["rel_path"] not in missing_names]
+        results, todo = _unpaired(rows, degraded_dir)
         if todo:
             resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
             ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 1000)).map(

@@ -101,17 +101,6 @@ def start_run(
         yield run
 
 
-def log_file_artifact(path: str | Path, artifact_path: str | None = None) -> None:
-    """Log a local file; missing files are skipped with a warning (never fail a finished job)."""
-    import mlflow
-
-    path = Path(path)
-    if not path.exists():
-        log.warning("artifact %s does not exist; not logged", path)
-        return
-    mlflow.log_artifact(str(path), artifact_path)
-
-
 def log_bytes_artifact(data: bytes, name: str, artifact_path: str | None = None) -> None:
     import mlflow
 

@@ -6,7 +6,9 @@ import torch
 
 from automaster.config import Config, ModelConfig
 from automaster.model.cascade import Cascade
-from automaster.model.checkpoint import CheckpointError, load_model, load_training_state, save_checkpoint, strip_checkpoint
+from automaster.model.checkpoint import (
+    CheckpointError, load_model, load_model_cached, load_training_state, save_checkpoint, strip_checkpoint,
+)
 
 TINY = dict(unet_depth=2, unet_width=4, lstm_hidden=8, lstm_layers=1)
 
@@ -152,3 +154,21 @@ def test_strip_keeps_weights_and_metrics_and_drops_training_state(tmp_path, conf
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(mel)["params"], model(mel)["params"])
+
+
+def test_cached_load_reads_a_checkpoint_once_per_process_until_it_changes(tmp_path, config, trained):
+    import os
+
+    model, _, _ = trained
+    save_checkpoint(tmp_path / "c", model, config)
+    first = load_model_cached(tmp_path / "c")
+    assert load_model_cached(tmp_path / "c" / "model.pt") is first  # the same checkpoint, however named
+    assert load_model_cached(tmp_path / "c")[0] is not load_model(tmp_path / "c")[0]  # load_model stays fresh
+    save_checkpoint(tmp_path / "c", Cascade.from_config(config), config)  # rewritten: read again
+    stat = (tmp_path / "c" / "model.pt").stat()
+    os.utime(tmp_path / "c" / "model.pt", ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    again = load_model_cached(tmp_path / "c")
+    assert again is not first
+    assert not torch.equal(next(again[0].parameters()), next(first[0].parameters()))
+    with pytest.raises(CheckpointError):
+        load_model_cached(tmp_path / "missing")
