@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from automaster.dsp.stft import hann_window
+from automaster.effects.ballistics import TorchOnePole
 from automaster.effects._checks import (
     ParamLike, check_audio, check_sample_rate, clip_param, needs_grad, upsample_linear,
 )
@@ -38,6 +39,7 @@ POWER_FLOOR = 1e-10  # -100 dBFS: level of digital silence for the detector
 GAIN_STEP = 16  # samples between evaluations of the static curve in the forward compressor
 _REUSE = 1e-4  # relative detector change below which the inverse reuses its last gain
 _KNEE_EPS = 1e-6  # dB; keeps the knee formulas finite at knee_db = 0 (the knee branch is then empty)
+BACKENDS = ("auto", "numba", "torch")  # ballistics implementations; "auto": numba on CPU, torch elsewhere
 
 
 # ----------------------------------------------------------------------------- ballistics kernel
@@ -190,7 +192,17 @@ class _OnePole(torch.autograd.Function):
         )
 
 
-def one_pole_ballistics(power: torch.Tensor, attack_coef: torch.Tensor, release_coef: torch.Tensor) -> torch.Tensor:
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"expected backend in {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "numba" if device.type == "cpu" else "torch"
+    return backend
+
+
+def one_pole_ballistics(
+    power: torch.Tensor, attack_coef: torch.Tensor, release_coef: torch.Tensor, backend: str = "auto"
+) -> torch.Tensor:
     """Attack/release one-pole smoother ``s[n] = a s[n-1] + (1 - a) p[n]``, ``s[-1] = 0``.
 
     ``a`` is ``attack_coef`` where ``p[n] > s[n-1]``, ``release_coef`` otherwise. Differentiable
@@ -199,6 +211,9 @@ def one_pole_ballistics(power: torch.Tensor, attack_coef: torch.Tensor, release_
     Args:
         power: ``(R, N)`` non-negative sequences (rows are independent).
         attack_coef, release_coef: ``(R,)`` coefficients in [0, 1).
+        backend: ``"numba"`` (CPU kernel; other devices copy through the CPU), ``"torch"``
+            (:mod:`automaster.effects.ballistics`, on ``power``'s device) or ``"auto"`` (numba
+            for CPU tensors, torch otherwise).
 
     Returns:
         ``(R, N)`` smoothed sequences, same dtype and device as ``power``.
@@ -209,6 +224,8 @@ def one_pole_ballistics(power: torch.Tensor, attack_coef: torch.Tensor, release_
     for name, c in (("attack_coef", attack_coef), ("release_coef", release_coef)):
         if c.shape != (rows,):
             raise ValueError(f"expected {name} of shape ({rows},), got shape {tuple(c.shape)}")
+    if _resolve_backend(backend, power.device) == "torch":
+        return TorchOnePole.apply(power, attack_coef, release_coef)
     return _OnePole.apply(power, attack_coef, release_coef)
 
 
@@ -274,15 +291,16 @@ def _clip_params(x: torch.Tensor, **values: ParamLike) -> dict[str, torch.Tensor
 
 
 def detector_power(
-    x: torch.Tensor, sample_rate: float, attack_ms: torch.Tensor, release_ms: torch.Tensor
+    x: torch.Tensor, sample_rate: float, attack_ms: torch.Tensor, release_ms: torch.Tensor, backend: str = "auto"
 ) -> torch.Tensor:
-    """Smoothed channel-linked power, ``(B, C, T)`` -> ``(B, T)``; times ``(B,)`` in ms."""
+    """Smoothed channel-linked power, ``(B, C, T)`` -> ``(B, T)``; times ``(B,)`` in ms; ``backend``
+    of :func:`one_pole_ballistics`."""
     power = x.square().mean(dim=1)  # (B, T): one detector for all channels keeps the stereo image
     a_rms = torch.full_like(attack_ms, math.exp(-1.0 / (RMS_TIME_S * sample_rate)))
-    power = one_pole_ballistics(power, a_rms, a_rms)
+    power = one_pole_ballistics(power, a_rms, a_rms, backend)
     a_att = time_coef(attack_ms / 1000.0, sample_rate)
     a_rel = time_coef(release_ms / 1000.0, sample_rate)
-    return one_pole_ballistics(power, a_att, a_rel)
+    return one_pole_ballistics(power, a_att, a_rel, backend)
 
 
 def _detector_power_sampled(
@@ -309,19 +327,23 @@ def compressor(
     attack_ms: ParamLike,
     release_ms: ParamLike,
     makeup_db: ParamLike,
+    *,
+    backend: str = "auto",
 ) -> torch.Tensor:
-    """Compress ``x`` ``(B, C, T)`` -> ``(B, C, T)``; per-clip parameters ``(B,)`` (see module doc)."""
+    """Compress ``x`` ``(B, C, T)`` -> ``(B, C, T)``; per-clip parameters ``(B,)`` (see module doc);
+    ``backend`` of the ballistics (:func:`one_pole_ballistics`)."""
     check_audio(x)
     sample_rate = check_sample_rate(sample_rate)
+    backend = _resolve_backend(backend, x.device)
     p = _clip_params(x, threshold_db=threshold_db, ratio=ratio, knee_db=knee_db,
                      attack_ms=attack_ms, release_ms=release_ms, makeup_db=makeup_db)
     # The detector is smooth (RMS window 10 ms), so the static curve is evaluated every
     # GAIN_STEP samples and the gain interpolated: ~1e-4 dB off, for a tenth of the cost.
-    fast = x.device.type == "cpu" and not needs_grad(x, *p.values())
+    fast = backend == "numba" and x.device.type == "cpu" and not needs_grad(x, *p.values())
     if fast:
         sampled = _detector_power_sampled(x, sample_rate, p["attack_ms"], p["release_ms"])
     else:
-        sampled = detector_power(x, sample_rate, p["attack_ms"], p["release_ms"])[:, ::GAIN_STEP]  # (B, T / step)
+        sampled = detector_power(x, sample_rate, p["attack_ms"], p["release_ms"], backend)[:, ::GAIN_STEP]  # (B, T / step)
     level = 10.0 * torch.log10(sampled + POWER_FLOOR)
     col = {k: v.unsqueeze(-1) for k, v in p.items()}  # (B, 1) to broadcast over time
     gain_db = compressor_gain_db(level, col["threshold_db"], col["ratio"], col["knee_db"]) + col["makeup_db"]
