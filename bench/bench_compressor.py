@@ -3,7 +3,8 @@
     flock /tmp/bench.lock python bench/bench_compressor.py [--batch 16] [--seconds 3] [--device cpu]
 
 Differentiable path (audio and parameters require grad, as in waveform-domain training): the
-compressor on a batch of stereo 44.1 kHz crops of real music (tests/data/music, tiled), then a
+compressor, and its inverse (whose feedback recursion stays in numba; ``backend`` then sets its
+gradient's detector), on a batch of stereo 44.1 kHz crops of real music (tests/data/music, tiled), then a
 loss over every sample and its backward. Prints one JSON line per backend, with the load average
 and the policy-iteration rounds of the torch path.
 """
@@ -11,6 +12,7 @@ and the policy-iteration rounds of the torch path.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import sys
@@ -23,7 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from automaster.effects import compressor  # noqa: E402
+from automaster.effects import compressor, compressor_inverse  # noqa: E402
 from automaster.effects.ballistics import ballistics_forward  # noqa: E402
 from automaster.effects.compressor import time_coef  # noqa: E402
 
@@ -46,9 +48,9 @@ def _settings(batch: int, device: str) -> dict[str, torch.Tensor]:
     return {k: (lo + (hi - lo) * torch.rand(batch, generator=g)).to(device).requires_grad_() for k, (lo, hi) in lo_hi.items()}
 
 
-def _step(x: torch.Tensor, settings: dict[str, torch.Tensor], backend: str) -> None:
+def _step(x: torch.Tensor, settings: dict[str, torch.Tensor], backend: str, effect=compressor) -> None:
     xg = x.clone().requires_grad_()
-    y = compressor(xg, 44100, **settings, backend=backend)
+    y = effect(xg, 44100, **settings, backend=backend)
     y.square().mean().backward()
 
 
@@ -65,19 +67,19 @@ def main() -> None:
     settings = _settings(args.batch, args.device)
     power = x.square().mean(1)
     rounds = ballistics_forward(power, time_coef(settings["attack_ms"] / 1000, 44100), time_coef(settings["release_ms"] / 1000, 44100))[2]
-    for backend in ("numba", "torch"):
-        _step(x, settings, backend)  # warm-up (numba compile, allocator)
+    for (name, effect), backend in itertools.product((("compressor", compressor), ("inverse", compressor_inverse)), ("numba", "torch")):
+        _step(x, settings, backend, effect)  # warm-up (numba compile, allocator)
         times = []
         for _ in range(args.repeats):
             if args.device != "cpu":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            _step(x, settings, backend)
+            _step(x, settings, backend, effect)
             if args.device != "cpu":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
         best = min(times)
-        print(json.dumps({"backend": backend, "device": args.device, "threads": args.threads, "batch": args.batch,
+        print(json.dumps({"effect": name, "backend": backend, "device": args.device, "threads": args.threads, "batch": args.batch,
                           "seconds": args.seconds, "step_s": round(best, 4), "crops_per_s": round(args.batch / best, 1),
                           "torch_rounds": rounds, "loadavg_1m": os.getloadavg()[0]}))  # fmt: skip
 

@@ -382,6 +382,8 @@ def expander_power_gain(
     attack_ms: ParamLike,
     release_ms: ParamLike,
     makeup_db: ParamLike,
+    *,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Linear amplitude gain ``(B, T)`` undoing the compressor, from its output's detector power.
 
@@ -396,6 +398,8 @@ def expander_power_gain(
     reconstruction (a one-step fixed-point gradient: exact w.r.t. the audio and makeup at a
     fixed detector; it omits the loop's own sensitivity, so it under-states the gradients of
     the other parameters by up to a factor ``ratio``). Without autograd that step is skipped.
+    The feedback recursion itself runs in numba on the CPU whatever the device (a closed loop
+    through the static curve: no scan form); ``backend`` applies to the gradient's detector.
     """
     if power.ndim != 2:
         raise ValueError(f"expected (B, T) detector power, got shape {tuple(power.shape)}")
@@ -420,7 +424,7 @@ def expander_power_gain(
     if not needs_grad(power, *p.values()):
         return gain
     # Same value, torch gradients: the forward gain computer on the reconstructed input.
-    x_power = one_pole_ballistics(one_pole_ballistics(py * k2, a_rms, a_rms), a_att, a_rel)
+    x_power = one_pole_ballistics(one_pole_ballistics(py * k2, a_rms, a_rms, backend), a_att, a_rel, backend)
     col = {k: v.unsqueeze(-1) for k, v in p.items()}
     level = 10.0 * torch.log10(x_power + POWER_FLOOR)
     gain_db = compressor_gain_db(level, col["threshold_db"], col["ratio"], col["knee_db"]) + col["makeup_db"]
@@ -437,11 +441,14 @@ def compressor_inverse_gain(
     attack_ms: ParamLike,
     release_ms: ParamLike,
     makeup_db: ParamLike,
+    *,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Linear gain ``(B, T)`` that undoes :func:`compressor` on ``y`` ``(B, C, T)`` (makeup included)."""
     check_audio(y)
     return expander_power_gain(
-        y.square().mean(dim=1), sample_rate, threshold_db, ratio, knee_db, attack_ms, release_ms, makeup_db
+        y.square().mean(dim=1), sample_rate, threshold_db, ratio, knee_db, attack_ms, release_ms, makeup_db,
+        backend=backend,
     )
 
 
@@ -454,11 +461,13 @@ def compressor_inverse(
     attack_ms: ParamLike,
     release_ms: ParamLike,
     makeup_db: ParamLike,
+    *,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Undo :func:`compressor` on ``y`` ``(B, C, T)`` with the same parameters (see
     :func:`expander_power_gain`): near exact whenever the detector sees the same level on both
     sides."""
-    g = compressor_inverse_gain(y, sample_rate, threshold_db, ratio, knee_db, attack_ms, release_ms, makeup_db)
+    g = compressor_inverse_gain(y, sample_rate, threshold_db, ratio, knee_db, attack_ms, release_ms, makeup_db, backend=backend)
     return y * g.unsqueeze(1)
 
 

@@ -1,0 +1,139 @@
+"""Per-damage diagnosis: one effect at a time, and what each repair path undoes.
+
+    python bench/diagnose.py [--split test] [--clips 10] [--seconds 10] [--models models/reference ...]
+
+Clean clips (a corpus split, centred excerpts at 44.1 kHz) are damaged by the project chain
+(:func:`automaster.degrade.degrade`) with one effect drawn as in the demaster job and every other
+effect neutral (:func:`automaster.effects.params.neutral_params`): ``eq``, ``compressor``,
+``reverb``, ``echo``, and ``level`` (a gain drawn uniformly over the ``output_gain_db`` range,
+the chain otherwise neutral). The degrader's headroom gain applies as in the job. Paths:
+
+* ``identity``: the damaged input;
+* ``oracle_inverse``: :func:`automaster.effects.chain.invert_chain` with the true parameters;
+* ``oracle_gain``: the damaged input gain-matched to the clean integrated loudness;
+* ``<model>:<inversion>``: :class:`automaster.mastering.Masterer` (echo stage included) for every
+  ``--models`` checkpoint and ``--inversions`` entry.
+
+Measures against the clean clip: SI-SDR (dB), MR-STFT distance and mel L1 (dB), the functions of
+``automaster evaluate``. Writes the per-clip rows and the means to ``--out`` (JSON) and prints a
+Markdown table of the means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from automaster.config import AudioConfig, DegradeConfig  # noqa: E402
+from automaster.degrade import degrade, draw_params, make_generator  # noqa: E402
+from automaster.dsp.loudness import integrated_loudness  # noqa: E402
+from automaster.dsp.metrics import mel_l1_db, si_sdr  # noqa: E402
+from automaster.effects.chain import invert_chain  # noqa: E402
+from automaster.effects.params import BY_NAME, PARAMS, neutral_params  # noqa: E402
+from automaster.pipelines.evaluate import EVAL_RATE, _mel_db, _rms_db, list_clean, mrstft_distance, read_clip  # noqa: E402
+
+DAMAGES = ("eq", "compressor", "reverb", "echo", "level")
+MEASURES = ("si_sdr_db", "mrstft", "mel_l1_db")
+
+
+def damage_one(clean: np.ndarray, track_id: str, seed: int, damage: str, hop: int) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """``(damaged (C, T), true parameters)``: ``damage`` drawn as the demaster job draws it, the
+    rest of the chain neutral."""
+    gen = make_generator(seed, track_id)
+    n_frames = 1 + clean.shape[-1] // hop
+    drawn = draw_params(n_frames, gen, DegradeConfig(), clip_rms_db=_rms_db(clean))
+    params = neutral_params(1, n_frames)
+    for spec in PARAMS:
+        if spec.effect == damage:
+            params[spec.name] = drawn[spec.name]
+    result = degrade(torch.from_numpy(clean)[None], EVAL_RATE, params, gen)
+    audio, truth = result.audio, dict(result.params)
+    if damage == "level":
+        spec = BY_NAME["output_gain_db"]
+        gain_db = spec.low + (spec.high - spec.low) * torch.rand(1, generator=gen)
+        audio = audio * torch.pow(10.0, gain_db / 20.0)
+        truth["output_gain_db"] = truth["output_gain_db"] + gain_db
+    return audio[0].numpy().astype(np.float32), truth
+
+
+def oracle_gain(damaged: np.ndarray, clean_lufs: float) -> np.ndarray:
+    """``damaged`` at the clean clip's integrated loudness."""
+    return damaged * np.float32(10.0 ** ((clean_lufs - integrated_loudness(damaged, EVAL_RATE)) / 20.0))
+
+
+def measure(output: np.ndarray, clean: np.ndarray, clean_mel: torch.Tensor, audio_cfg: AudioConfig) -> dict[str, float]:
+    return {
+        "si_sdr_db": si_sdr(output, clean),
+        "mrstft": mrstft_distance(output, clean),
+        "mel_l1_db": mel_l1_db(_mel_db(output, audio_cfg), clean_mel),
+    }
+
+
+def _masterers(models: list[str], inversions: list[str]) -> dict[str, object]:
+    from automaster.mastering import Masterer
+
+    return {f"{Path(m).name}:{inv}": Masterer(m, inversion=inv) for m in models for inv in inversions}
+
+
+def _table(means: dict[str, dict[str, dict[str, float]]]) -> str:
+    lines = ["| damage | path | SI-SDR dB | MR-STFT | mel L1 dB |", "|---|---|---|---|---|"]
+    for damage, paths in means.items():
+        for path, m in paths.items():
+            lines.append(f"| {damage} | {path} | {m['si_sdr_db']:.2f} | {m['mrstft']:.3f} | {m['mel_l1_db']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", default=str(REPO.parent.parent / "shared" / "data" / "fma_mini"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--clips", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--damages", nargs="+", default=list(DAMAGES), choices=DAMAGES)
+    parser.add_argument("--models", nargs="*", default=[str(REPO / "models" / "reference")])
+    parser.add_argument("--inversions", nargs="+", default=["chain", "mask"])
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / f"diagnose-{time.strftime('%Y-%m-%d')}.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    audio_cfg = AudioConfig()
+    rows, _ = list_clean(args.corpus, args.split, args.clips)
+    masterers = _masterers(args.models, args.inversions)
+    results = []
+    for row in rows:
+        clean, _ = read_clip(row["path"], args.seconds, mono=False)
+        clean_mel, clean_lufs = _mel_db(clean, audio_cfg), integrated_loudness(clean, EVAL_RATE)
+        for damage in args.damages:
+            damaged, truth = damage_one(clean, row["track_id"], args.seed, damage, audio_cfg.hop_length)
+            with torch.no_grad():
+                inverse = invert_chain(torch.from_numpy(damaged)[None], EVAL_RATE, truth)[0].numpy()
+            outputs = {"identity": damaged, "oracle_inverse": inverse, "oracle_gain": oracle_gain(damaged, clean_lufs)}
+            for name, masterer in masterers.items():
+                outputs[name] = masterer.master_audio(damaged, EVAL_RATE)[0]
+            for path, out in outputs.items():
+                results.append({"track_id": row["track_id"], "damage": damage, "path": path,
+                                **measure(out, clean, clean_mel, audio_cfg)})  # fmt: skip
+        print(f"{row['track_id']} done", file=sys.stderr)
+    means: dict[str, dict[str, dict[str, float]]] = {}
+    for r in results:
+        means.setdefault(r["damage"], {}).setdefault(r["path"], {k: [] for k in MEASURES})
+        for k in MEASURES:
+            means[r["damage"]][r["path"]][k].append(r[k])
+    means = {d: {p: {k: float(np.mean(v)) for k, v in m.items()} for p, m in paths.items()} for d, paths in means.items()}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    Path(args.out).write_text(json.dumps({"settings": settings, "clips": len(rows), "means": means, "rows": results}, indent=1))
+    print(_table(means))
+
+
+if __name__ == "__main__":
+    main()
