@@ -10,6 +10,9 @@ sampled sinc, whose amplitude a least-squares fit recovers).
 Music has cepstral peaks of its own (exact loops, produced delays), which is why
 :class:`EchoEstimate` carries the raw estimate and callers apply a threshold (how well it finds
 echoes, and how strong the music's own peaks are: BENCHMARKS.md, "Echo stage").
+:func:`detect_echo` goes further and confirms a peak before anyone undoes it: present at the
+same delay in every section of the input, and not followed by a peak at twice its delay as
+music repeating with that period is (its docstring; figures: BENCHMARKS.md, "Echo confirmation").
 
 Long inputs are cut into segments whose log spectra are averaged (bounded memory; averaging
 also steadies the music's part of the cepstrum).
