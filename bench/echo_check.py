@@ -42,17 +42,17 @@ MIN_ECHO_GAIN = 0.15  # the mastering job's threshold (automaster.mastering.MIN_
 DELAY_TOLERANCE_S = 0.003
 
 
-def echo_stage(audio: np.ndarray, confirm: bool) -> tuple[np.ndarray, float | None, float | None]:
+def echo_stage(audio: np.ndarray, confirm: bool, min_gain: float = MIN_ECHO_GAIN) -> tuple[np.ndarray, float | None, float | None]:
     """``(output, delay removed or None, gain)`` with the mastering job's delay range and rule."""
     delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
     longest = min(1.04 * delay.high, 0.25 * audio.shape[-1] / EVAL_RATE)
     kwargs = dict(min_delay_s=0.9 * delay.low, max_delay_s=longest)
     if confirm:
-        found = detect_echo(audio, EVAL_RATE, min_gain=MIN_ECHO_GAIN, **kwargs)
+        found = detect_echo(audio, EVAL_RATE, min_gain=min_gain, **kwargs)
         accept = found.confirmed
     else:
         found = estimate_echo(audio, EVAL_RATE, **kwargs)
-        accept = found.gain >= MIN_ECHO_GAIN
+        accept = found.gain >= min_gain
     usable = found.delay_s * EVAL_RATE >= 2 * FRACTIONAL_HALF_TAPS and delay.low <= found.delay_s <= delay.high
     if not (accept and usable):
         return audio, None, None
@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--ours-seeds", type=int, nargs="*", default=[1, 2, 3, 4])
     parser.add_argument("--pedalboard-seeds", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / f"echo_check-{time.strftime('%Y-%m-%d')}.json"))
+    parser.add_argument("--min-gain", type=float, default=MIN_ECHO_GAIN, help="removal threshold of both rules")
     parser.add_argument("--reuse", action="store_true", help="summarise the rows already in --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -122,7 +123,7 @@ def main() -> None:
             r = {"track_id": row["track_id"], "kind": kind, "seed": seed, "true_delay": true_delay, "true_gain": true_gain,
                  "input_si_sdr": si_sdr(audio, clean)}  # fmt: skip
             for rule, confirm in (("before", False), ("after", True)):
-                out, delay, gain = echo_stage(audio, confirm)
+                out, delay, gain = echo_stage(audio, confirm, args.min_gain)
                 r.update({f"{rule}_delay": delay, f"{rule}_gain": gain, f"{rule}_si_sdr": si_sdr(out, clean)})
             rows.append(r)
         print(f"{row['track_id']} done", file=sys.stderr)

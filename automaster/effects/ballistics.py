@@ -86,10 +86,11 @@ def _previous(s: torch.Tensor) -> torch.Tensor:
 def ballistics_forward(
     power: torch.Tensor, attack_coef: torch.Tensor, release_coef: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """``(smoothed, attack mask, rounds)`` of the attack/release smoother (module doc), no autograd."""
-    log_att, b_att = _coefficients(attack_coef, power.dtype)
-    log_rel, b_rel = _coefficients(release_coef, power.dtype)
-    p = power.detach()
+    """``(smoothed, attack mask, rounds)`` of the attack/release smoother (module doc), no autograd.
+    Half-precision input is smoothed in float32 (the scans' sums need its mantissa)."""
+    p = power.detach().to(torch.promote_types(power.dtype, torch.float32))
+    log_att, b_att = _coefficients(attack_coef, p.dtype)
+    log_rel, b_rel = _coefficients(release_coef, p.dtype)
     if torch.equal(attack_coef, release_coef):  # a plain one-pole (the RMS window): one scan
         s = linear_scan(log_att.expand_as(p), b_att * p)
         return s, p > _previous(s), 1
@@ -111,17 +112,17 @@ class TorchOnePole(torch.autograd.Function):
     def forward(ctx, power: torch.Tensor, attack_coef: torch.Tensor, release_coef: torch.Tensor) -> torch.Tensor:
         s, attack, _ = ballistics_forward(power, attack_coef, release_coef)
         ctx.save_for_backward(power, s, attack, attack_coef, release_coef)
-        return s
+        return s.to(power.dtype)
 
     @staticmethod
     def backward(ctx, grad_s: torch.Tensor):
         power, s, attack, attack_coef, release_coef = ctx.saved_tensors
-        log_att, b_att = _coefficients(attack_coef, power.dtype)
-        log_rel, b_rel = _coefficients(release_coef, power.dtype)
+        log_att, b_att = _coefficients(attack_coef, s.dtype)
+        log_rel, b_rel = _coefficients(release_coef, s.dtype)
         # acc[n] = dL/ds[n] including everything s[n] feeds later in time.
-        acc = _reverse_scan(torch.where(attack, log_att, log_rel), grad_s.to(power.dtype))
+        acc = _reverse_scan(torch.where(attack, log_att, log_rel), grad_s.to(s.dtype))
         grad_p = torch.where(attack, b_att, b_rel) * acc
-        ds_da = (acc * (_previous(s) - power)).double()  # s[n] = a s[n-1] + (1 - a) p[n]
+        ds_da = (acc * (_previous(s) - power.to(s.dtype))).double()  # s[n] = a s[n-1] + (1 - a) p[n]
         grad_att = torch.where(attack, ds_da, 0.0).sum(-1)
         grad_rel = torch.where(attack, 0.0, ds_da).sum(-1)
-        return grad_p, grad_att.to(attack_coef.dtype), grad_rel.to(release_coef.dtype)
+        return grad_p.to(power.dtype), grad_att.to(attack_coef.dtype), grad_rel.to(release_coef.dtype)

@@ -114,3 +114,13 @@ def test_backend_choice():
         one_pole_ballistics(power, *coef, backend="cuda")
     # "auto" on the CPU is the numba kernel: bit-identical to asking for it.
     assert torch.equal(one_pole_ballistics(power, *coef), one_pole_ballistics(power, *coef, backend="numba"))
+
+
+def test_half_precision_is_smoothed_in_float32():
+    g = torch.Generator().manual_seed(2)
+    power = torch.rand(2, 5000, generator=g)
+    coef = torch.tensor([0.99, 0.9]), torch.tensor([0.9999, 0.999])
+    reference = one_pole_ballistics(power, *coef, backend="numba")
+    half = one_pole_ballistics(power.bfloat16().requires_grad_(), *coef, backend="torch")
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), reference, rtol=1e-2, atol=1e-3)  # bf16 output rounding only
