@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from automaster.effects import compressor, compressor_inverse  # noqa: E402
 from automaster.effects.ballistics import ballistics_forward  # noqa: E402
-from automaster.effects.compressor import time_coef  # noqa: E402
+from automaster.effects.compressor import RMS_TIME_S, one_pole_ballistics, time_coef  # noqa: E402
 
 
 def _crops(batch: int, seconds: float, device: str) -> torch.Tensor:
@@ -65,8 +66,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     x = _crops(args.batch, args.seconds, args.device)
     settings = _settings(args.batch, args.device)
-    power = x.square().mean(1)
-    rounds = ballistics_forward(power, time_coef(settings["attack_ms"] / 1000, 44100), time_coef(settings["release_ms"] / 1000, 44100))[2]
+    with torch.no_grad():  # the ballistics' input: the RMS-windowed power
+        a_rms = torch.full((args.batch,), math.exp(-1.0 / (RMS_TIME_S * 44100)), device=args.device)
+        power = one_pole_ballistics(x.square().mean(1), a_rms, a_rms, backend="torch")
+        rounds = ballistics_forward(power, time_coef(settings["attack_ms"] / 1000, 44100), time_coef(settings["release_ms"] / 1000, 44100))[2]
     for (name, effect), backend in itertools.product((("compressor", compressor), ("inverse", compressor_inverse)), ("numba", "torch")):
         _step(x, settings, backend, effect)  # warm-up (numba compile, allocator)
         times = []
