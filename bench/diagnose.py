@@ -9,13 +9,14 @@ effect neutral (:func:`automaster.effects.params.neutral_params`): ``eq``, ``com
 the chain otherwise neutral). The degrader's headroom gain applies as in the job. Paths:
 
 * ``identity``: the damaged input;
-* ``oracle_inverse``: :func:`automaster.effects.chain.invert_chain` with the true parameters;
-* ``oracle_gain``: the damaged input gain-matched to the clean integrated loudness;
+* ``oracle_inverse``: the inverse chain with the true parameters (evaluation's ``oracle_chain``);
+* ``oracle_gain``: the damaged input gain-matched to the clean integrated loudness
+  (evaluation's ``identity_loudness``);
 * ``<model>:<inversion>``: :class:`automaster.mastering.Masterer` (echo stage included) for every
   ``--models`` checkpoint and ``--inversions`` entry.
 
-Measures against the clean clip: SI-SDR (dB), MR-STFT distance and mel L1 (dB), the functions of
-``automaster evaluate``. Writes the per-clip rows and the means to ``--out`` (JSON) and prints a
+Measures against the clean clip: SI-SDR (dB), MR-STFT distance and mel L1 (dB), measured as
+``automaster evaluate`` measures them (:class:`automaster.evaluation.metrics.Reference`). Writes the per-clip rows and the means to ``--out`` (JSON) and prints a
 Markdown table of the means.
 """
 
@@ -33,13 +34,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from automaster.audio import read_excerpt  # noqa: E402
 from automaster.config import AudioConfig, DegradeConfig  # noqa: E402
 from automaster.degrade import degrade, draw_params, make_generator  # noqa: E402
+from automaster.dsp.constants import MODEL_RATE  # noqa: E402
 from automaster.dsp.loudness import integrated_loudness  # noqa: E402
-from automaster.dsp.metrics import mel_l1_db, si_sdr  # noqa: E402
-from automaster.effects.chain import invert_chain  # noqa: E402
 from automaster.effects.params import BY_NAME, PARAMS, neutral_params  # noqa: E402
-from automaster.pipelines.evaluate import EVAL_RATE, _mel_db, _rms_db, list_clean, mrstft_distance, read_clip  # noqa: E402
+from automaster.evaluation.baselines import identity_loudness, oracle_chain  # noqa: E402
+from automaster.evaluation.metrics import Reference  # noqa: E402
+from automaster.pipelines.evaluate import _rms_db, list_clean  # noqa: E402
 
 DAMAGES = ("eq", "compressor", "reverb", "echo", "level")
 MEASURES = ("si_sdr_db", "mrstft", "mel_l1_db")
@@ -55,7 +58,7 @@ def damage_one(clean: np.ndarray, track_id: str, seed: int, damage: str, hop: in
     for spec in PARAMS:
         if spec.effect == damage:
             params[spec.name] = drawn[spec.name]
-    result = degrade(torch.from_numpy(clean)[None], EVAL_RATE, params, gen)
+    result = degrade(torch.from_numpy(clean)[None], MODEL_RATE, params, gen)
     audio, truth = result.audio, dict(result.params)
     if damage == "level":
         spec = BY_NAME["output_gain_db"]
@@ -63,19 +66,6 @@ def damage_one(clean: np.ndarray, track_id: str, seed: int, damage: str, hop: in
         audio = audio * torch.pow(10.0, gain_db / 20.0)
         truth["output_gain_db"] = truth["output_gain_db"] + gain_db
     return audio[0].numpy().astype(np.float32), truth
-
-
-def oracle_gain(damaged: np.ndarray, clean_lufs: float) -> np.ndarray:
-    """``damaged`` at the clean clip's integrated loudness."""
-    return damaged * np.float32(10.0 ** ((clean_lufs - integrated_loudness(damaged, EVAL_RATE)) / 20.0))
-
-
-def measure(output: np.ndarray, clean: np.ndarray, clean_mel: torch.Tensor, audio_cfg: AudioConfig) -> dict[str, float]:
-    return {
-        "si_sdr_db": si_sdr(output, clean),
-        "mrstft": mrstft_distance(output, clean),
-        "mel_l1_db": mel_l1_db(_mel_db(output, audio_cfg), clean_mel),
-    }
 
 
 def _masterers(models: list[str], inversions: list[str]) -> dict[str, object]:
@@ -110,18 +100,20 @@ def main() -> None:
     masterers = _masterers(args.models, args.inversions)
     results = []
     for row in rows:
-        clean, _ = read_clip(row["path"], args.seconds, mono=False)
-        clean_mel, clean_lufs = _mel_db(clean, audio_cfg), integrated_loudness(clean, EVAL_RATE)
+        clean, _ = read_excerpt(row["path"], args.seconds, sample_rate=MODEL_RATE, mono=False, min_seconds=args.seconds)
+        reference = Reference(clean, audio_cfg, integrated_loudness(clean, MODEL_RATE))
         for damage in args.damages:
             damaged, truth = damage_one(clean, row["track_id"], args.seed, damage, audio_cfg.hop_length)
-            with torch.no_grad():
-                inverse = invert_chain(torch.from_numpy(damaged)[None], EVAL_RATE, truth)[0].numpy()
-            outputs = {"identity": damaged, "oracle_inverse": inverse, "oracle_gain": oracle_gain(damaged, clean_lufs)}
+            outputs = {
+                "identity": damaged,
+                "oracle_inverse": oracle_chain(damaged, truth, audio_cfg.hop_length),
+                "oracle_gain": identity_loudness(damaged, reference.lufs),
+            }
             for name, masterer in masterers.items():
-                outputs[name] = masterer.master_audio(damaged, EVAL_RATE)[0]
+                outputs[name] = masterer.master_audio(damaged, MODEL_RATE)[0]
             for path, out in outputs.items():
-                results.append({"track_id": row["track_id"], "damage": damage, "path": path,
-                                **measure(out, clean, clean_mel, audio_cfg)})  # fmt: skip
+                measured = reference.measure(out, aligned=True)
+                results.append({"track_id": row["track_id"], "damage": damage, "path": path, **{k: measured[k] for k in MEASURES}})
         print(f"{row['track_id']} done", file=sys.stderr)
     means: dict[str, dict[str, dict[str, float]]] = {}
     for r in results:

@@ -4,11 +4,13 @@
 
 For every clean clip of the split (30 s, centred, 44.1 kHz): the clean clip itself, our chain's
 damage (:func:`automaster.degrade.degrade`, one per seed) and pedalboard's
-(:func:`automaster.foreign.pedalboard_degrade`). Each goes through the echo stage twice, with
+(:func:`automaster.pedalboard_damage.pedalboard_degrade`). Each goes through the echo stage twice, with
 the mastering job's delay range and gain threshold:
 
-* ``before``: :func:`automaster.dsp.cepstrum.estimate_echo`, undone when its gain >= threshold;
-* ``after``: :func:`automaster.dsp.cepstrum.detect_echo`, undone when confirmed.
+* ``before``: :func:`automaster.dsp.cepstrum.estimate_echo`, undone when its gain >= threshold
+  (the rule before the confirmation);
+* ``after``: the mastering job's own stage (:func:`automaster.mastering.policy.remove_echo`:
+  :func:`automaster.dsp.cepstrum.detect_echo`, undone when confirmed).
 
 Reports per kind (clean / ours / pedalboard): the detection rate (true echo gain >= threshold,
 removed within 3 ms of its delay), wrong removals (removed at another delay, or on a clean
@@ -29,34 +31,34 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from automaster.audio import read_excerpt  # noqa: E402
 from automaster.config import DegradeConfig  # noqa: E402
 from automaster.degrade import degrade, draw_params, make_generator  # noqa: E402
-from automaster.dsp.cepstrum import detect_echo, estimate_echo  # noqa: E402
+from automaster.dsp.cepstrum import estimate_echo  # noqa: E402
+from automaster.dsp.constants import MODEL_RATE  # noqa: E402
 from automaster.dsp.metrics import si_sdr  # noqa: E402
 from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time  # noqa: E402
 from automaster.effects.params import BY_NAME  # noqa: E402
-from automaster.foreign import pedalboard_degrade  # noqa: E402
-from automaster.pipelines.evaluate import EVAL_RATE, _rms_db, list_clean, read_clip  # noqa: E402
+from automaster.mastering.policy import MIN_ECHO_GAIN, remove_echo  # noqa: E402
+from automaster.pedalboard_damage import pedalboard_degrade  # noqa: E402
+from automaster.pipelines.evaluate import _rms_db, list_clean  # noqa: E402
 
-MIN_ECHO_GAIN = 0.15  # the mastering job's threshold (automaster.mastering.MIN_ECHO_GAIN)
 DELAY_TOLERANCE_S = 0.003
 
 
 def echo_stage(audio: np.ndarray, confirm: bool, min_gain: float = MIN_ECHO_GAIN) -> tuple[np.ndarray, float | None, float | None]:
-    """``(output, delay removed or None, gain)`` with the mastering job's delay range and rule."""
-    delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
-    longest = min(1.04 * delay.high, 0.25 * audio.shape[-1] / EVAL_RATE)
-    kwargs = dict(min_delay_s=0.9 * delay.low, max_delay_s=longest)
+    """``(output, delay removed or None, gain)``: the mastering job's echo stage (``confirm``), or
+    the rule it replaced (the strongest peak, undone from ``min_gain`` up)."""
     if confirm:
-        found = detect_echo(audio, EVAL_RATE, min_gain=min_gain, **kwargs)
-        accept = found.confirmed
-    else:
-        found = estimate_echo(audio, EVAL_RATE, **kwargs)
-        accept = found.gain >= min_gain
-    usable = found.delay_s * EVAL_RATE >= 2 * FRACTIONAL_HALF_TAPS and delay.low <= found.delay_s <= delay.high
-    if not (accept and usable):
+        out, note = remove_echo(audio, MODEL_RATE, min_gain)
+        return out, (note["echo_delay_s"] if note["echo_removed"] else None), (note["echo_gain"] if note["echo_removed"] else None)
+    delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
+    longest = min(1.04 * delay.high, 0.25 * audio.shape[-1] / MODEL_RATE)
+    found = estimate_echo(audio, MODEL_RATE, min_delay_s=0.9 * delay.low, max_delay_s=longest)
+    usable = found.delay_s * MODEL_RATE >= 2 * FRACTIONAL_HALF_TAPS and delay.low <= found.delay_s <= delay.high
+    if found.gain < min_gain or not usable:
         return audio, None, None
-    return echo_inverse_time(audio, EVAL_RATE, found.delay_s, min(found.gain, gain.high)), found.delay_s, found.gain
+    return echo_inverse_time(audio, MODEL_RATE, found.delay_s, min(found.gain, gain.high)), found.delay_s, found.gain
 
 
 def damaged_versions(clean: np.ndarray, track_id: str, ours: list[int], pedalboard: list[int]):
@@ -66,10 +68,10 @@ def damaged_versions(clean: np.ndarray, track_id: str, ours: list[int], pedalboa
         gen = make_generator(seed, track_id)
         cfg = DegradeConfig()
         params = draw_params(1 + clean.shape[-1] // 512, gen, cfg, clip_rms_db=_rms_db(clean))
-        r = degrade(torch.from_numpy(clean)[None], EVAL_RATE, params, gen, cfg)
+        r = degrade(torch.from_numpy(clean)[None], MODEL_RATE, params, gen, cfg)
         yield "ours", seed, r.audio[0].numpy(), float(r.params["echo_delay_s"][0]), float(r.params["echo_gain"][0])
     for seed in pedalboard:
-        d = pedalboard_degrade(clean, EVAL_RATE, seed, track_id)
+        d = pedalboard_degrade(clean, MODEL_RATE, seed, track_id)
         yield "pedalboard", seed, d.audio, float(d.params["echo_delay_s"]), float(d.params["echo_gain"])
 
 
@@ -118,7 +120,7 @@ def main() -> None:
         return
     rows = []
     for row in list_clean(args.corpus, args.split, 0)[0]:
-        clean, _ = read_clip(row["path"], 30.0, mono=False)
+        clean, _ = read_excerpt(row["path"], 30.0, sample_rate=MODEL_RATE, mono=False, min_seconds=30.0)
         for kind, seed, audio, true_delay, true_gain in damaged_versions(clean, row["track_id"], args.ours_seeds, args.pedalboard_seeds):
             r = {"track_id": row["track_id"], "kind": kind, "seed": seed, "true_delay": true_delay, "true_gain": true_gain,
                  "input_si_sdr": si_sdr(audio, clean)}  # fmt: skip

@@ -1,8 +1,8 @@
 """What the chain path applies: the echo stage and the forecast policy.
 
 * Echo stage (every inversion, before the model): the strongest echo is measured from the input's
-  own cepstrum and undone (the exact IIR inverse) when its gain is at least ``min_echo_gain``,
-  strong enough to tell from the music's own repetitions.
+  own cepstrum and undone (the exact IIR inverse) when its gain is at least ``min_echo_gain`` and
+  it is confirmed as an echo, not the music's own repetition (:func:`automaster.dsp.cepstrum.detect_echo`).
 * Forecast policy (chain): a forecast whose validation error (recorded in the checkpoint) is not
   clearly below the predict-the-mean baseline's takes its effect's neutral value: a correction the
   model cannot make is not applied.
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automaster.dsp.cepstrum import estimate_echo
+from automaster.dsp.cepstrum import detect_echo
 from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE
 from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time
 from automaster.effects.params import BY_NAME, PARAM_NAMES, PARAMS
@@ -89,12 +89,12 @@ def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float) -> tuple[np.nd
     delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
     longest = min(1.04 * delay.high, 0.25 * audio.shape[-1] / sr)  # four delays must fit in the input
     try:
-        echo = estimate_echo(audio, sr, min_delay_s=0.9 * delay.low, max_delay_s=longest)
+        echo = detect_echo(audio, sr, min_gain=min_echo_gain, min_delay_s=0.9 * delay.low, max_delay_s=longest)
     except ValueError:  # too short to tell an echo from the music: leave it alone
         return audio, note
     note.update(echo_delay_s=echo.delay_s, echo_gain=echo.gain)
     usable = echo.delay_s * sr >= 2 * FRACTIONAL_HALF_TAPS and delay.low <= echo.delay_s <= delay.high
-    if echo.gain < min_echo_gain or not usable:
+    if not echo.confirmed or not usable:
         return audio, note
     note["echo_removed"] = True
     return echo_inverse_time(audio, sr, echo.delay_s, min(echo.gain, gain.high)), note
