@@ -10,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 
 from automaster.audio import audio_info, read_audio
 from automaster.corpus import scan_corpus
@@ -62,7 +63,16 @@ LAYOUT = [
 ]
 
 
-def make_deb(tmp_path: Path, package: str, layout=LAYOUT, copyright_text: str = COPYRIGHT) -> Path:
+@pytest.fixture(scope="module")
+def opus(tmp_path_factory) -> Path:
+    """d02 as Ogg Opus (written once: each encode gets a random Ogg stream serial number)."""
+    path = tmp_path_factory.mktemp("opus") / "d02.opus"
+    audio, _ = sf.read(D02_FLAC)
+    sf.write(path, audio, 48000, format="OGG", subtype="OPUS")
+    return path
+
+
+def make_deb(tmp_path: Path, package: str, opus: Path, layout=LAYOUT, copyright_text: str = COPYRIGHT) -> Path:
     """A real .deb holding ``layout`` under usr/share/games/fake, a .pk3 with music, and a copyright."""
     root = tmp_path / f"{package}-tree"
     game = root / "usr/share/games/fake"
@@ -70,6 +80,8 @@ def make_deb(tmp_path: Path, package: str, layout=LAYOUT, copyright_text: str = 
         (game / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, game / rel)
     (game / "music/theme.mid").write_bytes(b"MThd\x00\x00\x00\x06")  # MIDI: not recorded audio
+    (game / "Music.ocg").mkdir()  # Ogg Opus, in a folder named like OpenClonk's "Music.ocg"
+    shutil.copyfile(opus, game / "Music.ocg/theme.opus")
     with zipfile.ZipFile(game / "data.pk3", "w") as archive:
         archive.write(CLIP_5S_OTHER, "music/zipped.mp3")
         archive.write(CLIP_5S, "sound/click.mp3")
@@ -125,6 +137,7 @@ def test_other_packages_are_not_held_out(package):
     ("x", "usr/share/games/x/sounds/music/theme.ogg", None),
     ("x", "usr/share/games/x/levels/intro.ogg", "not in a music folder"),
     ("x", "usr/share/games/x/data.zip!/audio/music/a.ogg", None),
+    ("x", "usr/share/games/x/Music.ocg/a.ogg", None),
     ("asc-music", "usr/share/games/asc/a.mp3", None),  # a package that ships only music
     ("hyperrogue-music", "usr/share/hyperrogue/music/hr3-caves.ogg", None),
     ("hyperrogue-music", "usr/share/hyperrogue/music/hr-savino-ocean.ogg", "held out: fma_mini validation/test song"),
@@ -154,8 +167,8 @@ def test_licence_from_dep5_and_freeform():
 
 
 @needs_dpkg
-def test_extracts_only_music_from_a_real_deb(tmp_path):
-    deb = make_deb(tmp_path, "fake-music-data")
+def test_extracts_only_music_from_a_real_deb(tmp_path, opus):
+    deb = make_deb(tmp_path, "fake-music-data", opus)
     out = tmp_path / "corpus"
     seen: dict[str, str] = {}
     record = extract(deb, out, seen)
@@ -163,7 +176,7 @@ def test_extracts_only_music_from_a_real_deb(tmp_path):
     assert record["status"] == "done" and record["version"] == "1.2-3"
     kept = {row["original_path"]: row for row in record["rows"]}
     expected = {f"usr/share/games/fake/{rel}" for rel, _, outcome in LAYOUT if outcome == "kept"}
-    expected.add("usr/share/games/fake/data.pk3!/music/zipped.mp3")
+    expected |= {"usr/share/games/fake/data.pk3!/music/zipped.mp3", "usr/share/games/fake/Music.ocg/theme.opus"}
     assert set(kept) == expected
     dropped = {outcome: 1 for _, _, outcome in LAYOUT if outcome != "kept"}
     dropped["in a sound/ folder"] = 1  # the .pk3's sound/click.mp3
@@ -173,25 +186,27 @@ def test_extracts_only_music_from_a_real_deb(tmp_path):
     for row in record["rows"]:
         path = out / row["path"]
         assert hashlib.sha256(path.read_bytes()).hexdigest() == row["sha256"]  # the original bytes
-        assert row["sample_rate"] == 44100 and row["channels"] == 2
+        assert row["sample_rate"] == (48000 if "opus" in row["path"] else 44100) and row["channels"] == 2
         assert row["duration_s"] == pytest.approx(audio_info(path).duration_s, abs=1e-3)
     assert kept["usr/share/games/fake/music/brahms.flac"]["licence"] == "CC-BY-SA-3.0"
     assert kept["usr/share/games/fake/songs/plum/song.flac"]["licence"] == "CC0-1.0"
     assert kept["usr/share/games/fake/data.pk3!/music/zipped.mp3"]["path"] == \
         "fake-music-data/fake/data_pk3/music/zipped.mp3"
+    assert kept["usr/share/games/fake/Music.ocg/theme.opus"]["path"] == "fake-music-data/fake/Music.ocg/theme.opus.ogg"
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert files == sorted(row["path"] for row in record["rows"])  # nothing else left behind
     assert sorted(p.name for p in deb.parent.iterdir()) == [deb.name]  # no spooled leftovers
 
 
 @needs_dpkg
-def test_duplicates_across_packages_and_resume(tmp_path):
+def test_duplicates_across_packages_and_resume(tmp_path, opus):
     out = tmp_path / "corpus"
-    first = extract(make_deb(tmp_path, "first-data"), out, seen := {})
-    second = extract(make_deb(tmp_path, "second-data", layout=LAYOUT[:2]), out, seen)
+    first = extract(make_deb(tmp_path, "first-data", opus), out, seen := {})
+    second = extract(make_deb(tmp_path, "second-data", opus, layout=LAYOUT[:2]), out, seen)
     assert second["rows"] == []  # every file is already in first-data
     assert {d["same_as"] for d in second["duplicates"]} == {
         "first-data/fake/music/brahms.flac", "first-data/fake/music/brahms.mp3", "first-data/fake/data_pk3/music/zipped.mp3",
+        "first-data/fake/Music.ocg/theme.opus.ogg",
     }
 
     state = out / ".state"
@@ -207,9 +222,9 @@ def test_duplicates_across_packages_and_resume(tmp_path):
 
 
 @needs_dpkg
-def test_manifest_licences_and_corpus_reader(tmp_path):
+def test_manifest_licences_and_corpus_reader(tmp_path, opus):
     out = tmp_path / "corpus"
-    record = extract(make_deb(tmp_path, "fake-music-data"), out, {})
+    record = extract(make_deb(tmp_path, "fake-music-data", opus), out, {})
     dc.write_outputs(str(out), [record])
 
     rows = corpus_manifest.read_manifest(str(out / "MANIFEST.csv"))

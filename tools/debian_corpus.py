@@ -6,7 +6,8 @@ Each candidate package is fetched with ``apt-get download`` (one at a time: some
 its payload streamed out of the .deb with ``dpkg-deb --fsys-tarfile`` (audio inside .zip/.pk3
 archives in the package included), and only music is kept, byte for byte (no transcoding):
 
-* audio (``automaster.audio.AUDIO_EXTENSIONS``; MIDI and tracker modules are not recorded audio);
+* audio (``automaster.audio.AUDIO_EXTENSIONS`` and Ogg Opus; MIDI and tracker modules are not
+  recorded audio);
 * in a music folder (``music/``, ``songs/``, ...) or in a package that ships only music;
 * not sound effects, voice or ambience folders, nor a rhythm game's separate instrument stems;
 * at least ``--min-duration-s`` long (drops jingles, stingers and short loops);
@@ -120,6 +121,9 @@ SOUND_DIRS = frozenset({"sound", "sounds", "snd", "effects", "samples"})
 # A rhythm game's song folder holds the mix (song.ogg) and the instrument parts the player plays.
 STEM_NAMES = frozenset({"guitar", "rhythm", "drums", "bass", "vocals", "crowd", "preview"})
 ARCHIVE_EXTENSIONS = frozenset({".zip", ".pk3"})
+# Ogg Opus (libsndfile decodes it) is stored as "<name>.opus.ogg": the corpus reader lists .ogg.
+OPUS_EXTENSION = ".opus"
+CANDIDATE_EXTENSIONS = AUDIO_EXTENSIONS | {OPUS_EXTENSION}
 _PACKAGE_NAME = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
 
 
@@ -152,7 +156,8 @@ def not_music_reason(package: str, path: str) -> str | None:
     path = path.lstrip("./")
     if HELD_OUT_FILES.get(package, {}).get(path):
         return "held out: " + HELD_OUT_FILES[package][path]
-    folders = [part.lower() for part in re.split(r"/|!/", path)[:-1]]
+    # Folder names without extensions: OpenClonk keeps its music in "Music.ocg/".
+    folders = [os.path.splitext(part)[0].lower() for part in re.split(r"/|!/", path)[:-1]]
     stem = os.path.splitext(os.path.basename(path))[0].lower()
     blocked = sorted(NOT_MUSIC_DIRS.intersection(folders))
     if blocked:
@@ -173,6 +178,8 @@ def corpus_rel_path(package: str, path: str) -> str:
     """Where a kept file goes below ``--out``: ``<package>/<path without usr/share/[games/]>``."""
     path = re.sub(r"^(\./)?usr/share/(games/)?", "", path)
     path = re.sub(r"\.(zip|pk3)!/", r"_\1/", path)  # public.zip!/audio/x.ogg -> public_zip/audio/x.ogg
+    if path.lower().endswith(OPUS_EXTENSION):
+        path += ".ogg"
     return f"{package}/{path}"
 
 
@@ -263,7 +270,7 @@ def _iter_archive(path: str, member: tarfile.TarInfo, reader: IO[bytes], work: s
     try:
         with zipfile.ZipFile(spool) as archive:
             for info in archive.infolist():
-                if not info.is_dir() and os.path.splitext(info.filename)[1].lower() in AUDIO_EXTENSIONS:
+                if not info.is_dir() and os.path.splitext(info.filename)[1].lower() in CANDIDATE_EXTENSIONS:
                     inner = tarfile.TarInfo(f"{path}!/{info.filename}")
                     inner.size = info.file_size
                     with archive.open(info) as handle:
@@ -298,7 +305,7 @@ def process_package(package: str, deb: str, out: str, seen: dict[str, str], min_
         if path == f"{doc_dir}/copyright":
             copyright_text = reader.read().decode("utf-8", "replace")
             continue
-        if os.path.splitext(path)[1].lower() not in AUDIO_EXTENSIONS:
+        if os.path.splitext(path)[1].lower() not in CANDIDATE_EXTENSIONS:
             continue
         reason = not_music_reason(package, path)
         if reason:
