@@ -158,6 +158,8 @@ def test_licence_from_dep5_and_freeform():
     assert licence_for("usr/share/games/fake/songs/b/song.ogg", COPYRIGHT) == "CC0-1.0"
     assert licence_for("usr/share/games/fake/other/a.ogg", COPYRIGHT) == "GPL-2+"
     assert licence_for("usr/share/games/fake/data.pk3!/music/a.ogg", COPYRIGHT) == "CC-BY-SA-3.0"
+    empty_first_line = "Format: x\n\nFiles: *\nCopyright: me\nLicense:\n CC-BY-4.0\n .\n text\n"
+    assert licence_for("a/music/x.ogg", empty_first_line) == "CC-BY-4.0"
     freeform = "This music is licensed under the Creative Commons Attribution-ShareAlike 3.0 licence."
     assert licence_for("a/music/x.ogg", freeform) == "unstructured: CC-BY-SA"
     assert licence_for("a/music/x.ogg", "all rights reserved") == "unstructured: unknown"

@@ -45,7 +45,8 @@ def parse_dep5(text: str) -> list[Stanza]:
         fields = _fields(block)
         if "files" in fields and "license" in fields:
             patterns = tuple(fields["files"].split())
-            licence = fields["license"].splitlines()[0].strip()
+            # "License: GPL-2+" (the name on the first line), text on the continuation lines.
+            licence = next((line.strip() for line in fields["license"].splitlines() if line.strip()), "")
             if patterns and licence:
                 stanzas.append(Stanza(patterns, licence))
     return stanzas
