@@ -138,6 +138,10 @@ def test_other_packages_are_not_held_out(package):
     ("x", "usr/share/games/x/levels/intro.ogg", "not in a music folder"),
     ("x", "usr/share/games/x/data.zip!/audio/music/a.ogg", None),
     ("x", "usr/share/games/x/Music.ocg/a.ogg", None),
+    ("supertuxkart-data", "usr/share/games/supertuxkart/data/tracks/cave/theme.ogg", None),
+    ("supertuxkart-data", "usr/share/games/supertuxkart/data/sfx/boom.ogg", "in a sfx/ folder"),
+    ("freedink-data", "usr/share/games/dink/dink/Sound/lovin.ogg", None),
+    ("freedink-data", "usr/share/games/dink/dink/Sound/high2.wav", "in a sound/ folder"),
     ("asc-music", "usr/share/games/asc/a.mp3", None),  # a package that ships only music
     ("hyperrogue-music", "usr/share/hyperrogue/music/hr3-caves.ogg", None),
     ("hyperrogue-music", "usr/share/hyperrogue/music/hr-savino-ocean.ogg", "held out: fma_mini validation/test song"),

@@ -81,6 +81,17 @@ MUSIC_PACKAGES = frozenset({
     "pushover-data", "singularity-music", "tomatoes-data", "ufoai-music", "warzone2100-music",
     "xblast-tnt-musics",
 })
+# Music outside music folders, found by listing each package's largest skipped audio (patterns on
+# the lowercased path; the duration rule still applies).
+EXTRA_MUSIC = {
+    "supertuxkart-data": ("usr/share/games/supertuxkart/data/tracks/*/*.ogg",),  # each track's own theme
+    "redeclipse-data": ("usr/share/games/redeclipse/data/sounds/theme.ogg",
+                        "usr/share/games/redeclipse/data/sounds/original.ogg",
+                        "usr/share/games/redeclipse/data/maps/*.ogg"),  # menu themes, map music
+    "freedink-data": ("usr/share/games/dink/dink/sound/*.ogg",),  # Dink's music is Ogg; its effects WAV
+    "freeorion-data": ("usr/share/games/freeorion/default/data/sound/artificial_intelligence*.ogg",),
+    "marsshooter-data": ("usr/share/games/marsshooter/audio/*.ogg",),  # menu and tutorial themes
+}
 # Checked by hand from the bookworm archive's game and music packages (apt-cache search music,
 # section games by size); a package that holds no music costs one download and is reported.
 CANDIDATES = (
@@ -109,6 +120,14 @@ CANDIDATES = (
     "liquidwar-data", "pinball-data", "dustracing2d-data", "renpy-thequestion", "frozen-bubble-data",
     "warzone2100-data", "freecol", "searchandrescue-data", "crrcsim-data", "ktuberling-data",
     "stax", "funnyboat", "solarwolf", "pathological", "angrydd", "gamine-data", "epiphany-data",
+    "neverball-common", "gcompris-qt-data", "tuxpaint-data", "circuslinux-data", "madbomber-data",
+    "lbreakout2-data", "chromium-bsu-data", "toppler", "mirrormagic", "armagetronad-common",
+    "crack-attack", "mrboom", "bumprace-data", "sdl-ball-data", "pangzero", "njam-data",
+    "viruskiller", "stormbaancoureur-data", "wing-data", "ceferino-data", "luola-data", "triplane",
+    "whichwayisup", "hannah-data", "monsterz-data", "penguin-command", "ltris", "icebreaker",
+    "tuxpuck", "vectoroids", "kobodeluxe", "abe", "sopwith", "bugsquish", "gweled", "lmarbles",
+    "cultivation", "between", "dangen", "xsoldier", "moon-buggy", "xgalaga++", "slimevolley-data",
+    "freeciv-data", "jumpnbump-levels", "crimson", "zatacka",
 )
 
 MUSIC_DIRS = frozenset({"music", "musics", "musik", "musique", "songs", "soundtrack", "soundtracks", "bgm"})
@@ -157,6 +176,8 @@ def not_music_reason(package: str, path: str) -> str | None:
     if HELD_OUT_FILES.get(package, {}).get(path):
         return "held out: " + HELD_OUT_FILES[package][path]
     # Folder names without extensions: OpenClonk keeps its music in "Music.ocg/".
+    if any(fnmatch.fnmatchcase(path.lower(), pattern) for pattern in EXTRA_MUSIC.get(package, ())):
+        return None
     folders = [os.path.splitext(part)[0].lower() for part in re.split(r"/|!/", path)[:-1]]
     stem = os.path.splitext(os.path.basename(path))[0].lower()
     blocked = sorted(NOT_MUSIC_DIRS.intersection(folders))
