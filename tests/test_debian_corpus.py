@@ -242,6 +242,22 @@ def test_manifest_licences_and_corpus_reader(tmp_path, opus):
     assert "wesnoth-*-music" in licences  # the held-out rule is stated with the corpus
     assert (out / "LICENSES" / "fake-music-data.copyright").read_text() == COPYRIGHT
 
+    assert dc.verify_corpus(str(out)) == []
+    assert dc.main(["--verify", "--out", str(out)]) == 0
+    (out / rows[0]["path"]).write_bytes(b"not audio")
+    (out / "stray.flac").write_bytes(D01_FLAC.read_bytes())
+    problems = dc.verify_corpus(str(out))
+    assert len(problems) == 2 and problems[0].startswith("stray.flac: listed by scan_corpus but not in")
+    assert problems[1].startswith(rows[0]["path"] + ": ")
+    assert dc.main(["--verify", "--out", str(out)]) == 1
+
+
+@needs_dpkg
+def test_corpus_reader_reads_the_output(tmp_path, opus):
+    out = tmp_path / "corpus"
+    record = extract(make_deb(tmp_path, "fake-music-data", opus), out, {})
+    dc.write_outputs(str(out), [record])
+    rows = corpus_manifest.read_manifest(str(out / "MANIFEST.csv"))
     scan = scan_corpus(out)  # .state/, MANIFEST.csv and LICENSES/ are not audio rows
     assert sorted(Path(t.path).relative_to(out).as_posix() for t in scan.tracks) == [r["path"] for r in rows]
     for row in rows:
@@ -279,6 +295,11 @@ def test_out_that_is_a_file_exits_2(tmp_path, capsys):
     target.write_text("x")
     assert dc.main(["--out", str(target)]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_verify_without_manifest_exits_2(tmp_path, capsys):
+    assert dc.main(["--verify", "--out", str(tmp_path)]) == 2
+    assert "--verify: no MANIFEST.csv" in capsys.readouterr().err
 
 
 def test_list_prints_candidates_only(capsys):

@@ -46,7 +46,8 @@ from typing import IO, Iterator
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from automaster.audio import AUDIO_EXTENSIONS, AudioError, audio_info  # noqa: E402
+from automaster.audio import AUDIO_EXTENSIONS, AudioError, audio_info, read_audio  # noqa: E402
+from automaster.corpus import scan_corpus  # noqa: E402
 from tools import corpus_manifest  # noqa: E402
 from tools.debian_copyright import licence_for  # noqa: E402
 
@@ -212,12 +213,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-duration-s", type=float, default=DEFAULT_MIN_DURATION_S,
                         help="shortest file kept, seconds (default %(default)s)")
     parser.add_argument("--no-update", action="store_true", help="skip the initial apt-get update")
+    parser.add_argument("--verify", action="store_true",
+                        help="only check that scan_corpus lists and read_audio decodes every manifest row")
     parser.add_argument("--list", action="store_true", help="print the candidates and the held-out rules, then exit")
     args = parser.parse_args(argv)
     if not (args.min_duration_s > 0 and args.min_duration_s < float("inf")):
         raise UsageError(f"--min-duration-s must be > 0, got {args.min_duration_s}")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UsageError(f"--out {args.out!r} is a file, not a folder")
+    if args.verify and not os.path.isfile(os.path.join(args.out, "MANIFEST.csv")):
+        raise UsageError(f"--verify: no MANIFEST.csv in --out {args.out!r}")
     names = [name.strip() for name in args.packages.split(",") if name.strip()] or list(CANDIDATES)
     for name in names:
         if not _PACKAGE_NAME.match(name):
@@ -485,6 +490,29 @@ def build_corpus(out: str, packages: list[str], min_duration_s: float) -> list[d
     return [records[name] for name in sorted(records)]
 
 
+def verify_corpus(out: str) -> list[str]:
+    """Problems found when the project reads the corpus back: every MANIFEST.csv row must be listed
+    by ``scan_corpus`` and decode with ``read_audio`` to its recorded length (and nothing else listed)."""
+    rows = corpus_manifest.read_manifest(os.path.join(out, "MANIFEST.csv"))
+    listed = {os.path.relpath(t.path, out).replace(os.sep, "/") for t in scan_corpus(out).tracks}
+    problems = [f"{path}: listed by scan_corpus but not in MANIFEST.csv" for path in sorted(listed - {r["path"] for r in rows})]
+    for index, row in enumerate(rows, 1):
+        if row["path"] not in listed:
+            problems.append(f"{row['path']}: not listed by scan_corpus")
+            continue
+        try:
+            audio, rate = read_audio(os.path.join(out, row["path"]))
+        except AudioError as exc:
+            problems.append(f"{row['path']}: {exc.reason}")
+            continue
+        if abs(audio.shape[1] / rate - row["duration_s"]) > 0.1 or audio.shape[0] != row["channels"]:
+            problems.append(f"{row['path']}: decoded {audio.shape} at {rate} Hz, manifest says "
+                            f"{row['duration_s']} s x {row['channels']} channels")
+        if index % 100 == 0:
+            logger.info("verified %d/%d files", index, len(rows))
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -496,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(args.package_list))
         print("\n".join(f"never: {pattern}: {reason}" for pattern, reason in HELD_OUT.items()))
         return 0
+    if args.verify:
+        problems = verify_corpus(os.path.abspath(args.out))
+        print("\n".join(problems) or f"verified: every file of {args.out}/MANIFEST.csv is listed and decodes")
+        return 1 if problems else 0
     missing = [tool for tool in ("apt-get", "apt-cache", "dpkg-deb") if shutil.which(tool) is None]
     if missing:
         print(f"debian_corpus: error: needs Debian's {', '.join(missing)} on PATH", file=sys.stderr)
