@@ -227,13 +227,17 @@ def test_duplicates_across_packages_and_resume(tmp_path, opus):
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
-@needs_dpkg
-def test_manifest_licences_and_corpus_reader(tmp_path, opus):
+def build_fake_corpus(tmp_path: Path, opus: Path) -> tuple[Path, dict, list[dict]]:
+    """A corpus folder with its outputs, from one fake package: ``(out, record, manifest rows)``."""
     out = tmp_path / "corpus"
     record = extract(make_deb(tmp_path, "fake-music-data", opus), out, {})
     dc.write_outputs(str(out), [record])
+    return out, record, corpus_manifest.read_manifest(str(out / "MANIFEST.csv"))
 
-    rows = corpus_manifest.read_manifest(str(out / "MANIFEST.csv"))
+
+@needs_dpkg
+def test_manifest_and_licences(tmp_path, opus):
+    out, record, rows = build_fake_corpus(tmp_path, opus)
     assert list(rows[0]) == list(corpus_manifest.MANIFEST_COLUMNS)
     assert [r["path"] for r in rows] == sorted(r["path"] for r in record["rows"])
     assert {r["package"] for r in rows} == {"fake-music-data"} and {r["version"] for r in rows} == {"1.2-3"}
@@ -241,6 +245,17 @@ def test_manifest_licences_and_corpus_reader(tmp_path, opus):
     assert "| CC-BY-SA-3.0 | 3 |" in licences and "| CC0-1.0 | 1 |" in licences
     assert "wesnoth-*-music" in licences  # the held-out rule is stated with the corpus
     assert (out / "LICENSES" / "fake-music-data.copyright").read_text() == COPYRIGHT
+
+
+@needs_dpkg
+def test_corpus_reader_reads_the_output(tmp_path, opus):
+    out, _, rows = build_fake_corpus(tmp_path, opus)
+    scan = scan_corpus(out)  # .state/, MANIFEST.csv and LICENSES/ are not audio rows
+    assert sorted(Path(t.path).relative_to(out).as_posix() for t in scan.tracks) == [r["path"] for r in rows]
+    for row in rows:
+        audio, rate = read_audio(out / row["path"])
+        assert rate == row["sample_rate"] and audio.shape[0] == row["channels"]
+        assert audio.shape[1] / rate == pytest.approx(row["duration_s"], abs=0.05)
 
     assert dc.verify_corpus(str(out)) == []
     assert dc.main(["--verify", "--out", str(out)]) == 0
@@ -250,20 +265,6 @@ def test_manifest_licences_and_corpus_reader(tmp_path, opus):
     assert len(problems) == 2 and problems[0].startswith("stray.flac: listed by scan_corpus but not in")
     assert problems[1].startswith(rows[0]["path"] + ": ")
     assert dc.main(["--verify", "--out", str(out)]) == 1
-
-
-@needs_dpkg
-def test_corpus_reader_reads_the_output(tmp_path, opus):
-    out = tmp_path / "corpus"
-    record = extract(make_deb(tmp_path, "fake-music-data", opus), out, {})
-    dc.write_outputs(str(out), [record])
-    rows = corpus_manifest.read_manifest(str(out / "MANIFEST.csv"))
-    scan = scan_corpus(out)  # .state/, MANIFEST.csv and LICENSES/ are not audio rows
-    assert sorted(Path(t.path).relative_to(out).as_posix() for t in scan.tracks) == [r["path"] for r in rows]
-    for row in rows:
-        audio, rate = read_audio(out / row["path"])
-        assert rate == row["sample_rate"] and audio.shape[0] == row["channels"]
-        assert audio.shape[1] / rate == pytest.approx(row["duration_s"], abs=0.05)
 
 
 def test_manifest_rejects_unknown_columns(tmp_path):
