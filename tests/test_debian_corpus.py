@@ -142,7 +142,13 @@ def test_other_packages_are_not_held_out(package):
     ("supertuxkart-data", "usr/share/games/supertuxkart/data/sfx/boom.ogg", "in a sfx/ folder"),
     ("freedink-data", "usr/share/games/dink/dink/Sound/lovin.ogg", None),
     ("freedink-data", "usr/share/games/dink/dink/Sound/high2.wav", "in a sound/ folder"),
-    ("asc-music", "usr/share/games/asc/a.mp3", None),  # a package that ships only music
+    ("asc-music", "usr/share/games/asc/a.mp3", None),
+    ("x", "usr/share/games/x/snd/frozen-mainzik-1p.ogg", None),
+    ("x", "usr/share/games/x/mus3.ogg", None),
+    ("x", "usr/share/games/x/sound/music_congratulations.ogg", None),
+    ("x", "usr/share/games/x/sfx/music_box.ogg", "in a sfx/ folder"),
+    ("x", "usr/share/games/x/sounds/mushroom.ogg", "in a sounds/ folder"),
+    ("x", "usr/share/games/x/sounds/themes.ogg", "in a sounds/ folder"),  # a package that ships only music
     ("hyperrogue-music", "usr/share/hyperrogue/music/hr3-caves.ogg", None),
     ("hyperrogue-music", "usr/share/hyperrogue/music/hr-savino-ocean.ogg", "held out: fma_mini validation/test song"),
 ])

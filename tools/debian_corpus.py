@@ -92,7 +92,14 @@ EXTRA_MUSIC = {
     "freedink-data": ("usr/share/games/dink/dink/sound/*.ogg",),  # Dink's music is Ogg; its effects WAV
     "freeorion-data": ("usr/share/games/freeorion/default/data/sound/artificial_intelligence*.ogg",),
     "marsshooter-data": ("usr/share/games/marsshooter/audio/*.ogg",),  # menu and tutorial themes
+    "adonthell-data": ("usr/share/games/adonthell/games/wastesedge/audio/at-*.ogg",),
+    "bumprace-data": ("usr/share/games/bumprace/sound/flying_me_softly.ogg",),
+    "funnyboat": ("usr/share/games/funnyboat/data/jdruid-*.ogg",),
+    "gamine-data": ("usr/share/games/gamine/sounds/bach*.ogg",),
+    "noiz2sa-data": ("usr/share/games/noiz2sa/sounds/stg*.ogg",),  # stage music
 }
+# File names that say music (music.ogg, mus1.ogg, frozen-mainzik-1p.ogg), in any folder but effects.
+MUSIC_NAME = re.compile(r"music|musique|zik|soundtrack|^mus\d+$|(^|[-_ ])(bgm|theme)([-_ \d]|$)")
 # Checked by hand from the bookworm archive's game and music packages (apt-cache search music,
 # section games by size); a package that holds no music costs one download and is reported.
 CANDIDATES = (
@@ -186,7 +193,7 @@ def not_music_reason(package: str, path: str) -> str | None:
         return f"in a {blocked[0]}/ folder"
     if "songs" in folders and stem in STEM_NAMES:
         return "an instrument stem of a song, not the mix"
-    if MUSIC_DIRS.intersection(folders):
+    if MUSIC_DIRS.intersection(folders) or MUSIC_NAME.search(stem):
         return None
     sound_dirs = sorted(SOUND_DIRS.intersection(folders))
     if sound_dirs:
