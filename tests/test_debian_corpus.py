@@ -172,6 +172,8 @@ def test_licence_from_dep5_and_freeform():
     assert licence_for("a/music/x.ogg", empty_first_line) == "CC-BY-4.0"
     freeform = "This music is licensed under the Creative Commons Attribution-ShareAlike 3.0 licence."
     assert licence_for("a/music/x.ogg", freeform) == "unstructured: CC-BY-SA"
+    assert licence_for("a/music/x.ogg", "Redistribution and use in source and binary forms, with or") == \
+        "unstructured: BSD"
     assert licence_for("a/music/x.ogg", "all rights reserved") == "unstructured: unknown"
 
 

@@ -23,7 +23,7 @@ _FREEFORM_LICENCES = (
     (r"Artistic License", "Artistic"),
     (r"Free Art License|Licence Art Libre", "FAL"),
     (r"\bMIT\b|Permission is hereby granted, free of charge", "MIT"),
-    (r"\bBSD\b", "BSD"),
+    (r"\bBSD\b|Redistribution and use in source and binary forms", "BSD"),
     (r"zlib", "Zlib"),
 )
 
