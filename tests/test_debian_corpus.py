@@ -196,6 +196,9 @@ def test_extracts_only_music_from_a_real_deb(tmp_path, opus):
     dropped["in a sound/ folder"] = 1  # the .pk3's sound/click.mp3
     assert record["dropped"] == dropped
     assert record["duplicates"][0]["same_as"] == "fake-music-data/fake/music/brahms.flac"
+    assert [u["original_path"] for u in record["unreadable"]] == ["usr/share/games/fake/music/broken.mp3"]
+    assert "unreadable: fake-music-data usr/share/games/fake/music/broken.mp3: unreadable audio (" in \
+        "\n".join(corpus_manifest.summary_lines([record]))
 
     for row in record["rows"]:
         path = out / row["path"]

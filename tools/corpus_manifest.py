@@ -2,7 +2,7 @@
 
 A package's *record* is what :mod:`tools.debian_corpus` keeps in ``<out>/.state/<package>.json``:
 ``package``, ``version``, ``status``, ``rows`` (one manifest row per kept file), ``dropped``
-(reason -> files), ``duplicates`` and ``copyright`` (the debian/copyright text).
+(reason -> files), ``duplicates``, ``unreadable`` and ``copyright`` (the debian/copyright text).
 """
 
 from __future__ import annotations
@@ -114,6 +114,8 @@ def summary_lines(records: list[dict]) -> list[str]:
     lines.append(f"kept: {t['songs']} files, {t['hours']:.2f} h, {t['bytes'] / 1e9:.2f} GB")
     lines += [f"dropped: {count} {reason}" for reason, count in dropped.most_common()]
     for record in records:
+        for item in record.get("unreadable", []):
+            lines.append(f"unreadable: {record['package']} {item['original_path']}: {item['reason']}")
         if record["status"] == "failed":
             lines.append(f"FAILED {record['package']}: {record['error']}")
     return lines

@@ -183,9 +183,9 @@ def not_music_reason(package: str, path: str) -> str | None:
     path = path.lstrip("./")
     if HELD_OUT_FILES.get(package, {}).get(path):
         return "held out: " + HELD_OUT_FILES[package][path]
-    # Folder names without extensions: OpenClonk keeps its music in "Music.ocg/".
     if any(fnmatch.fnmatchcase(path.lower(), pattern) for pattern in EXTRA_MUSIC.get(package, ())):
         return None
+    # Folder names without extensions: OpenClonk keeps its music in "Music.ocg/".
     folders = [os.path.splitext(part)[0].lower() for part in re.split(r"/|!/", path)[:-1]]
     stem = os.path.splitext(os.path.basename(path))[0].lower()
     blocked = sorted(NOT_MUSIC_DIRS.intersection(folders))
@@ -326,7 +326,7 @@ def process_package(package: str, deb: str, out: str, seen: dict[str, str], min_
     work = os.path.dirname(deb)
     staging = os.path.join(work, "candidate.tmp")
     shutil.rmtree(os.path.join(out, package), ignore_errors=True)  # a half-done earlier attempt
-    rows, dropped, duplicates = [], collections.Counter(), []
+    rows, dropped, duplicates, unreadable = [], collections.Counter(), [], []
     largest_skipped: list[tuple[int, str]] = []
     copyright_text, doc_link = "", None
     doc_dir = f"usr/share/doc/{package}"
@@ -352,6 +352,8 @@ def process_package(package: str, deb: str, out: str, seen: dict[str, str], min_
             reason = "a byte-identical copy of a file already kept"
         if reason:
             dropped[reason.split(" (")[0]] += 1
+            if reason.startswith("unreadable"):
+                unreadable.append({"original_path": path, "reason": reason})
             os.remove(staging)
             continue
         target = os.path.join(out, row["path"])
@@ -361,7 +363,7 @@ def process_package(package: str, deb: str, out: str, seen: dict[str, str], min_
         rows.append(row)
     return {
         "package": package, "version": deb_version(deb), "status": "done", "rows": rows,
-        "dropped": dict(dropped), "duplicates": duplicates,
+        "dropped": dict(dropped), "duplicates": duplicates, "unreadable": unreadable,
         "largest_not_music": [{"bytes": size, "path": path} for size, path in largest_skipped],
         "copyright": copyright_text, "doc_link": doc_link,
     }
