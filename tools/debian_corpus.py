@@ -385,11 +385,15 @@ def _check_candidate(package: str, path: str, local: str, sha256: str, min_durat
         info = audio_info(local)
     except AudioError as exc:
         return None, f"unreadable audio ({exc.reason})"
-    if info.duration_s < min_duration_s:
+    duration_s = info.duration_s
+    if info.format == "MP3":  # without a Xing/LAME header the frame count is an estimate: decode
+        audio, rate = read_audio(local, mono=True)
+        duration_s = audio.shape[1] / rate
+    if duration_s < min_duration_s:
         return None, f"shorter than {min_duration_s:g} s"
     row = {
         "path": corpus_rel_path(package, path), "package": package, "version": "",
-        "original_path": path, "duration_s": round(info.duration_s, 3),
+        "original_path": path, "duration_s": round(duration_s, 3),
         "sample_rate": info.sample_rate, "channels": info.channels,
         "format": f"{info.format}/{info.subtype}", "licence": "",
         "size_bytes": os.path.getsize(local), "sha256": sha256,
