@@ -15,10 +15,13 @@ Paths may be local paths or ``pyarrow.fs`` URIs (see :mod:`automaster.storage`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import io
 import logging
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -40,6 +43,7 @@ _WRITE_BLOCK = 1 << 16
 # Input context read on each side of an offset/duration window so that resampling has no edges.
 _RESAMPLE_CONTEXT_S = 0.05
 _MAX_CHANNELS = 64
+_REPAIRS: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("automaster_repairs", default=None)
 
 _WRITE_FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".oga": "OGG", ".mp3": "MP3"}
 _PCM_SUBTYPES = ("PCM_16", "PCM_24")
@@ -100,11 +104,9 @@ class _Opened:
         try:
             if storage.is_local(name):
                 local = storage.local_path(name)
-                if os.path.isdir(local):
-                    raise AudioError(name, "is a folder, not a file")
-                if not os.path.exists(local):
-                    raise AudioError(name, "file not found")
-                self.sf = sf.SoundFile(local)
+                _check_readable(name, local)
+                # bytes: a name that is not UTF-8 (surrogate-escaped str) reaches the C library as it is
+                self.sf = sf.SoundFile(os.fsencode(local))
             else:
                 self._fileobj = storage.open_input_file(name)
                 self.sf = sf.SoundFile(self._fileobj)
@@ -127,6 +129,45 @@ class _Opened:
         if self._fileobj is not None:
             self._fileobj.close()
             self._fileobj = None
+
+
+def _check_readable(name: str, local: str) -> None:
+    """Refuse, before libsndfile sees it, what it would misreport ("System error.") or hang on."""
+    if not os.path.lexists(local):
+        raise AudioError(name, "file not found")
+    if os.path.isdir(local):
+        raise AudioError(name, "is a folder, not a file")
+    reason = storage.not_regular_reason(local)
+    if reason is not None:
+        raise AudioError(name, reason)
+    try:
+        with open(local, "rb"):
+            pass
+    except PermissionError:
+        raise AudioError(name, "permission denied: the file is not readable by this user") from None
+    except OSError as exc:
+        raise AudioError(name, f"cannot open ({exc.strerror or exc})") from None
+
+
+@contextlib.contextmanager
+def repairs() -> Iterator[dict[str, int]]:
+    """Collect the repairs the reads inside the block make: ``{"nonfinite_zeroed": samples}``.
+
+    A batch job wraps each item in it, so that the summary counts what was changed in its input.
+    """
+    counts: dict[str, int] = {}
+    token = _REPAIRS.set(counts)
+    try:
+        yield counts
+    finally:
+        _REPAIRS.reset(token)
+
+
+def note_repair(kind: str, count: int = 1) -> None:
+    """Count ``count`` repairs of ``kind`` in the enclosing :func:`repairs` block (if any)."""
+    counts = _REPAIRS.get()
+    if counts is not None and count:
+        counts[kind] = counts.get(kind, 0) + int(count)
 
 
 def audio_info(path: str | os.PathLike) -> AudioInfo:
@@ -261,7 +302,8 @@ def _sanitise(name: str, frames: np.ndarray) -> np.ndarray:
     fraction = bad / frames.size
     if fraction > MAX_NONFINITE_FRACTION:
         raise AudioError(name, f"{100 * fraction:.3g}% of samples are NaN/Inf")
-    logger.warning("%s: replaced %d NaN/Inf samples (%.3g%%) with 0", name, bad, 100 * fraction)
+    logger.warning("%s: replaced %d NaN/Inf samples (%.3g%%) with 0", storage.display(name), bad, 100 * fraction)
+    note_repair("nonfinite_zeroed", bad)
     return np.where(finite, frames, np.float32(0.0))
 
 
@@ -455,6 +497,8 @@ def _as_frames(name: str, audio: np.ndarray, dtype: type = np.float32) -> np.nda
 
 def _encode(target, frames: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> None:
     """Encode ``(T, C)`` to a path or file object in blocks (one huge Vorbis write crashed libsndfile)."""
+    if isinstance(target, str):
+        target = os.fsencode(target)  # a name that is not UTF-8 (surrogate-escaped) written as it is
     with sf.SoundFile(target, "w", sample_rate, frames.shape[1], subtype=subtype, format=fmt) as f:
         for i in range(0, frames.shape[0], _WRITE_BLOCK):
             f.write(frames[i : i + _WRITE_BLOCK])

@@ -220,6 +220,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class BatchConfig:
+    """How the batch jobs (demaster, master, evaluate) run their items."""
+
+    # A job with at most this many items to do and no cluster address runs in-process, without
+    # starting Ray (Ray's start-up costs more than a handful of files).
+    local_max_items: int = 4
+    # Each item may take base + per_audio_s x its audio seconds; then its worker is stopped.
+    item_timeout_base_s: float = 120.0
+    item_timeout_per_audio_s: float = 10.0
+    # Attempts per item when its worker process dies (a crash in a decoder, out of memory).
+    max_attempts: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything, one section per concern."""
 
@@ -230,6 +244,7 @@ class Config:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import stat
 import tempfile
 from collections.abc import Iterator
 from urllib.parse import unquote, urlparse
@@ -22,6 +23,16 @@ import pyarrow.fs as pafs
 logger = logging.getLogger(__name__)
 
 _LOCAL = pafs.LocalFileSystem()
+TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" next to their destination
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _scheme(uri: str) -> str:
@@ -74,35 +85,80 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return out
 
 
+# Local paths go through ``os`` rather than pyarrow: a file name that is not UTF-8 arrives as a
+# surrogate-escaped ``str`` (PEP 383), which ``os`` round-trips and pyarrow refuses to encode.
+
+
 def exists(uri: str | os.PathLike) -> bool:
     """True if a file or folder exists at ``uri``."""
+    if is_local(uri):
+        return os.path.lexists(local_path(uri))
     fs, path = resolve(uri)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
 def is_dir(uri: str | os.PathLike) -> bool:
     """True if ``uri`` is a folder (on object stores: a prefix with objects under it)."""
+    if is_local(uri):
+        return os.path.isdir(local_path(uri))
     fs, path = resolve(uri)
     return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
 def is_file(uri: str | os.PathLike) -> bool:
-    """True if ``uri`` is a file."""
+    """True if ``uri`` is a file (locally: a regular file, not a FIFO, device or socket)."""
+    if is_local(uri):
+        return os.path.isfile(local_path(uri))
     fs, path = resolve(uri)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def makedirs(uri: str | os.PathLike) -> None:
     """Create the folder ``uri`` and its parents; nothing happens if it exists."""
+    if is_local(uri):
+        os.makedirs(local_path(uri), exist_ok=True)
+        return
     fs, path = resolve(uri)
     fs.create_dir(path, recursive=True)
 
 
 def read_bytes(uri: str | os.PathLike) -> bytes:
     """The whole content of the file at ``uri``."""
+    if is_local(uri):
+        with open(local_path(uri), "rb") as f:
+            return f.read()
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
         return f.read()
+
+
+def not_regular_reason(uri: str | os.PathLike) -> str | None:
+    """Why the local ``uri`` must not be opened for reading, or None for a regular file.
+
+    Opening a FIFO blocks until a writer appears, a device may never end: a batch job reads
+    regular files only. Remote URIs are objects, always fine.
+    """
+    if not is_local(uri):
+        return None
+    try:
+        mode = os.stat(local_path(uri)).st_mode
+    except OSError as exc:
+        return f"cannot stat ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else (
+        "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a folder" if stat.S_ISDIR(mode) else "not a regular file")
+    return f"{kind}, not a regular file: not read"
+
+
+def file_mode() -> int:
+    """The mode a new file gets from the umask (``0o666 & ~umask``), as ``open()`` would give."""
+    return 0o666 & ~_UMASK
+
+
+def display(name: str) -> str:
+    """``name`` printable anywhere: bytes that are not UTF-8 (surrogate-escaped) shown as U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def open_input_file(uri: str | os.PathLike) -> pafs.NativeFile:
@@ -121,10 +177,11 @@ def atomic_local_path(path: str | os.PathLike) -> Iterator[str]:
     path = local_path(path)
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=folder)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600: give the file the mode any tool would
         _fsync_path(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -154,7 +211,18 @@ def list_files(uri: str | os.PathLike, recursive: bool = True) -> list[str]:
 
     A plain path gives absolute local paths; a URI gives URIs with the same scheme and host.
     Hidden files are included (callers filter). Local listings do not descend into symlinked
-    folders (no cycles) and log, rather than fail on, unreadable sub-folders.
+    folders (no cycles) and skip unreadable sub-folders (:func:`scan_files` says which).
+
+    Raises:
+        FileNotFoundError: ``uri`` is not a folder.
+    """
+    return scan_files(uri, recursive)[0]
+
+
+def scan_files(uri: str | os.PathLike, recursive: bool = True) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(files, passed_over)`` under the folder ``uri``: the sorted file paths as
+    :func:`list_files` gives them, and ``(path, reason)`` for each folder not entered (a symbolic
+    link to a folder, an unreadable folder).
 
     Raises:
         FileNotFoundError: ``uri`` is not a folder.
@@ -164,24 +232,48 @@ def list_files(uri: str | os.PathLike, recursive: bool = True) -> list[str]:
         root = local_path(uri)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"not a folder: {uri!r}")
-        found = []
-        for folder, dirs, files in os.walk(root, onerror=_log_walk_error):
+        found: list[str] = []
+        passed: list[tuple[str, str]] = []
+
+        def unreadable(err: OSError) -> None:
+            logger.warning("skipping unreadable folder while listing: %s", err)
+            passed.append((err.filename or "", f"unreadable folder ({err.strerror or err})"))
+
+        for folder, dirs, files in os.walk(root, onerror=unreadable):
             found.extend(os.path.join(folder, name) for name in files)
+            passed.extend(
+                (os.path.join(folder, d), "symbolic link to a folder: not followed")
+                for d in dirs if os.path.islink(os.path.join(folder, d))
+            )
             if not recursive:
                 dirs.clear()
         found.sort()
-        return found if _scheme(uri) == "" else [pathlib.Path(p).as_uri() for p in found]
+        passed.sort()
+        if _scheme(uri) == "":
+            return found, passed
+        return [pathlib.Path(p).as_uri() for p in found], [(pathlib.Path(p).as_uri(), r) for p, r in passed]
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         raise FileNotFoundError(f"not a folder: {uri!r}")
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=recursive))
     base = path.rstrip("/")
     rel = sorted(i.path[len(base):].lstrip("/") for i in infos if i.type == pafs.FileType.File)
-    return [join(uri, r) for r in rel]
+    return [join(uri, r) for r in rel], []
 
 
-def _log_walk_error(err: OSError) -> None:
-    logger.warning("skipping unreadable folder while listing: %s", err)
+def remove_stale_temporaries(uri: str | os.PathLike) -> int:
+    """Delete the hidden ``.<name>.<random>.tmp`` files that killed writers left under the local
+    folder ``uri``; returns how many. Call only while no writer runs (under the job's lock)."""
+    if not is_local(uri) or not os.path.isdir(local_path(uri)):
+        return 0
+    removed = 0
+    for folder, _, files in os.walk(local_path(uri)):
+        for name in files:
+            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, name))
+                    removed += 1
+    return removed
 
 
 def _fsync_path(path: str) -> None:

@@ -43,11 +43,15 @@ def in_ray_job() -> bool:
     return bool(os.environ.get("RAY_JOB_SUBMISSION_ID") or os.environ.get("RAY_ADDRESS"))
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+def init_ray(
+    address: str | None = None, num_cpus: int | None = None, dashboard: bool = False, log_to_driver: bool = True
+) -> None:
     """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a loopback-only local Ray.
 
     ``dashboard``: start the local Ray with its dashboard on 127.0.0.1 (the State API it serves
-    is what lets Ray Train free the resources of Tune trials stopped early).
+    is what lets Ray Train free the resources of Tune trials stopped early). ``log_to_driver``:
+    echo the workers' output on this process's console (batch jobs turn it off: their workers
+    log to the job's log file).
     """
     for key, value in LOCAL_ENV.items():
         os.environ.setdefault(key, value)
@@ -61,7 +65,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         return
     if address:
         log.info("joining Ray at %s", address)
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
         return
     from ray._private import ray_constants
 
@@ -80,7 +84,10 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         kwargs = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": port}
     # address="local": always a new Ray of our own. Plain ray.init() would join any cluster already
     # running on the machine (a `ray start` head, another user's job), with its auth and resources.
-    ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING, runtime_env={"env_vars": env_vars}, **kwargs)
+    ray.init(
+        address="local", num_cpus=num_cpus, logging_level=logging.WARNING, log_to_driver=log_to_driver,
+        runtime_env={"env_vars": env_vars}, **kwargs,
+    )
     node_ip = ray.util.get_node_ip_address()
     log.info("started a local Ray on %s (%s CPUs)", node_ip, num_cpus or os.cpu_count())
     if node_ip != "127.0.0.1":

@@ -101,6 +101,32 @@ def start_run(
         yield run
 
 
+def end_stale_runs(experiment: str, tags: dict[str, str], tracking_uri: str | None = None) -> int:
+    """End as KILLED the RUNNING runs of ``experiment`` that carry all of ``tags``; returns how many.
+
+    A batch job calls it while holding its output folder's lock: a run of the same job into the
+    same folder that is still RUNNING then belongs to a process that was killed.
+    """
+    import mlflow
+
+    configure(tracking_uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    if exp is None:
+        return 0
+    quoted = " and ".join(f"tags.`{k}` = '{v.replace(chr(39), chr(39) * 2)}'" for k, v in tags.items())
+    try:
+        runs = mlflow.search_runs([exp.experiment_id], filter_string=f"attributes.status = 'RUNNING' and {quoted}",
+                                  output_format="list")
+        client = mlflow.MlflowClient()
+        for run in runs:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            log.info("MLflow run %s of a killed job marked KILLED", run.info.run_id)
+    except Exception as exc:  # bookkeeping of earlier runs must never stop this one
+        log.warning("could not end earlier RUNNING MLflow runs: %s", exc)
+        return 0
+    return len(runs)
+
+
 def log_bytes_artifact(data: bytes, name: str, artifact_path: str | None = None) -> None:
     import mlflow
 

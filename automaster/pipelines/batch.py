@@ -1,0 +1,480 @@
+"""The one job skeleton of demaster, master and evaluate: items in, outputs and a summary out.
+
+A job hands :func:`run_job` a :class:`JobSpec` (its name, output folder, the settings that decide
+its outputs, a processor class and its arguments) and the items it planned. The skeleton:
+
+1. prepares the output folder (:mod:`.outfolder`): lock, manifest check, sweep of stale
+   temporaries, the records of items already complete (resume);
+2. runs the items left, in-process when they are few and no cluster was named, else on an actor
+   pool of Ray workers that each build the processor once; either way through :func:`run_item`;
+3. keeps every item to a time limit (relative to its audio's duration) and a bounded number of
+   attempts when its worker dies (a poison file becomes a failure with a reason);
+4. writes one record per complete item, ``summary.json`` and one MLflow run, with one progress
+   bar on the console and every library's logs in ``<out>/logs/<job>.log``.
+
+A processor is any class whose instances have ``process(item, staging) -> dict``: it writes its
+outputs to ``staging.path(rel)`` and returns the item's figures (JSON-able; a ``report`` dict or
+extra outputs are fine). Raising :class:`ItemError` (or any exception) fails that item only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from automaster import storage
+from automaster.audio import AudioError, repairs
+from automaster.config import BatchConfig, ConfigError
+from automaster.pipelines.outfolder import OutputFolder, json_default, make_manifest
+
+log = logging.getLogger(__name__)
+
+LOG_DIR = "logs"
+SUMMARY = "summary.json"
+STATE_NAMES = (".automaster", LOG_DIR, SUMMARY)  # what every job writes besides its outputs
+
+
+class ItemError(Exception):
+    """An item that cannot be processed (too short, silent, ...): recorded, never stops the job."""
+
+
+class ItemTimeout(Exception):
+    """An item ran past its time limit."""
+
+
+@dataclass
+class JobSpec:
+    """What a job tells the skeleton.
+
+    Attributes:
+        job: ``demaster``, ``master`` or ``evaluate``: names the MLflow tags, logs and manifest.
+        out: output folder (local path or URI).
+        settings: everything that decides the outputs; recorded in the manifest.
+        processor: the processor class; built once per worker with ``processor_kwargs``.
+        paths: ``{flag: path}`` of the job's inputs and outputs, for the cluster visibility check.
+        model: a model file whose SHA-256 goes into the manifest.
+        device: ``cpu`` or ``cuda`` (one GPU per worker).
+        experiment, run_name, tracking_uri, params: the MLflow run.
+        manifest_extra: recorded in the manifest too, but not compared (the model's path...).
+    """
+
+    job: str
+    out: str
+    settings: dict[str, Any]
+    processor: type
+    processor_kwargs: dict[str, Any]
+    paths: dict[str, str | None] = field(default_factory=dict)
+    model: str | None = None
+    device: str = "cpu"
+    experiment: str = "automaster"
+    run_name: str | None = None
+    tracking_uri: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunOptions:
+    """How to run: ``workers`` (0: one per CPU/GPU), ``ray`` (None: decide by the item count),
+    ``address`` (a cluster to join), ``overwrite``, ``verbose`` (library logs on the console),
+    ``progress`` (the bar)."""
+
+    workers: int = 0
+    ray: bool | None = None
+    address: str | None = None
+    overwrite: bool = False
+    verbose: bool = False
+    progress: bool = True
+    batch: BatchConfig = field(default_factory=BatchConfig)
+
+
+# ------------------------------------------------------------------------------- one item
+
+
+def time_limit_s(item: dict[str, Any], cfg: BatchConfig) -> float:
+    """An item's time limit: a base plus a multiple of its audio's duration (when known)."""
+    duration = item.get("duration_s") or 0.0
+    return cfg.item_timeout_base_s + cfg.item_timeout_per_audio_s * float(duration)
+
+
+def run_item(processor: Any, item: dict[str, Any], folder: OutputFolder) -> dict[str, Any]:
+    """Process one item: outputs staged, published, then its record written; never raises.
+
+    The one per-item boundary of every job: returns ``status`` ``ok`` or ``error`` with
+    ``reason``, the processor's figures, ``outputs``, ``repairs`` (counts) and timings.
+    """
+    result: dict[str, Any] = {
+        "key": item["key"], "path": item["path"], "rel_path": item.get("rel_path", item["key"]),
+        "status": "ok", "reason": "", "t_start": time.time(),
+    }
+    t0 = time.perf_counter()
+    staging = folder.staging()
+    with repairs() as repaired:
+        try:
+            figures = processor.process(item, staging) or {}
+            result.update(figures)
+            result["outputs"] = staging.publish()
+        except (AudioError, ItemError, ItemTimeout) as exc:
+            result.update(status="error", reason=str(exc))
+        except Exception as exc:  # the per-item boundary of a batch job: record, never abort the batch
+            log.error("%s failed unexpectedly:\n%s", storage.display(item["path"]), traceback.format_exc())
+            result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+        finally:
+            staging.discard()
+    result["repairs"] = dict(repaired)
+    result["seconds"] = time.perf_counter() - t0
+    result["t_end"] = time.time()
+    if result["status"] == "ok":
+        folder.write_record(result)
+    return result
+
+
+@contextlib.contextmanager
+def _alarm(seconds: float) -> Iterator[None]:
+    """Raise :class:`ItemTimeout` in the main thread after ``seconds`` (in-process runs).
+
+    Python code and most decoders are interrupted; a call blocked inside C is not (the Ray
+    workers' limit, enforced by the driver, stops those too)."""
+    usable = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise ItemTimeout(f"exceeded its time limit of {seconds:.0f} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class LocalRunner:
+    """Runs the items in this process, through the same :func:`run_item` as the workers."""
+
+    def __init__(self, spec: JobSpec, folder: OutputFolder, cfg: BatchConfig):
+        self.processor = spec.processor(**spec.processor_kwargs)
+        self.folder, self.cfg = folder, cfg
+
+    def run(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for item in items:
+            try:
+                with _alarm(time_limit_s(item, self.cfg)):
+                    yield run_item(self.processor, item, self.folder)
+            except ItemTimeout as exc:  # raised outside run_item's own boundary (while publishing)
+                yield _failure(item, str(exc))
+
+
+def _failure(item: dict[str, Any], reason: str, **extra: Any) -> dict[str, Any]:
+    now = time.time()
+    return {
+        "key": item["key"], "path": item["path"], "rel_path": item.get("rel_path", item["key"]),
+        "status": "error", "reason": reason, "t_start": now, "t_end": now, "seconds": 0.0, "repairs": {}, **extra,
+    }
+
+
+# ------------------------------------------------------------------------------- Ray workers
+
+
+class _Worker:
+    """A Ray actor: builds the processor once, then runs items (see :class:`RayRunner`)."""
+
+    def __init__(self, processor: type, kwargs: dict[str, Any], out: str, log_file: str | None, verbose: bool):
+        _route_logs(log_file, verbose, console=False)
+        self.processor = processor(**kwargs)
+        self.folder = OutputFolder(out)
+
+    def ready(self) -> int:
+        return os.getpid()
+
+    def run(self, item: dict[str, Any]) -> dict[str, Any]:
+        return run_item(self.processor, item, self.folder)
+
+
+class RayRunner:
+    """An actor pool with a time limit per item and bounded attempts when a worker dies.
+
+    Ray Data's pools retry a task whose worker dies without end and have no per-item limit: here
+    the driver hands one item at a time to each actor, kills an actor whose item overruns, and
+    gives an item whose worker died at most ``max_attempts`` tries.
+    """
+
+    def __init__(self, spec: JobSpec, folder: OutputFolder, cfg: BatchConfig, workers: int, log_file: str | None, verbose: bool):
+        import ray
+
+        resources = {"num_gpus": 1} if spec.device == "cuda" else {"num_cpus": 1}
+        self.actor_class = ray.remote(max_restarts=0, max_task_retries=0, **resources)(_Worker)
+        self.args = (spec.processor, spec.processor_kwargs, folder.out, log_file, verbose)
+        self.cfg, self.workers = cfg, workers
+
+    def _start(self) -> Any:
+        return self.actor_class.remote(*self.args)
+
+    def run(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        pending = deque((item, 1) for item in items)
+        idle = [self._start() for _ in range(max(1, min(self.workers, len(items))))]
+        ray.get([a.ready.remote() for a in idle])  # a processor that cannot start fails the job here
+        inflight: dict[Any, tuple[Any, dict[str, Any], int, float]] = {}
+        while pending or inflight:
+            while idle and pending:
+                actor = idle.pop()
+                item, attempt = pending.popleft()
+                inflight[actor.run.remote(item)] = (actor, item, attempt, time.monotonic())
+            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in ready:
+                actor, item, attempt, _ = inflight.pop(ref)
+                try:
+                    yield ray.get(ref)
+                    idle.append(actor)
+                except (RayActorError, GetTimeoutError) as exc:
+                    idle.append(self._start())
+                    if attempt < self.cfg.max_attempts:
+                        log.warning("worker died on %s (attempt %d): %s", storage.display(item["path"]), attempt, exc)
+                        pending.appendleft((item, attempt + 1))
+                    else:
+                        yield _failure(item, f"its worker process died {attempt} times while processing it "
+                                             "(a crash in a decoder or out of memory); not retried")
+            now = time.monotonic()
+            for ref, (actor, item, attempt, started) in list(inflight.items()):
+                limit = time_limit_s(item, self.cfg)
+                if now - started > limit:
+                    del inflight[ref]
+                    ray.kill(actor, no_restart=True)
+                    idle.append(self._start())
+                    yield _failure(item, f"exceeded its time limit of {limit:.0f} s; its worker was stopped")
+        for actor in idle:
+            ray.kill(actor, no_restart=True)
+
+
+# ------------------------------------------------------------------------------- logs
+
+
+class _ConsoleFilter(logging.Filter):
+    """On the console, only automaster's own warnings: the rest goes to the log file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name.startswith("automaster") and record.levelno >= logging.WARNING
+
+
+def _route_logs(log_file: str | None, verbose: bool, console: bool = True) -> None:
+    """Every logger to ``log_file``; the console keeps automaster's warnings (all with -v)."""
+    root = logging.getLogger()
+    if log_file is not None and not any(getattr(h, "_automaster_job", False) for h in root.handlers):
+        os.makedirs(os.path.dirname(log_file), exist_ok=True)
+        handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
+        handler._automaster_job = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    for name in ("mlflow", "alembic", "ray", "ray.data", "ray.train", "ray.tune"):
+        lib = logging.getLogger(name)
+        if not verbose:
+            for h in list(lib.handlers):
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    lib.removeHandler(h)
+            lib.propagate = True
+    if console and not verbose:
+        for h in root.handlers:
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                if not any(isinstance(f, _ConsoleFilter) for f in h.filters):
+                    h.addFilter(_ConsoleFilter())
+
+
+def log_file_for(spec: JobSpec) -> str:
+    """``<out>/logs/<job>.log`` for a local output folder, else ``./automaster-logs/<job>.log``."""
+    if storage.is_local(spec.out):
+        return os.path.join(storage.local_path(spec.out), LOG_DIR, f"{spec.job}.log")
+    return os.path.abspath(os.path.join("automaster-logs", f"{spec.job}.log"))
+
+
+# ------------------------------------------------------------------------------- the job
+
+
+def use_ray(n_items: int, options: RunOptions) -> bool:
+    """Ray when forced, when a cluster is named, or when there are more than a handful of items."""
+    from automaster.pipelines.runtime import in_ray_job
+
+    if options.ray is not None:
+        return options.ray
+    if options.address or in_ray_job():
+        return True
+    return n_items > options.batch.local_max_items
+
+
+def check_workers(workers: int) -> None:
+    if workers < 0:
+        raise ConfigError(f"--workers {workers}: must be >= 0 (0: one per CPU, or per GPU with --gpu)")
+
+
+def prepare(spec: JobSpec, options: RunOptions) -> tuple[OutputFolder, dict[str, dict[str, Any]], int]:
+    """Check, lock and sweep the output folder; returns it, the complete items' records and the
+    number of stale files removed. Raises ConfigError (exit 2) before anything starts."""
+    check_workers(options.workers)
+    folder = OutputFolder(spec.out)
+    folder.check_usable()
+    storage.makedirs(spec.out)
+    folder.acquire_lock(spec.job)
+    try:
+        swept = folder.sweep()
+        model_hash = None
+        if spec.model is not None:
+            from automaster.pipelines.outfolder import file_sha256
+
+            model_hash = file_sha256(spec.model)
+        folder.check_manifest(make_manifest(spec.job, spec.settings, model_hash), options.overwrite)
+        records = {} if options.overwrite else folder.records()
+    except BaseException:
+        folder.release_lock()
+        raise
+    return folder, records, swept
+
+
+def run_job(
+    spec: JobSpec,
+    items: list[dict[str, Any]],
+    passed_over: list[dict[str, str]],
+    options: RunOptions,
+    summarise: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    log_run: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+    collisions: list[dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Run ``items`` (dicts with ``key``, ``path``, ``rel_path``, optional ``duration_s``).
+
+    ``passed_over``: inputs seen but not taken, each with ``path`` and ``reason``. ``summarise(summary,
+    results)`` adds the job's own figures; ``log_run(summary, results)`` logs the job's own MLflow
+    metrics and artifacts. Returns the summary (also ``<out>/summary.json``).
+
+    Raises:
+        ConfigError: the output folder cannot be used (other settings, locked, a file).
+    """
+    from automaster.pipelines import tracking
+
+    folder, records, swept = prepare(spec, options)
+    try:
+        log_file = log_file_for(spec)
+        _route_logs(log_file, options.verbose)
+        todo = [it for it in items if it["key"] not in records]
+        done = [records[it["key"]] for it in items if it["key"] in records]
+        ray_mode = use_ray(len(todo), options) if todo else False
+        workers = _start_backend(spec, options) if ray_mode else 1
+        log.info("%s: %d items, %d complete from an earlier run, %d to do (%s)", spec.job, len(items), len(done), len(todo),
+                 f"Ray, {workers} workers" if ray_mode else "in-process")
+        tracking.end_stale_runs(spec.experiment, _tags(spec), spec.tracking_uri)  # we hold the lock: theirs died
+        with tracking.start_run(spec.experiment, spec.run_name, spec.tracking_uri, tags=_tags(spec)) as run:
+            tracking.log_params({**spec.params, "workers": workers, "mode": "ray" if ray_mode else "in-process"})
+            results = list(_execute(spec, folder, todo, options, ray_mode, workers, log_file))
+            summary = build_summary(spec, results, done, passed_over, collisions or [], ray_mode, workers, swept)
+            if summarise is not None:
+                summarise(summary, results + [{**r, "status": "ok"} for r in done])
+            summary["mlflow_run_id"] = run.info.run_id
+            summary["tracking_uri"] = tracking.resolve_tracking_uri(spec.tracking_uri)
+            summary["log_file"] = log_file
+            storage.write_bytes_atomic(storage.join(spec.out, SUMMARY), json.dumps(
+                summary, indent=2, sort_keys=True, default=json_default).encode())
+            tracking.log_json(json.loads(json.dumps(summary, default=json_default)), SUMMARY)
+            _log_counts(summary)
+            if log_run is not None:
+                try:
+                    log_run(summary, results)
+                except Exception as exc:  # the outputs are written: a failed artifact must not fail the job
+                    log.warning("MLflow artifacts not logged: %s", exc)
+    finally:
+        folder.release_lock()
+    return summary
+
+
+def _start_backend(spec: JobSpec, options: RunOptions) -> int:
+    from automaster.pipelines import runtime
+
+    runtime.init_ray(options.address, log_to_driver=options.verbose)
+    runtime.check_paths_visible(spec.paths)
+    if spec.device == "cuda":
+        if runtime.cluster_gpus() == 0:
+            raise ConfigError("--gpu given but the Ray cluster has no GPU")
+        return options.workers or runtime.cluster_gpus()
+    return options.workers or runtime.cluster_cpus()
+
+
+def _tags(spec: JobSpec) -> dict[str, str]:
+    return {"automaster.job": spec.job, "automaster.out": storage.display(spec.out)}
+
+
+def _execute(
+    spec: JobSpec, folder: OutputFolder, todo: list[dict[str, Any]], options: RunOptions, ray_mode: bool, workers: int,
+    log_file: str,
+) -> Iterator[dict[str, Any]]:
+    if not todo:
+        return
+    runner = (RayRunner(spec, folder, options.batch, workers, log_file, options.verbose) if ray_mode
+              else LocalRunner(spec, folder, options.batch))
+    failed = 0
+    with _progress(len(todo), spec.job, options.progress) as bar:
+        for result in runner.run(todo):
+            failed += result["status"] != "ok"
+            if result["status"] != "ok":
+                log.info("%s: %s", storage.display(result["rel_path"]), result["reason"])
+            bar.set_postfix_str(f"{failed} failed" if failed else "", refresh=False)
+            bar.update(1)
+            yield result
+
+
+@contextlib.contextmanager
+def _progress(total: int, job: str, enabled: bool) -> Iterator[Any]:
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    with tqdm(total=total, desc=job, unit="item", file=sys.stderr, disable=not enabled, dynamic_ncols=True,
+              mininterval=0.5 if tty else 30.0, leave=True) as bar:
+        yield bar
+
+
+def build_summary(
+    spec: JobSpec, results: list[dict[str, Any]], done: list[dict[str, Any]], passed_over: list[dict[str, str]],
+    collisions: list[dict[str, str]], ray_mode: bool, workers: int, swept: int,
+) -> dict[str, Any]:
+    """Every input accounted for: processed (ok or failed, with why), skipped (complete from an
+    earlier run, its figures kept from its record), passed over (with why); repairs counted."""
+    ok = [r for r in results if r["status"] == "ok"]
+    failed = [r for r in results if r["status"] != "ok"]
+    skipped = [{**r, "status": "skipped", "reason": "complete from an earlier run with the same settings"} for r in done]
+    span = (max(r["t_end"] for r in results) - min(r["t_start"] for r in results)) if results else 0.0
+    repaired: dict[str, dict[str, int]] = {}
+    for r in ok + skipped:
+        for kind, count in (r.get("repairs") or {}).items():
+            entry = repaired.setdefault(kind, {"files": 0, "count": 0})
+            entry["files"] += 1
+            entry["count"] += int(count)
+    files = sorted(({k: v for k, v in r.items() if k not in ("t_start", "t_end")} for r in results + skipped),
+                   key=lambda f: f["rel_path"])
+    return {
+        "job": spec.job, "ok": len(ok), "failed": len(failed), "skipped": len(skipped), "passed_over": len(passed_over),
+        "total": len(results) + len(skipped) + len(passed_over),
+        "processing_s": span, "items_per_s": (len(results) / span) if span > 0 else 0.0,
+        "mode": "ray" if ray_mode else "in-process", "workers": workers, "out": spec.out,
+        "stale_files_removed": swept, "repairs": repaired, "name_collisions": collisions,
+        "files": files,
+        "failures": [{"rel_path": r["rel_path"], "path": r["path"], "reason": r["reason"]} for r in failed],
+        "passed_over_files": passed_over,
+    }
+
+
+def _log_counts(summary: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_metrics({f"items_{k}": summary[k] for k in ("ok", "failed", "skipped", "passed_over")}
+                       | {"items_per_s": summary["items_per_s"]})
