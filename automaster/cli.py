@@ -25,12 +25,17 @@ class UsageError(ValueError):
 
 
 def _setup_logging(verbose: bool) -> None:
+    """The console shows warnings and errors (everything with ``-v``); a batch job adds its log
+    file, which gets everything from INFO up."""
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
     for noisy in ("urllib3", "matplotlib", "numba", "alembic", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -55,8 +60,39 @@ def _demaster_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-seconds", type=float, help="excerpt length in seconds (default 30)")
     p.add_argument("--min-seconds", type=float, help="reject tracks shorter than this (default 3)")
     p.add_argument("--workers", type=int, help="parallel workers (default: every CPU of the cluster)")
+    _add_batch_options(p)
     _add_common(p)
     p.set_defaults(func=_cmd_demaster)
+
+
+def _add_batch_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
+    """The options every batch job (demaster, master, evaluate) shares."""
+    p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
+                   help="run on Ray (--ray) or in this process (--no-ray); default: in-process for a handful of "
+                   "items (batch.local_max_items, 4) without --ray-address, else Ray")
+    if overwrite:
+        p.add_argument("--overwrite", action="store_true",
+                       help="redo every item, also when --out holds outputs made with other settings")
+
+
+def _print_summary(job: str, summary: dict, extra: str = "") -> None:
+    """The short summary a batch job ends with (the full one is summary.json)."""
+    print(
+        f"{job}: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped (complete from an "
+        f"earlier run), {summary['passed_over']} passed over; {summary['mode']}{extra}"
+    )
+    for f in summary["failures"][:10]:
+        print(f"  failed: {f['rel_path']}: {f['reason']}".encode("utf-8", "backslashreplace").decode("utf-8"))
+    if len(summary["failures"]) > 10:
+        print(f"  ... {len(summary['failures']) - 10} more in summary.json")
+    for kind, n in summary.get("repairs", {}).items():
+        print(f"  repaired: {kind.replace('_', ' ')}: {n['count']} in {n['files']} files")
+    for c in summary.get("name_collisions", []):
+        print(f"  renamed: {c['rel_path']} -> {c['output']} ({c['reason']})".encode("utf-8", "backslashreplace").decode("utf-8"))
+    print(
+        f"  outputs: {summary['out']}\n  summary: {summary['out']}/summary.json\n  log:     {summary['log_file']}\n"
+        f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
+    )
 
 
 def _overrides(args: argparse.Namespace, section: str, names: Sequence[str]) -> list[str]:
@@ -74,27 +110,25 @@ def _cmd_demaster(args: argparse.Namespace) -> int:
     sets = _overrides(args, "demaster", ["seed", "variants", "limit", "clip_seconds", "min_seconds", "workers"])
     config = load_config(args.config, sets + args.set)
     summary = run_demaster(
-        _location(args.corpus, must_exist=True),
-        _location(args.out),
+        _location(args.corpus, must_exist=True, flag="--corpus"),
+        _out_location(args.out),
         config,
         tracking_uri=args.tracking_uri,
         experiment=args.experiment or "automaster-demaster",
         run_name=args.run_name,
         ray_address=args.ray_address,
+        ray=args.ray,
+        overwrite=args.overwrite,
+        verbose=args.verbose,
     )
-    print(
-        f"demaster: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped, "
-        f"{summary['tracks_per_s']:.2f} tracks/s\n"
-        f"  outputs: {summary['out']}\n  summary: {summary['out']}/summary.json\n"
-        f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
-    )
+    _print_summary("demaster", summary, f", {summary['tracks_per_s']:.2f} tracks/s")
     if summary["ok"] == 0 and summary["skipped"] == 0:
         log.error("no track could be processed")
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _location(value: str, must_exist: bool = False) -> str:
+def _location(value: str, must_exist: bool = False, flag: str = "") -> str:
     """An absolute local path (or a URI unchanged); in a submitted job relative paths are refused."""
     from automaster.pipelines.runtime import in_ray_job
 
@@ -108,8 +142,16 @@ def _location(value: str, must_exist: bool = False) -> str:
         )
     path = path.resolve()
     if must_exist and not path.exists():
-        raise UsageError(f"{value!r} does not exist")
+        raise UsageError(f"{flag + ' ' if flag else ''}{value!r} does not exist")
     return str(path)
+
+
+def _out_location(value: str, flag: str = "--out") -> str:
+    """:func:`_location` for an output folder: an existing file there is a usage error."""
+    location = _location(value)
+    if "://" not in location and Path(location).exists() and not Path(location).is_dir():
+        raise UsageError(f"{flag} {value}: exists and is not a folder")
+    return location
 
 
 def _cwd_is_ray_working_dir() -> bool:
@@ -281,8 +323,8 @@ def _cmd_master(args: argparse.Namespace) -> int:
     inversion = args.inversion or default_inversion(model)
     try:
         summary = run_master(
-            _location(model, must_exist=True),
-            _location(args.input, must_exist=True),
+            _location(model, must_exist=True, flag="--model"),
+            _location(args.input, must_exist=True, flag="--input"),
             _location(args.out),
             config=_master_config(args, inversion=inversion),
             workers=args.workers,
@@ -359,8 +401,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     try:
         metrics = run_evaluate(
-            _location(model, must_exist=True),
-            _location(args.clean, must_exist=True),
+            _location(model, must_exist=True, flag="--model"),
+            _location(args.clean, must_exist=True, flag="--clean"),
             _location(args.out),
             evaluation=evaluation,
             mastering=_master_config(args),

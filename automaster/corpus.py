@@ -79,6 +79,8 @@ class CorpusScan:
         unlisted: track ids of files that have no metadata row (FMA only; they are in ``tracks``).
         kind: ``"fma"`` or ``"folder"``.
         root: the folder the audio was listed from (for FMA, the ``fma_*`` subset folder).
+        passed_over: ``(path, reason)`` for everything seen and not taken: hidden or non-audio
+            files, FIFOs and devices, symbolic links to folders, unreadable folders.
     """
 
     tracks: list[Track]
@@ -86,6 +88,7 @@ class CorpusScan:
     unlisted: list[str]
     kind: Literal["fma", "folder"]
     root: str
+    passed_over: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
 
 def list_corpus(root: str | os.PathLike, *, limit: int = 0, genre_from_folder: bool = False) -> list[Track]:
@@ -93,7 +96,9 @@ def list_corpus(root: str | os.PathLike, *, limit: int = 0, genre_from_folder: b
     return scan_corpus(root, limit=limit, genre_from_folder=genre_from_folder).tracks
 
 
-def scan_corpus(root: str | os.PathLike, *, limit: int = 0, genre_from_folder: bool = False) -> CorpusScan:
+def scan_corpus(
+    root: str | os.PathLike, *, limit: int = 0, genre_from_folder: bool = False, exclude: tuple[str, ...] = ()
+) -> CorpusScan:
     """List an FMA corpus or any folder of audio.
 
     Args:
@@ -101,6 +106,8 @@ def scan_corpus(root: str | os.PathLike, *, limit: int = 0, genre_from_folder: b
             folder itself (``.../fma_small``, metadata in the sibling ``fma_metadata``), or any folder.
         limit: keep only the first ``limit`` rows by ``track_id`` (0: all), for quick runs.
         genre_from_folder: for a plain folder, use the first folder level below ``root`` as the genre.
+        exclude: paths (files or folders) below ``root`` to leave out entirely: a job's own
+            output folder when it lies inside its input.
 
     Raises:
         CorpusError: ``root`` is missing or not a folder, holds no audio, holds several FMA subset
@@ -119,9 +126,9 @@ def scan_corpus(root: str | os.PathLike, *, limit: int = 0, genre_from_folder: b
     fma = _find_fma(root)
     if fma is not None:
         subset_dir, tracks_csv = fma
-        scan = _scan_fma(subset_dir, tracks_csv)
+        scan = _scan_fma(subset_dir, tracks_csv, exclude)
     else:
-        scan = _scan_folder(root, genre_from_folder)
+        scan = _scan_folder(root, genre_from_folder, exclude)
     if limit:
         scan = dataclasses.replace(scan, tracks=scan.tracks[:limit])
     logger.info(
@@ -143,14 +150,15 @@ def folder_track_id(rel_path: str) -> str:
     folded = unicodedata.normalize("NFKD", stem.translate(_TRANSLIT))
     ascii_stem = folded.encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^a-z0-9]+", "_", ascii_stem.lower()).strip("_")[:_SLUG_MAX].rstrip("_")
-    digest = hashlib.sha1(rel.encode("utf-8")).hexdigest()[:8]
+    # surrogateescape: a name that is not UTF-8 (PEP 383 str) hashes by its bytes
+    digest = hashlib.sha1(rel.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{slug}-{digest}" if slug else f"track-{digest}"
 
 
 def folder_split(rel_path: str) -> str:
     """Deterministic 80/10/10 training/validation/test split from a hash of ``rel_path``."""
     rel = _normalise_rel(rel_path)
-    bucket = int(hashlib.sha1(f"split:{rel}".encode("utf-8")).hexdigest()[:8], 16) % 100
+    bucket = int(hashlib.sha1(f"split:{rel}".encode("utf-8", "surrogateescape")).hexdigest()[:8], 16) % 100
     return "training" if bucket < 80 else "validation" if bucket < 90 else "test"
 
 
@@ -162,25 +170,37 @@ def _normalise_rel(rel_path: str) -> str:
 # ------------------------------------------------------------------------------------ listing
 
 
-def _audio_files(root: str) -> list[tuple[str, str]]:
-    """``(path, relative path)`` of the audio files under ``root``, hidden entries skipped."""
-    out = []
+def audio_files(root: str, exclude: tuple[str, ...] = ()) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(audio, passed_over)`` under ``root``: ``(path, relative path)`` of each audio file, and
+    ``(path, reason)`` of everything else seen (hidden, not audio, not a regular file, a folder
+    not entered). Anything under ``exclude`` is left out of both."""
+    out, passed = [], []
     base = root.rstrip("/" + os.sep)
-    for path in storage.list_files(root, recursive=True):
+    skip = tuple(e.rstrip("/" + os.sep) for e in exclude)
+    files, folders = storage.scan_files(root, recursive=True)
+    passed.extend(folders)
+    for path in files:
+        if any(path == e or path.startswith(e + os.sep) or path.startswith(e + "/") for e in skip):
+            continue
         rel = path[len(base) :].replace(os.sep, "/").lstrip("/")
         if any(part.startswith(".") for part in rel.split("/")):
-            continue  # .DS_Store, AppleDouble ._x.wav, .git/, temporary .x.tmp files
-        if is_audio_file(rel):
+            # .DS_Store, AppleDouble ._x.wav, .git/, temporary .x.tmp files, "..wav"
+            passed.append((path, "hidden (its name or a folder's starts with '.')"))
+        elif not is_audio_file(rel):
+            passed.append((path, "not an audio file (by its extension)"))
+        elif (reason := storage.not_regular_reason(path)) is not None:
+            passed.append((path, reason))
+        else:
             out.append((path, rel))
-    return out
+    return out, passed
 
 
 def _no_audio_error(root: str) -> CorpusError:
     return CorpusError(f"no audio files ({', '.join(sorted(AUDIO_EXTENSIONS))}) under {root!r}")
 
 
-def _scan_folder(root: str, genre_from_folder: bool) -> CorpusScan:
-    files = _audio_files(root)
+def _scan_folder(root: str, genre_from_folder: bool, exclude: tuple[str, ...]) -> CorpusScan:
+    files, passed = audio_files(root, exclude)
     if not files:
         raise _no_audio_error(root)
     tracks = []
@@ -192,7 +212,7 @@ def _scan_folder(root: str, genre_from_folder: bool) -> CorpusScan:
     tracks.sort(key=lambda t: t.track_id)
     ids = [t.track_id for t in tracks]
     assert len(set(ids)) == len(ids), "folder track ids collide (sha1 prefix clash)"
-    return CorpusScan(tracks, [], [], "folder", root)
+    return CorpusScan(tracks, [], [], "folder", root, passed)
 
 
 def _find_fma(root: str) -> tuple[str, str] | None:
@@ -257,10 +277,10 @@ def read_fma_tracks(tracks_csv: str) -> pd.DataFrame:
     return df
 
 
-def _scan_fma(subset_dir: str, tracks_csv: str) -> CorpusScan:
+def _scan_fma(subset_dir: str, tracks_csv: str, exclude: tuple[str, ...]) -> CorpusScan:
     subset_name = posixpath.basename(subset_dir.replace(os.sep, "/").rstrip("/"))
     meta = read_fma_tracks(tracks_csv)
-    files = _audio_files(subset_dir)
+    files, passed = audio_files(subset_dir, exclude)
 
     tracks: list[Track] = []
     unlisted: list[str] = []
@@ -296,7 +316,7 @@ def _scan_fma(subset_dir: str, tracks_csv: str) -> CorpusScan:
             f"in {tracks_csv!r})"
         )
     tracks.sort(key=lambda t: t.track_id)
-    return CorpusScan(tracks, missing, sorted(unlisted), "fma", subset_dir)
+    return CorpusScan(tracks, missing, sorted(unlisted), "fma", subset_dir, passed)
 
 
 def _is_fma_location(rel: str) -> bool:

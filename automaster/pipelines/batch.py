@@ -65,7 +65,8 @@ class JobSpec:
         model: a model file whose SHA-256 goes into the manifest.
         device: ``cpu`` or ``cuda`` (one GPU per worker).
         experiment, run_name, tracking_uri, params: the MLflow run.
-        manifest_extra: recorded in the manifest too, but not compared (the model's path...).
+        files: ``{relative path: bytes}`` written once the folder is checked (a dataset's
+            metadata): they describe the outputs, so they follow the settings.
     """
 
     job: str
@@ -80,6 +81,7 @@ class JobSpec:
     run_name: str | None = None
     tracking_uri: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass
@@ -305,6 +307,21 @@ def log_file_for(spec: JobSpec) -> str:
 # ------------------------------------------------------------------------------- the job
 
 
+def excluded_outputs(input_dir: str, out: str, output_names: tuple[str, ...]) -> tuple[str, ...]:
+    """What an input scan must leave out so that a job never takes its own outputs as inputs:
+    ``out`` when it lies inside ``input_dir``; when they are the same folder, the job's output
+    folders and files (``output_names``) and its bookkeeping."""
+    if not (storage.is_local(out) and storage.is_local(input_dir)):
+        return ()
+    o, i = os.path.realpath(storage.local_path(out)), os.path.realpath(storage.local_path(input_dir))
+    if o == i:
+        base = storage.local_path(input_dir)
+        return tuple(os.path.join(base, name) for name in (*output_names, *STATE_NAMES))
+    if o.startswith(i + os.sep):
+        return (os.path.join(storage.local_path(input_dir), os.path.relpath(o, i)),)
+    return ()
+
+
 def use_ray(n_items: int, options: RunOptions) -> bool:
     """Ray when forced, when a cluster is named, or when there are more than a handful of items."""
     from automaster.pipelines.runtime import in_ray_job
@@ -368,6 +385,8 @@ def run_job(
     try:
         log_file = log_file_for(spec)
         _route_logs(log_file, options.verbose)
+        for rel, data in spec.files.items():
+            storage.write_bytes_atomic(storage.join(spec.out, rel), data)
         todo = [it for it in items if it["key"] not in records]
         done = [records[it["key"]] for it in items if it["key"] in records]
         ray_mode = use_ray(len(todo), options) if todo else False
@@ -468,7 +487,7 @@ def build_summary(
         "mode": "ray" if ray_mode else "in-process", "workers": workers, "out": spec.out,
         "stale_files_removed": swept, "repairs": repaired, "name_collisions": collisions,
         "files": files,
-        "failures": [{"rel_path": r["rel_path"], "path": r["path"], "reason": r["reason"]} for r in failed],
+        "failures": [{"key": r["key"], "rel_path": r["rel_path"], "path": r["path"], "reason": r["reason"]} for r in failed],
         "passed_over_files": passed_over,
     }
 

@@ -1,10 +1,11 @@
 """The demaster job: a corpus of clean music -> the paired dataset, on Ray Data.
 
-Per track, in parallel: decode (mono, 44.1 kHz, centred excerpt) -> per variant: draw
-parameters seeded by ``(seed, track_id, variant)`` -> apply the chain -> mel spectrograms of both
--> write ``output_audio/``, ``output_spectrograms/``, ``output_txt/`` and, last, one Parquet file
-per track under ``dataset/`` (its existence marks the track done, so a re-run resumes). A broken
-track becomes a status row with its reason; the job ends with ``summary.json``.
+Per track (:class:`TrackProcessor`): decode (mono, 44.1 kHz, centred excerpt) -> per variant:
+draw parameters seeded by ``(seed, track_id, variant)`` -> apply the chain -> mel spectrograms of
+both -> ``output_audio/``, ``output_spectrograms/``, ``output_txt/`` and one Parquet file per track
+under ``dataset/``. The batch skeleton (:mod:`.batch`) runs the tracks, publishes each track's
+files together, resumes complete tracks and refuses a re-run with other settings; a broken track
+is recorded with its reason; the job ends with ``summary.json``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import math
 import os
 import tempfile
 import time
-import traceback
 from dataclasses import asdict
 from typing import Any
 
@@ -23,20 +23,29 @@ import numpy as np
 import torch
 
 from automaster import storage
-from automaster.audio import AudioError, FileError, read_excerpt, write_audio
-from automaster.config import Config, from_dict
+from automaster.audio import audio_info, note_repair, read_audio, write_audio
+from automaster.config import Config, ConfigError, from_dict
 from automaster.corpus import scan_corpus
 from automaster.dataset import DATASET_DIR, META_FILE, SCHEMA_VERSION, parquet_bytes, to_pcm16
 from automaster.degrade import degrade, draw_params, seed_for, make_generator
 from automaster.dsp.mel import mel_db_rows
 from automaster.dsp.stft import HOP_LENGTH, N_FFT, stft_rows
 from automaster.effects.params import PARAMS
+from automaster.pipelines.batch import ItemError, JobSpec, RunOptions, excluded_outputs, run_item, run_job
+from automaster.pipelines.outfolder import OutputFolder
 from automaster.plots import mel_pair_png
 
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "effects", "mels", "png", "writes")
 AUDIO_DIR, PNG_DIR, TXT_DIR = "output_audio", "output_spectrograms", "output_txt"
+
+
+OUTPUT_NAMES = (AUDIO_DIR, PNG_DIR, TXT_DIR, DATASET_DIR, META_FILE)
+
+
+class TrackError(ItemError):
+    """A track that cannot become training data (too short, silent, ...)."""
 
 
 def dataset_file(out: str, track_id: str) -> str:
@@ -66,10 +75,9 @@ def params_text(track_id: str, variant: int, params: dict[str, torch.Tensor]) ->
 class TrackProcessor:
     """Turns one corpus row into dataset rows and files. Holds no Ray state (testable alone)."""
 
-    def __init__(self, out: str, config: dict[str, Any] | Config, warm_up: bool = False):
-        self.out = out
+    def __init__(self, config: dict[str, Any] | Config, warm_up: bool = False):
         self.config = config if isinstance(config, Config) else from_dict(config)
-        torch.set_num_threads(1)  # one track per CPU; parallelism comes from Ray
+        torch.set_num_threads(1)  # one track per CPU; parallelism comes from the job's workers
         if warm_up:
             self.warm_up()
 
@@ -88,46 +96,41 @@ class TrackProcessor:
         with tempfile.TemporaryDirectory(prefix="automaster-warm-up-") as tmp:
             path = os.path.join(tmp, "warm_up.wav")
             write_audio(path, 0.1 * noise, sr, subtype="FLOAT")
-            status = TrackProcessor(tmp, self.config)({"track_id": "warm_up", "path": path, "split": "", "genre": ""})
+            item = {"key": "warm_up", "track_id": "warm_up", "path": path, "split": "", "genre": ""}
+            status = run_item(self, item, OutputFolder(os.path.join(tmp, "out")))
         if status["status"] != "ok":
             log.warning("demaster warm-up failed (the first track will be slower): %s", status["reason"])
         return time.perf_counter() - t
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        status: dict[str, Any] = {
-            "track_id": row["track_id"],
-            "path": row["path"],
-            "split": row["split"],
-            "status": "ok",
-            "reason": "",
-            "t_start": time.time(),
-        }
+    def process(self, row: dict[str, Any], staging: Any) -> dict[str, Any]:
+        """Stage one track's files (the Parquet file last); returns its figures."""
         stages = dict.fromkeys(STAGES, 0.0)
-        try:
-            self._process(row, stages)
-        except (AudioError, FileError) as exc:
-            status.update(status="error", reason=str(exc))
-        except Exception as exc:  # per-item boundary of a batch job: record, never abort the batch
-            log.error("track %s failed unexpectedly:\n%s", row["track_id"], traceback.format_exc())
-            status.update(status="error", reason=f"{type(exc).__name__}: {exc}")
-        status["t_end"] = time.time()
-        status.update({f"stage_{k}_s": v for k, v in stages.items()})
-        return status
+        figures = self._process(row, stages, staging)
+        return {"track_id": row["track_id"], "split": row["split"], **figures, **{f"stage_{k}_s": v for k, v in stages.items()}}
 
-    def _process(self, row: dict[str, Any], stages: dict[str, float]) -> None:
+    def _process(self, row: dict[str, Any], stages: dict[str, float], staging: Any) -> dict[str, Any]:
         cfg, dm, audio_cfg = self.config, self.config.demaster, self.config.audio
         sr, track_id, path = audio_cfg.sample_rate, row["track_id"], row["path"]
 
         t = time.perf_counter()
-        audio, _ = read_excerpt(path, dm.clip_seconds, sample_rate=sr, mono=True, min_seconds=dm.min_seconds)
+        info = audio_info(path)
+        if info.duration_s < dm.min_seconds:
+            raise TrackError(f"{path!r}: too short: {info.duration_s:.2f} s (minimum {dm.min_seconds:g} s)")
+        clip_s = min(dm.clip_seconds, info.duration_s)
+        offset_s = max(0.0, (info.duration_s - clip_s) / 2.0)  # centred: intros are rarely representative
+        audio, _ = read_audio(path, sample_rate=sr, mono=True, offset_s=offset_s, duration_s=clip_s)
         x = torch.from_numpy(np.ascontiguousarray(audio[:1]))  # (1, T)
+        if x.shape[-1] < dm.min_seconds * sr * 0.99:
+            raise TrackError(f"{path!r}: too short after decoding: {x.shape[-1] / sr:.2f} s")
         rms = float(x.square().mean().sqrt())
         rms_db = 20.0 * math.log10(max(rms, 1e-12))
         if rms_db < dm.silence_db:
-            raise FileError(f"{path!r}: silent (RMS {rms_db:.1f} dBFS < {dm.silence_db:g} dBFS)")
+            raise TrackError(f"{path!r}: silent (RMS {rms_db:.1f} dBFS < {dm.silence_db:g} dBFS)")
         # Decoded MP3/Vorbis often peaks above 0 dBFS: scale down rather than clip the reference.
         peak = float(x.abs().max())
         input_gain = min(1.0, cfg.degrade.peak_ceiling / peak)
+        if input_gain < 1.0:
+            note_repair("over_range_scaled")
         x = x * input_gain
         stages["decode"] += time.perf_counter() - t
 
@@ -141,7 +144,6 @@ class TrackProcessor:
         stages["mels"] += time.perf_counter() - t
 
         rows = []
-        audio_dir = storage.join(self.out, AUDIO_DIR)
         clean_name = f"{track_id}_original.wav"
         for variant in range(dm.variants):
             suffix = _variant_suffix(variant, dm.variants)
@@ -164,13 +166,13 @@ class TrackProcessor:
 
             t = time.perf_counter()
             degraded_name = f"{track_id}_degraded{suffix}.wav"
-            if dm.write_audio:
-                write_audio(storage.join(audio_dir, degraded_name), wave_y, sr, subtype="PCM_16")  # the int16 as they are
+            if dm.write_audio:  # the int16 as they are
+                write_audio(staging.path(f"{AUDIO_DIR}/{degraded_name}"), wave_y, sr, subtype="PCM_16")
             if png is not None:
-                storage.write_bytes_atomic(storage.join(self.out, PNG_DIR, f"{track_id}{suffix}.png"), png)
+                _write(staging.path(f"{PNG_DIR}/{track_id}{suffix}.png"), png)
             if dm.write_txt:
                 text = params_text(track_id, variant, result.params).encode()
-                storage.write_bytes_atomic(storage.join(self.out, TXT_DIR, f"{track_id}{suffix}.txt"), text)
+                _write(staging.path(f"{TXT_DIR}/{track_id}{suffix}.txt"), text)
             stages["writes"] += time.perf_counter() - t
 
             record = {
@@ -200,34 +202,41 @@ class TrackProcessor:
 
         t = time.perf_counter()
         if dm.write_audio:
-            write_audio(storage.join(audio_dir, clean_name), wave_clean, sr, subtype="PCM_16")
-        # Written last and atomically: its presence means every output of the track is complete.
-        storage.write_bytes_atomic(dataset_file(self.out, track_id), parquet_bytes(rows))
+            write_audio(staging.path(f"{AUDIO_DIR}/{clean_name}"), wave_clean, sr, subtype="PCM_16")
+        # Staged last, so published last: the training reader lists dataset/ only.
+        _write(staging.path(f"{DATASET_DIR}/{track_id}.parquet"), parquet_bytes(rows))
         stages["writes"] += time.perf_counter() - t
+        return {"variants": len(rows), "input_gain_db": 20.0 * math.log10(input_gain), "rms_db": rms_db}
 
 
-def _summarise(
-    results: list[dict[str, Any]], skipped: int, missing: list[dict[str, str]], workers: int, out: str
-) -> dict[str, Any]:
-    ok = [r for r in results if r["status"] == "ok"]
-    failed = [r for r in results if r["status"] != "ok"]
-    failures = [{"track_id": r["track_id"], "path": r["path"], "reason": r["reason"]} for r in failed] + missing
-    span = (max(r["t_end"] for r in results) - min(r["t_start"] for r in results)) if results else 0.0
-    stage_means = {s: (float(np.mean([r[f"stage_{s}_s"] for r in ok])) if ok else 0.0) for s in STAGES}
-    busy = [r["t_end"] - r["t_start"] for r in ok]
-    return {
-        "ok": len(ok),
-        "failed": len(failures),
-        "skipped": skipped,
-        "total": len(results) + skipped + len(missing),
-        "tracks_per_s": (len(results) / span) if span > 0 else 0.0,
-        "processing_s": span,
-        "seconds_per_track": float(np.mean(busy)) if busy else 0.0,
-        "stage_seconds_mean": stage_means,
-        "workers": workers,
-        "out": out,
-        "failures": failures,
-    }
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _summarise(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """The demaster figures on top of the skeleton's summary (tracks per second, stage means)."""
+    ok = [r for r in results if r["status"] == "ok" and "stage_decode_s" in r]
+    for f in summary["failures"]:
+        f["track_id"] = f["key"]  # the key of a demaster item is its track id
+    summary["tracks_per_s"] = summary["items_per_s"]
+    summary["seconds_per_track"] = float(np.mean([r["seconds"] for r in ok])) if ok else 0.0
+    summary["stage_seconds_mean"] = {s: (float(np.mean([r[f"stage_{s}_s"] for r in ok])) if ok else 0.0) for s in STAGES}
+
+
+def check_config(config: Config) -> None:
+    """The demaster settings a user can get wrong, each named (exit 2 on the command line)."""
+    dm = config.demaster
+    if dm.variants < 1:
+        raise ConfigError(f"demaster.variants {dm.variants}: must be >= 1")
+    if not (dm.clip_seconds > 0):
+        raise ConfigError(f"demaster.clip_seconds {dm.clip_seconds}: must be > 0")
+    if not (dm.min_seconds > 0):
+        raise ConfigError(f"demaster.min_seconds {dm.min_seconds}: must be > 0")
+    if dm.limit < 0:
+        raise ConfigError(f"demaster.limit {dm.limit}: must be >= 0")
+    if dm.workers < 0:
+        raise ConfigError(f"--workers {dm.workers}: must be >= 0 (0: one per CPU)")
 
 
 def run_demaster(
@@ -239,64 +248,45 @@ def run_demaster(
     experiment: str = "automaster-demaster",
     run_name: str | None = None,
     ray_address: str | None = None,
-    progress_every_s: float = 10.0,
+    ray: bool | None = None,
+    overwrite: bool = False,
+    verbose: bool = False,
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the demaster job; returns the summary (also written to ``<out>/summary.json``)."""
-    import ray
+    """Run the demaster job; returns the summary (also written to ``<out>/summary.json``).
 
-    from automaster.pipelines import runtime, tracking
+    ``ray``: force Ray (True) or an in-process run (False); None decides by the number of tracks.
 
+    Raises:
+        ConfigError: bad settings, or an output folder holding other settings' outputs or in use.
+        automaster.corpus.CorpusError: no audio under ``corpus``.
+    """
+    check_config(config)
     dm = config.demaster
-    if dm.variants < 1:
-        raise ValueError(f"variants must be >= 1, got {dm.variants}")
-    if dm.clip_seconds <= 0 or dm.min_seconds <= 0:
-        raise ValueError("clip_seconds and min_seconds must be positive")
-    scan = scan_corpus(corpus)
+    scan = scan_corpus(corpus, exclude=excluded_outputs(corpus, out, OUTPUT_NAMES))
     tracks = scan.tracks[: dm.limit] if dm.limit else scan.tracks
-    missing = [{"track_id": m[0], "path": m[1], "reason": m[2]} for m in scan.missing]
-    storage.makedirs(storage.join(out, DATASET_DIR))
-    todo = [t for t in tracks if not storage.exists(dataset_file(out, t.track_id))]
-    skipped = len(tracks) - len(todo)
-    log.info("corpus %s (%s): %d tracks, %d already done, %d to process", corpus, scan.kind, len(tracks), skipped, len(todo))
-    storage.write_bytes_atomic(storage.join(out, META_FILE), json.dumps(_dataset_meta(config), indent=2).encode())
-
-    runtime.init_ray(ray_address)
-    runtime.check_paths_visible({"--corpus": corpus, "--out": out})
-    workers = dm.workers or runtime.cluster_cpus()
-    with tracking.start_run(experiment, run_name, tracking_uri, tags={"automaster.job": "demaster"}) as run:
-        tracking.log_params({"corpus": corpus, "out": out, "corpus_kind": scan.kind, **config.to_dict()["demaster"]})
-        tracking.log_params({"audio": config.to_dict()["audio"], "degrade": config.to_dict()["degrade"]})
-        results: list[dict[str, Any]] = []
-        if todo:
-            items = [asdict(t) for t in todo]
-            ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000)).map(
-                TrackProcessor,
-                fn_constructor_kwargs={"out": out, "config": config.to_dict(), "warm_up": True},
-                compute=ray.data.ActorPoolStrategy(size=min(workers, len(items))),
-                num_cpus=1,
-            )
-            last = time.time()
-            for status in ds.iter_rows():
-                results.append(dict(status))
-                if status["status"] != "ok":
-                    log.warning("track %s: %s", status["track_id"], status["reason"])
-                if time.time() - last >= progress_every_s or len(results) == len(items):
-                    last = time.time()
-                    n_failed = sum(r["status"] != "ok" for r in results)
-                    log.info("demaster: %d/%d tracks done (%d failed)", len(results), len(items), n_failed)
-                    tracking_metric("progress/tracks_done", len(results), len(results))
-        summary = _summarise(results, skipped, missing, workers, out)
-        summary["mlflow_run_id"] = run.info.run_id
-        summary["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
-        storage.write_bytes_atomic(storage.join(out, "summary.json"), tracking.dumps(summary).encode())
-        _log_run(summary, out, results, dm.variants)
-    return summary
-
-
-def tracking_metric(name: str, value: float, step: int) -> None:
-    import mlflow
-
-    mlflow.log_metric(name, value, step=step)
+    base = scan.root.rstrip("/" + os.sep)
+    items = [
+        {**asdict(t), "key": t.track_id, "rel_path": t.path[len(base):].replace(os.sep, "/").lstrip("/"),
+         "duration_s": dm.clip_seconds}
+        for t in tracks
+    ]
+    passed_over = [{"path": p, "reason": r} for p, r in scan.passed_over]
+    passed_over += [{"path": path, "reason": f"track {tid}: {reason}"} for tid, path, reason in scan.missing]
+    settings = {k: v for k, v in config.to_dict().items() if k in ("audio", "degrade")}
+    settings["demaster"] = {k: v for k, v in config.to_dict()["demaster"].items() if k not in ("workers", "limit")}
+    spec = JobSpec(
+        job="demaster", out=out, settings=settings, processor=TrackProcessor,
+        processor_kwargs={"config": config.to_dict(), "warm_up": True}, paths={"--corpus": corpus, "--out": out},
+        experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
+        params={"corpus": corpus, "out": out, "corpus_kind": scan.kind, **config.to_dict()["demaster"],
+                "audio": config.to_dict()["audio"], "degrade": config.to_dict()["degrade"]},
+        files={META_FILE: json.dumps(_dataset_meta(config), indent=2).encode()},
+    )
+    options = RunOptions(workers=dm.workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
+                         progress=progress, batch=config.batch)
+    return run_job(spec, items, passed_over, options, summarise=_summarise,
+                   log_run=lambda summary, results: _log_run(summary, out, results, dm.variants))
 
 
 def _dataset_meta(config: Config) -> dict[str, Any]:
@@ -324,7 +314,6 @@ def _log_run(summary: dict[str, Any], out: str, results: list[dict[str, Any]], v
             **{f"stage_{k}_s": v for k, v in summary["stage_seconds_mean"].items()},
         }
     )
-    tracking.log_json(summary, "summary.json")
     tracking.log_json(summary["failures"], "failures.json")
     suffix = _variant_suffix(0, variants)
     for r in [r for r in results if r["status"] == "ok"][:4]:

@@ -43,7 +43,7 @@ def test_failures_recorded_and_every_input_accounted_for(tmp_path, tracking_uri)
     summary = _run(tmp_path / "out", tracking_uri, items)
     assert (summary["ok"], summary["failed"], summary["skipped"], summary["passed_over"], summary["total"]) == (2, 1, 0, 1, 4)
     assert summary["mode"] == "in-process"
-    assert summary["failures"] == [{"rel_path": "b.txt", "path": items[1]["path"], "reason": f"{items[1]['path']}: says fail"}]
+    assert summary["failures"] == [{"key": "b", "rel_path": "b.txt", "path": items[1]["path"], "reason": f"{items[1]['path']}: says fail"}]
     assert summary["passed_over_files"] == [{"path": "x.bin", "reason": "not text"}]
     assert (tmp_path / "out/upper/a.txt").read_text() == "ALPHA"
     assert not (tmp_path / "out/upper/b.txt").exists() and not (tmp_path / "out/length/b.txt").exists()

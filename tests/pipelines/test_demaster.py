@@ -24,9 +24,9 @@ FMA = REPO / "tests" / "data" / "fma"
 SMALL = ["demaster.clip_seconds=4", "demaster.min_seconds=2", "demaster.workers=2"]
 
 
-def _run(corpus, out, tracking_uri, *sets):
+def _run(corpus, out, tracking_uri, *sets, ray=True):
     config = load_config(overrides=[*SMALL, *sets])
-    return run_demaster(str(corpus), str(out), config, tracking_uri=tracking_uri, progress_every_s=1.0)
+    return run_demaster(str(corpus), str(out), config, tracking_uri=tracking_uri, ray=ray, progress=False)
 
 
 def _rows(out: Path) -> list[dict]:
@@ -103,11 +103,12 @@ def test_mlflow_run_records_the_job(fma_run):
     assert {"summary.json", "failures.json", "spectrograms"} <= names
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path, ray_local, tracking_uri):
+def test_same_seed_same_bytes_in_process_or_on_ray_other_seed_differs(tmp_path, ray_local, tracking_uri):
     a = _run(FMA, tmp_path / "a", tracking_uri, "demaster.limit=2")
-    b = _run(FMA, tmp_path / "b", tracking_uri, "demaster.limit=2", "demaster.workers=1")
-    c = _run(FMA, tmp_path / "c", tracking_uri, "demaster.limit=2", "demaster.seed=7")
+    b = _run(FMA, tmp_path / "b", tracking_uri, "demaster.limit=2", "demaster.workers=1", ray=False)
+    c = _run(FMA, tmp_path / "c", tracking_uri, "demaster.limit=2", "demaster.seed=7", ray=False)
     assert a["ok"] == b["ok"] == c["ok"] == 2
+    assert (a["mode"], b["mode"]) == ("ray", "in-process")
     ta, tb, tc = (pq.read_table(tmp_path / x / DATASET_DIR).sort_by("track_id") for x in "abc")
     assert ta.equals(tb)
     assert not ta.column("mel_degraded_db").equals(tc.column("mel_degraded_db"))
@@ -116,14 +117,14 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path, ray_local, tracking_u
     assert (tmp_path / "a" / wav).read_bytes() != (tmp_path / "c" / wav).read_bytes()
 
 
-def test_rerun_skips_done_tracks_and_resumes_missing_ones(tmp_path, ray_local, tracking_uri):
+def test_rerun_skips_done_tracks_and_resumes_missing_ones(tmp_path, tracking_uri):
     out = tmp_path / "out"
-    first = _run(FMA, out, tracking_uri)
+    first = _run(FMA, out, tracking_uri, ray=False)
     assert first["ok"] == 4
-    again = _run(FMA, out, tracking_uri)
+    again = _run(FMA, out, tracking_uri, ray=False)
     assert (again["ok"], again["skipped"]) == (0, 4)
-    (out / DATASET_DIR / "000003.parquet").unlink()  # as if the job died mid-track
-    resumed = _run(FMA, out, tracking_uri)
+    (out / DATASET_DIR / "000003.parquet").unlink()  # an output lost: the track is no longer complete
+    resumed = _run(FMA, out, tracking_uri, ray=False)
     assert (resumed["ok"], resumed["skipped"]) == (1, 3)
     rows = pq.read_table(out / DATASET_DIR).to_pylist()
     assert sorted(r["track_id"] for r in rows) == ["000002", "000003", "000005", "000010"]  # no duplicates
