@@ -107,6 +107,7 @@ def _overrides(args: argparse.Namespace, section: str, names: Sequence[str]) -> 
 def _cmd_demaster(args: argparse.Namespace) -> int:
     from automaster.pipelines.demaster import run_demaster
 
+    _check_workers(args.workers)
     sets = _overrides(args, "demaster", ["seed", "variants", "limit", "clip_seconds", "min_seconds", "workers"])
     config = load_config(args.config, sets + args.set)
     summary = run_demaster(
@@ -144,6 +145,11 @@ def _location(value: str, must_exist: bool = False, flag: str = "") -> str:
     if must_exist and not path.exists():
         raise UsageError(f"{flag + ' ' if flag else ''}{value!r} does not exist")
     return str(path)
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers {workers}: must be >= 0 (0: one per CPU, or per GPU with --gpu)")
 
 
 def _out_location(value: str, flag: str = "--out") -> str:
@@ -223,7 +229,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"train: val mel L1 {best.get('val/mel_l1_db', float('nan')):.2f} dB "
         f"(degraded input: {best.get('val/mel_l1_db_identity', float('nan')):.2f} dB) -> model in {train['model']}"
     )
-    from automaster.pipelines.master import run_master
+    from automaster.pipelines.master import check_levels, run_master, summary_table
 
     mastered = run_master(
         train["model"], str(music), str(out / "mastered"), inversion=default_inversion(train["model"]), target_lufs=-14.0, true_peak_dbtp=-1.0,
@@ -283,7 +289,7 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
     _add_repair_options(p, "start Griffin-Lim from the input's phase", "")
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
-    p.add_argument("--overwrite", action="store_true", help="redo files whose output exists")
+    _add_batch_options(p)
     p.add_argument("--experiment", help="MLflow experiment name (default automaster-master)")
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
@@ -312,7 +318,7 @@ def default_inversion(model: str) -> str:
 def _cmd_master(args: argparse.Namespace) -> int:
     from automaster.mastering import MasteringError
     from automaster.model.checkpoint import CheckpointError
-    from automaster.pipelines.master import run_master
+    from automaster.pipelines.master import check_levels, run_master, summary_table
 
     model = args.model
     if model is None:
@@ -321,11 +327,14 @@ def _cmd_master(args: argparse.Namespace) -> int:
             raise UsageError(f"no --model given and no shipped model at {shipped}; pass --model <checkpoint dir or model.pt>")
         model = str(shipped)
     inversion = args.inversion or default_inversion(model)
+    check_levels(args.target_lufs, args.true_peak)
+    _check_workers(args.workers)
+    out = _out_location(args.out)
     try:
         summary = run_master(
             _location(model, must_exist=True, flag="--model"),
             _location(args.input, must_exist=True, flag="--input"),
-            _location(args.out),
+            out,
             config=_master_config(args, inversion=inversion),
             workers=args.workers,
             gpu=args.gpu,
@@ -334,16 +343,14 @@ def _cmd_master(args: argparse.Namespace) -> int:
             experiment=args.experiment or "automaster-master",
             run_name=args.run_name,
             ray_address=args.ray_address,
+            ray=args.ray,
+            verbose=args.verbose,
         )
     except (MasteringError, CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    print(
-        f"master: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped, "
-        f"{summary['ignored']} ignored (not audio), {summary['files_per_s']:.2f} files/s; "
-        f"an echo was measured and removed in {summary['echo_removed']}\n"
-        f"  outputs: {summary['out']}\n  summary: {summary['out']}/summary.json\n"
-        f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
-    )
+    print(summary_table(summary))
+    _print_summary("master", summary, f", {summary['files_per_s']:.2f} files/s; an echo was measured and removed in "
+                   f"{summary['echo_removed']}")
     if summary["ok"] == 0 and summary["skipped"] == 0:
         log.error("no file could be mastered")
         return EXIT_FAILED

@@ -26,6 +26,9 @@ LIMITER_MAX_PASSES = 3
 MASTER_LOUDNESS_AIM_LU = 0.1  # master_loudness stops correcting once this close to the target
 MASTER_MAX_PASSES = 3  # corrective passes after the first
 MASTER_MAX_EXTRA_GAIN_DB = 12.0  # corrective gain allowed on top of plain normalisation
+# The most gain master_loudness applies: a target further away than this (a quiet recording asked
+# for a loud preset, a typo) would mostly drive the limiter; the file stays at +24 dB instead.
+MASTER_MAX_GAIN_DB = 24.0
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,7 @@ def _corrected_gain_db(stage: _Stage, target_lufs: float, base_gain: float, firs
             (g0, l0), (g1, l1) = history[-2], history[-1]
             if g1 != g0:
                 slope = float(np.clip((l1 - l0) / (g1 - g0), 0.1, 1.0))
-        lo, hi = base_gain - MASTER_MAX_EXTRA_GAIN_DB, base_gain + MASTER_MAX_EXTRA_GAIN_DB
+        lo, hi = base_gain - MASTER_MAX_EXTRA_GAIN_DB, min(base_gain + MASTER_MAX_EXTRA_GAIN_DB, MASTER_MAX_GAIN_DB)
         next_gain = float(np.clip(gain_db + error / slope, lo, hi))
         if next_gain == gain_db:
             break
@@ -313,7 +316,8 @@ def master_loudness(
     ``MASTER_LOUDNESS_AIM_LU`` from the target, the gain before the limiter is corrected and the
     limiter rerun (at most ``MASTER_MAX_PASSES`` times, the correction capped at
     ``MASTER_MAX_EXTRA_GAIN_DB`` above plain normalisation); the pass closest to the target is
-    kept. Silence is passed through.
+    kept. Silence is passed through. The gain never exceeds ``MASTER_MAX_GAIN_DB`` (+24 dB): a
+    target further away leaves the file 24 dB louder, short of the target (the caller says so).
 
     Returns:
         ``(audio, stats)``; ``audio`` has the input's shape and float dtype; ``stats`` has
@@ -327,7 +331,7 @@ def master_loudness(
     lufs_before = stage.loudness_at(1.0)
     base_gain = 0.0
     if target_lufs is not None and math.isfinite(lufs_before):
-        base_gain = float(target_lufs - lufs_before)
+        base_gain = min(float(target_lufs - lufs_before), MASTER_MAX_GAIN_DB)
     y, lufs_after, peak_after, reduction = stage.render(base_gain)
     gain_db = base_gain
     if target_lufs is not None and ceiling_dbtp is not None and math.isfinite(lufs_after):

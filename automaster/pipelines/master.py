@@ -1,47 +1,129 @@
-"""The master job: a folder of audio -> mastered audio and pictures, on Ray Data.
+"""The master job: a folder of audio -> mastered audio, pictures and per-file figures.
 
-Every audio file under ``input_dir`` (recursive; WAV/FLAC/OGG/MP3/AIFF) is mastered by an actor
-pool whose actors load the model once (:class:`MasterProcessor`, around
-:class:`automaster.mastering.Masterer`). Outputs go to ``out`` in the thesis layout
-(``audio/``, ``spectrograms/``, ``parameters/``, ``debug/`` mirroring the input's relative paths,
-and ``summary.json``). Files whose output audio exists are skipped unless ``overwrite``; other
-files are listed as ignored; broken files are recorded with their reason and never stop the job.
-One MLflow run per job.
+Every audio file under ``input_dir`` (recursive; WAV/FLAC/OGG/MP3/AIFF) is mastered by
+:class:`MasterProcessor` (one loaded model per worker, around
+:class:`automaster.mastering.Masterer`), run by the batch skeleton (:mod:`.batch`): in-process
+for a handful of files, else on a Ray actor pool. Outputs mirror the input's relative paths under
+``audio/``, ``spectrograms/``, ``parameters/`` and ``debug/``, plus ``summary.json``; an item's
+files appear together or not at all; a re-run with the same settings resumes, with others it is
+refused unless ``overwrite``. Output names are unique by construction (:func:`plan_output_names`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import posixpath
 import tempfile
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from automaster import storage
-from automaster.audio import AudioError, audio_info, is_audio_file, read_audio, write_audio
-from automaster.config import MasterConfig
-from automaster.mastering import STAGES, FileError, Masterer, MasteringError, parameter_stats
+from automaster.audio import audio_info, read_audio, write_audio
+from automaster.config import BatchConfig, ConfigError, MasterConfig
+from automaster.corpus import audio_files
+from automaster.dsp.limiter import MASTER_MAX_GAIN_DB
+from automaster.mastering import STAGES, Masterer, MasteringError, parameter_stats
+from automaster.pipelines.batch import JobSpec, RunOptions, excluded_outputs, run_job
 
 log = logging.getLogger(__name__)
 
 AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR = "audio", "spectrograms", "parameters", "debug"
 EXCERPT_S = 5.0
+OUTPUT_NAMES = (AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR)
 # Output format by input extension: what soundfile writes stays, MP3/AIFF become FLAC.
 _OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg", ".mp3": ".flac", ".aiff": ".flac", ".aif": ".flac"}
 _GAIN_IMAGE_DB = 12.0  # debug images map a mel gain of +-12 dB onto the colour range
-_LEVEL_KEYS = (
+LEVEL_KEYS = (
     "lufs_before", "lufs_after", "true_peak_before_dbtp", "true_peak_after_dbtp", "peak_before_dbfs", "peak_after_dbfs",
     "limiter_max_reduction_db", "limiter_mean_reduction_db",
 )
+DC_NOTE_DBFS = -40.0  # a mean above this takes headroom the limiter must keep: worth a note
+MIN_LUFS, MAX_LUFS = -70.0, 0.0
 
 
-# ------------------------------------------------------------------------ one file's outputs
+class MasterProcessor:
+    """Loads the model once; masters one item (file) per :meth:`process` call."""
+
+    def __init__(self, model: str, config: MasterConfig, device: str = "cpu"):
+        import torch
+
+        if device == "cpu":
+            torch.set_num_threads(1)  # one file per CPU; parallelism comes from the job's workers
+        self.masterer = Masterer(model, config=config, device=device)
+
+    def process(self, item: dict[str, Any], staging: Any) -> dict[str, Any]:
+        """Master ``item["path"]`` into ``staging``; returns levels, notes and timings.
+
+        The figures are flat (levels, ``stage_*_s``) plus ``notes`` (a list of sentences); a
+        caller that adds a ``report`` dict or more outputs stages them the same way.
+        """
+        import time
+
+        stages = dict.fromkeys(STAGES, 0.0)
+        t = time.perf_counter()
+        info = audio_info(item["path"])
+        audio, sr = read_audio(item["path"])
+        stages["decode"] += time.perf_counter() - t
+        mastered, levels = self.masterer.master_audio(audio, sr, images=True, stages=stages)
+        arrays = levels.pop("arrays")
+
+        t = time.perf_counter()
+        out_rel = item["out_rel"]
+        write_audio(staging.path(f"{AUDIO_DIR}/{out_rel}"), mastered, sr, subtype="PCM_24")
+        for folder, png in images(self.masterer.audio_cfg, arrays).items():
+            Path(staging.path(f"{folder}/{out_rel}.png")).write_bytes(png)
+        if "params_norm" in arrays:
+            stats = parameter_stats(arrays["params_norm"], self.masterer.chain_policy())
+            Path(staging.path(f"{PARAMS_DIR}/{out_rel}.json")).write_text(json.dumps(stats, indent=2))
+        stages["writes"] += time.perf_counter() - t
+        return {
+            **levels, "output": f"{AUDIO_DIR}/{out_rel}", "sample_rate": sr, "channels": int(audio.shape[0]),
+            "duration_s": audio.shape[1] / sr, "input_format": f"{info.format}/{info.subtype}",
+            "notes": level_notes(audio, levels, self.masterer.cfg.target_lufs),
+            **{f"stage_{k}_s": v for k, v in stages.items()},
+        }
+
+
+def images(audio_cfg, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """PNGs by folder: ``spectrograms`` (input | output mel) and ``debug`` (restored mel | mel
+    gain | parameter trajectories, whichever the model has)."""
+    from automaster.plots import mel_strip_png
+
+    a = audio_cfg
+    png = mel_strip_png([arrays["mel_input_db"], arrays["mel_output_db"]], a.db_min, a.db_max)
+    tiles = []
+    span = a.db_max - a.db_min
+    if "gain_db" in arrays:
+        tiles.append(arrays["mel_model_db"] + arrays["gain_db"])  # the restored mel (mono view)
+        g = np.clip(arrays["gain_db"], -_GAIN_IMAGE_DB, _GAIN_IMAGE_DB)
+        tiles.append(a.db_min + (g + _GAIN_IMAGE_DB) / (2 * _GAIN_IMAGE_DB) * span)
+    if "params_norm" in arrays:
+        p = arrays["params_norm"]  # (P, F) in [0, 1]: one stripe per parameter, table order top-down
+        rows = np.minimum(np.arange(a.n_mels) * p.shape[0] // a.n_mels, p.shape[0] - 1)
+        tiles.append(a.db_min + p[rows][::-1] * span)
+    return {PNG_DIR: png, DEBUG_DIR: mel_strip_png(tiles, a.db_min, a.db_max)}
+
+
+def level_notes(audio: np.ndarray, levels: dict[str, Any], target_lufs: float | None) -> list[str]:
+    """Sentences about a file's levels a user should read: a DC offset, a refused gain, silence."""
+    notes = [levels["loudness_note"]] if levels.get("loudness_note") else []
+    dc = float(np.max(np.abs(np.mean(audio, axis=1, dtype=np.float64))))
+    if dc > 0 and 20 * math.log10(dc) > DC_NOTE_DBFS:
+        notes.append(f"DC offset of {20 * math.log10(dc):.1f} dBFS in the input: it takes headroom from the "
+                     "limiter, so the loudness may fall short of the target")
+    before = levels.get("lufs_before")
+    if target_lufs is not None and before is not None and target_lufs - before > MASTER_MAX_GAIN_DB:
+        notes.append(f"the target {target_lufs:g} LUFS needs {target_lufs - before:+.1f} dB from {before:.1f} LUFS; "
+                     f"gain limited to +{MASTER_MAX_GAIN_DB:g} dB (more would mostly drive the limiter)")
+    return notes
+
+
+# ------------------------------------------------------------------------------- planning
 
 
 def output_rel_path(rel_path: str) -> str:
@@ -53,169 +135,61 @@ def output_rel_path(rel_path: str) -> str:
     return root + (ext if out_ext == ext.lower() else out_ext)
 
 
-def plan_outputs(rel_paths: list[str]) -> dict[str, str]:
-    """``{input rel: output rel}``; an MP3 whose FLAC name is taken (``a.mp3`` next to ``a.flac``)
-    keeps its extension in the name (``a.mp3.flac``) so no output overwrites another."""
-    plan: dict[str, str] = {}
-    taken = {output_rel_path(r) for r in rel_paths if output_rel_path(r) == r}
-    for rel in sorted(rel_paths):
-        out = output_rel_path(rel)
-        if out != rel and out in taken:
-            out = rel + ".flac"
+def plan_output_names(rel_paths: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """``({input rel: output rel}, collisions)``: every output name unique by construction.
+
+    An input keeps its own name when its format is written as is (``a.flac`` -> ``a.flac``);
+    one converted to FLAC (``a.mp3``) takes ``a.flac``, else ``a.mp3.flac``, else
+    ``a.mp3~2.flac``, ``~3``... in sorted order, so the same inputs always get the same names.
+    Each input that did not get its first choice is listed in ``collisions`` with the reason.
+    """
+    first = {rel: output_rel_path(rel) for rel in rel_paths}
+    taken = {out for rel, out in first.items() if out == rel}
+    plan: dict[str, str] = {rel: rel for rel, out in first.items() if out == rel}
+    collisions = []
+    for rel in sorted(r for r in rel_paths if r not in plan):
+        stem, ext = posixpath.splitext(first[rel])
+        candidates = [first[rel], rel + ext] + [f"{rel}~{n}{ext}" for n in range(2, len(rel_paths) + 2)]
+        out = next(c for c in candidates if c not in taken)
         taken.add(out)
         plan[rel] = out
-    return plan
+        if out != first[rel]:
+            collisions.append({"rel_path": rel, "output": f"{AUDIO_DIR}/{out}",
+                               "reason": f"{AUDIO_DIR}/{first[rel]} is the output of another input"})
+    return plan, collisions
 
 
-def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out_rel: str | None = None) -> dict[str, Any]:
-    """Master one file and write its outputs under ``out_root``; never raises for a bad file.
-
-    Writes ``audio/<out_rel>`` (24-bit), ``spectrograms/<out_rel>.png`` (input | output mel),
-    ``parameters/<out_rel>.json`` (models that forecast parameters) and ``debug/<out_rel>.png``.
-    Returns a flat status dict: ``status`` (``ok``/``error``), ``reason``, levels, ``seconds``,
-    ``stage_*_s``, ``output`` (relative to ``out_root``), sample rate, channels, duration.
-    """
-    out_rel = out_rel or output_rel_path(rel_path)
-    status: dict[str, Any] = {
-        "path": str(path), "rel_path": rel_path, "output": f"{AUDIO_DIR}/{out_rel}", "status": "ok", "reason": "",
-        "sample_rate": None, "channels": None, "duration_s": None, "t_start": time.time(),
-    }
-    stages = dict.fromkeys(STAGES, 0.0)
-    t0 = time.perf_counter()
-    try:
-        status.update(_master_file(masterer, str(path), out_root, out_rel, stages))
-    except (AudioError, FileError) as exc:
-        status.update(status="error", reason=str(exc))
-    except Exception as exc:  # per-item boundary of a batch: record, never abort the batch
-        log.error("%s failed unexpectedly:\n%s", path, traceback.format_exc())
-        status.update(status="error", reason=f"{type(exc).__name__}: {exc}")
-    status["seconds"] = time.perf_counter() - t0
-    status["t_end"] = time.time()
-    status.update({f"stage_{k}_s": v for k, v in stages.items()})
-    return status
+def list_inputs(input_dir: str, out: str) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[dict[str, str]]]:
+    """``(items, passed over, name collisions)`` of the audio under ``input_dir``, leaving out
+    the job's own outputs (``out`` inside the input, or the same folder)."""
+    files, passed = audio_files(input_dir, excluded_outputs(input_dir, out, OUTPUT_NAMES))
+    plan, collisions = plan_output_names([rel for _, rel in files])
+    items = []
+    for path, rel in files:
+        try:
+            duration = audio_info(path).duration_s
+        except Exception:  # an unreadable file fails in its worker, with the reason
+            duration = None
+        items.append({"key": plan[rel], "path": path, "rel_path": rel, "out_rel": plan[rel], "duration_s": duration})
+    return items, [{"path": p, "reason": r} for p, r in passed], collisions
 
 
-def _master_file(masterer: Masterer, path: str, out_root: str, out_rel: str, stages: dict[str, float]) -> dict[str, Any]:
-    t = time.perf_counter()
-    info = audio_info(path)
-    audio, sr = read_audio(path)
-    stages["decode"] += time.perf_counter() - t
-    mastered, levels = masterer.master_audio(audio, sr, images=True, stages=stages)
-    arrays = levels.pop("arrays")
-
-    t = time.perf_counter()
-    write_audio(storage.join(out_root, AUDIO_DIR, out_rel), mastered, sr, subtype="PCM_24")
-    write_images(masterer.audio_cfg, out_root, out_rel, arrays)
-    if "params_norm" in arrays:
-        stats = parameter_stats(arrays["params_norm"], masterer.chain_policy())
-        storage.write_bytes_atomic(
-            storage.join(out_root, PARAMS_DIR, out_rel + ".json"), json.dumps(stats, indent=2).encode()
-        )
-    stages["writes"] += time.perf_counter() - t
-    return {
-        **levels, "sample_rate": sr, "channels": int(audio.shape[0]), "duration_s": audio.shape[1] / sr,
-        "input_format": f"{info.format}/{info.subtype}",
-    }
+def check_levels(target_lufs: float | None, true_peak_dbtp: float | None) -> None:
+    """Refuse level targets outside what any master could be (exit 2 on the command line)."""
+    if target_lufs is not None and not (MIN_LUFS <= target_lufs <= MAX_LUFS):
+        raise ConfigError(f"--target-lufs {target_lufs:g}: must be between {MIN_LUFS:g} and {MAX_LUFS:g} LUFS")
+    if true_peak_dbtp is not None and not (true_peak_dbtp <= 0.0):
+        raise ConfigError(f"--true-peak {true_peak_dbtp:g}: must be <= 0 dBTP (a ceiling above full scale clips)")
 
 
-def write_images(audio_cfg, out_root: str, out_rel: str, arrays: dict[str, np.ndarray]) -> None:
-    """``spectrograms/<out_rel>.png`` (input | output mel) and ``debug/<out_rel>.png`` (restored
-    mel | mel gain | parameter trajectories, whichever the model has)."""
-    from automaster.plots import mel_strip_png
+def model_file(model: str) -> str:
+    """The weights file of a checkpoint directory or ``.pt`` (hashed into the manifest)."""
+    from automaster.model.checkpoint import checkpoint_paths
 
-    a = audio_cfg
-    png = mel_strip_png([arrays["mel_input_db"], arrays["mel_output_db"]], a.db_min, a.db_max)
-    storage.write_bytes_atomic(storage.join(out_root, PNG_DIR, out_rel + ".png"), png)
-    tiles = []
-    span = a.db_max - a.db_min
-    if "gain_db" in arrays:
-        tiles.append(arrays["mel_model_db"] + arrays["gain_db"])  # the restored mel (mono view)
-        g = np.clip(arrays["gain_db"], -_GAIN_IMAGE_DB, _GAIN_IMAGE_DB)
-        tiles.append(a.db_min + (g + _GAIN_IMAGE_DB) / (2 * _GAIN_IMAGE_DB) * span)
-    if "params_norm" in arrays:
-        p = arrays["params_norm"]  # (P, F) in [0, 1]: one stripe per parameter, table order top-down
-        rows = np.minimum(np.arange(a.n_mels) * p.shape[0] // a.n_mels, p.shape[0] - 1)
-        tiles.append(a.db_min + p[rows][::-1] * span)
-    debug = mel_strip_png(tiles, a.db_min, a.db_max)
-    storage.write_bytes_atomic(storage.join(out_root, DEBUG_DIR, out_rel + ".png"), debug)
+    return str(checkpoint_paths(model)[0])
 
 
-# ------------------------------------------------------------------------------------ the job
-
-
-class MasterProcessor:
-    """Ray Data callable class: loads the model once, masters one row (file) per call."""
-
-    def __init__(self, model: str, out: str, config: MasterConfig, device: str = "cpu"):
-        import torch
-
-        if device == "cpu":
-            torch.set_num_threads(1)  # one file per CPU; parallelism comes from Ray
-        self.out = out
-        self.masterer = Masterer(model, config=config, device=device)
-
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        return master_file(self.masterer, row["path"], self.out, row["rel_path"], row["out_rel"])
-
-
-def list_inputs(input_dir: str, out: str | None = None) -> tuple[list[dict[str, str]], list[str]]:
-    """``(audio rows, ignored relative paths)`` under ``input_dir``; hidden entries and anything
-    under ``out`` (when it lies inside the input) are left out entirely."""
-    base = input_dir.rstrip("/" + os.sep)
-    out_prefix = None
-    if out is not None and storage.is_local(out) and storage.is_local(input_dir):
-        out_abs, in_abs = os.path.abspath(storage.local_path(out)), os.path.abspath(storage.local_path(input_dir))
-        if out_abs.startswith(in_abs + os.sep):
-            out_prefix = os.path.relpath(out_abs, in_abs).replace(os.sep, "/") + "/"
-    audio, ignored = [], []
-    for path in storage.list_files(input_dir, recursive=True):
-        rel = path[len(base):].replace(os.sep, "/").lstrip("/")
-        if any(part.startswith(".") for part in rel.split("/")) or (out_prefix and rel.startswith(out_prefix)):
-            continue
-        (audio if is_audio_file(rel) else ignored).append((path, rel))
-    plan = plan_outputs([rel for _, rel in audio])
-    rows = [{"path": path, "rel_path": rel, "out_rel": plan[rel]} for path, rel in audio]
-    return rows, sorted(rel for _, rel in ignored)
-
-
-def _mean(values: list[Any]) -> float | None:
-    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
-    return float(np.mean(vals)) if vals else None
-
-
-def _summarise(
-    results: list[dict[str, Any]], skipped: list[dict[str, str]], ignored: list[str], settings: dict[str, Any],
-    workers: int, out: str,
-) -> dict[str, Any]:
-    ok = [r for r in results if r["status"] == "ok"]
-    failed = [r for r in results if r["status"] != "ok"]
-    span = (max(r["t_end"] for r in results) - min(r["t_start"] for r in results)) if results else 0.0
-    files = sorted(
-        [{k: v for k, v in r.items() if k not in ("t_start", "t_end")} for r in results]
-        + [{"rel_path": s["rel_path"], "path": s["path"], "output": f"{AUDIO_DIR}/{s['out_rel']}", "status": "skipped",
-            "reason": "output exists (use --overwrite to redo)"} for s in skipped],
-        key=lambda f: f["rel_path"],
-    )
-    return {
-        "ok": len(ok),
-        "failed": len(failed),
-        "skipped": len(skipped),
-        "ignored": len(ignored),
-        "total": len(results) + len(skipped),
-        "files_per_s": (len(results) / span) if span > 0 else 0.0,
-        "processing_s": span,
-        "seconds_per_file": _mean([r["seconds"] for r in ok]) or 0.0,
-        "audio_seconds_ok": float(sum(r["duration_s"] or 0.0 for r in ok)),
-        "echo_removed": sum(bool(r.get("echo_removed")) for r in ok),
-        "stage_seconds_mean": {s: (_mean([r[f"stage_{s}_s"] for r in ok]) or 0.0) for s in STAGES},
-        "levels_mean": {k: _mean([r.get(k) for r in ok]) for k in _LEVEL_KEYS},
-        "settings": settings,
-        "workers": workers,
-        "out": out,
-        "files": files,
-        "failures": [{"rel_path": r["rel_path"], "path": r["path"], "reason": r["reason"]} for r in failed],
-        "ignored_files": [{"rel_path": rel, "reason": "not an audio file"} for rel in ignored],
-    }
+# ------------------------------------------------------------------------------- the job
 
 
 def run_master(
@@ -231,66 +205,87 @@ def run_master(
     experiment: str = "automaster-master",
     run_name: str | None = None,
     ray_address: str | None = None,
-    progress_every_s: float = 10.0,
+    ray: bool | None = None,
+    verbose: bool = False,
+    progress: bool = True,
+    batch: BatchConfig = BatchConfig(),
     **overrides: Any,
 ) -> dict[str, Any]:
     """Master every audio file under ``input_dir`` into ``out``; returns the summary (also in
-    ``<out>/summary.json``).
-
-    ``config`` (with ``overrides``: :class:`MasterConfig` fields) says how to master.
+    ``<out>/summary.json``). ``config`` (with ``overrides``: :class:`MasterConfig` fields) says
+    how to master; ``ray`` forces Ray or an in-process run (None: by the file count).
 
     Raises:
+        ConfigError: out-of-range levels or workers, no audio, an unusable or busy ``out``, or
+            ``out`` holding outputs of other settings (without ``overwrite``).
         MasteringError: the model cannot do the inversion, bad settings, or ``gpu`` without a GPU.
         automaster.model.checkpoint.CheckpointError: the model cannot be loaded.
         FileNotFoundError: ``input_dir`` is not a folder.
     """
-    import ray
-
-    from automaster.pipelines import runtime, tracking
-
-    # Fail before any file (and before Ray) when the checkpoint cannot do what is asked.
+    # Fail before any file (and before Ray) when the settings or the checkpoint cannot work.
     probe = Masterer(model, config=config, **overrides)
     config, settings = probe.cfg, probe.settings()
     del probe
-    rows, ignored = list_inputs(input_dir, out)
-    storage.makedirs(out)
-    todo = rows if overwrite else [r for r in rows if not storage.exists(storage.join(out, AUDIO_DIR, r["out_rel"]))]
-    todo_names = {r["out_rel"] for r in todo}
-    done = [r for r in rows if r["out_rel"] not in todo_names]
-    log.info("%s: %d audio files (%d already mastered), %d other files ignored", input_dir, len(rows), len(done), len(ignored))
+    check_levels(config.target_lufs, config.true_peak_dbtp)
+    if not storage.is_dir(input_dir):
+        raise FileNotFoundError(f"--input {input_dir}: not a folder")
+    items, passed_over, collisions = list_inputs(input_dir, out)
+    if not items:
+        raise ConfigError(f"--input {input_dir}: no audio files (WAV/FLAC/OGG/MP3/AIFF) under it")
+    device = "cuda" if gpu else "cpu"
+    spec = JobSpec(
+        job="master", out=out, settings={k: v for k, v in settings.items() if k != "model"}, processor=MasterProcessor,
+        processor_kwargs={"model": model, "config": config, "device": device},
+        paths={"--model": model, "--input": input_dir, "--out": out}, model=model_file(model), device=device,
+        experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
+        params={"input": input_dir, "out": out, "gpu": gpu, "overwrite": overwrite, **settings},
+    )
+    run = RunOptions(workers=workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
+                     progress=progress, batch=batch)
+    try:
+        return run_job(spec, items, passed_over, run, summarise=_summarise, collisions=collisions,
+                       log_run=lambda summary, results: _log_run(summary, out, results))
+    except ConfigError as exc:
+        if "GPU" in str(exc):
+            raise MasteringError(str(exc)) from None
+        raise
 
-    runtime.init_ray(ray_address)
-    runtime.check_paths_visible({"--model": model, "--input": input_dir, "--out": out})
-    if gpu and runtime.cluster_gpus() == 0:
-        raise MasteringError("--gpu given but the Ray cluster has no GPU")
-    workers = workers or (runtime.cluster_gpus() if gpu else runtime.cluster_cpus())
-    with tracking.start_run(experiment, run_name, tracking_uri, tags={"automaster.job": "master"}) as run:
-        tracking.log_params({"input": input_dir, "out": out, "workers": workers, "gpu": gpu, "overwrite": overwrite, **settings})
-        results: list[dict[str, Any]] = []
-        if todo:
-            resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
-            ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 1000)).map(
-                MasterProcessor,
-                fn_constructor_kwargs={"model": model, "out": out, "config": config, "device": "cuda" if gpu else "cpu"},
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(todo)))),
-                **resources,
-            )
-            last = time.time()
-            for status in ds.iter_rows():
-                status = dict(status)
-                results.append(status)
-                if status["status"] != "ok":
-                    log.warning("%s: %s", status["rel_path"], status["reason"])
-                if time.time() - last >= progress_every_s or len(results) == len(todo):
-                    last = time.time()
-                    n_failed = sum(r["status"] != "ok" for r in results)
-                    log.info("master: %d/%d files done (%d failed)", len(results), len(todo), n_failed)
-        summary = _summarise(results, done, ignored, settings, workers, out)
-        summary["mlflow_run_id"] = run.info.run_id
-        summary["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
-        storage.write_bytes_atomic(storage.join(out, "summary.json"), tracking.dumps(summary).encode())
-        _log_run(summary, out, results)
-    return summary
+
+def _mean(values: list[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return float(np.mean(vals)) if vals else None
+
+
+def _summarise(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+    """The master figures on top of the skeleton's summary (levels, echo, stage times)."""
+    ok = [r for r in results if r["status"] == "ok"]
+    summary["files_per_s"] = summary["items_per_s"]
+    summary["seconds_per_file"] = _mean([r["seconds"] for r in ok]) or 0.0
+    summary["audio_seconds_ok"] = float(sum(r.get("duration_s") or 0.0 for r in ok))
+    summary["echo_removed"] = sum(bool(r.get("echo_removed")) for r in ok)
+    summary["stage_seconds_mean"] = {s: (_mean([r.get(f"stage_{s}_s") for r in ok]) or 0.0) for s in STAGES}
+    summary["levels_mean"] = {k: _mean([r.get(k) for r in ok]) for k in LEVEL_KEYS}
+    summary["notes"] = {r["rel_path"]: r["notes"] for r in ok if r.get("notes")}
+
+
+def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
+    """The processed files as a text table: LUFS in -> out, true peak out, applied stages."""
+    rows = [f for f in summary["files"] if f["status"] in ("ok", "skipped")][:limit]
+    if not rows:
+        return ""
+    width = min(max(len(storage.display(f["rel_path"])) for f in rows), 48)
+    lines = [f"  {'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  stages"]
+    for f in rows:
+        lufs = f"{_fmt(f.get('lufs_before'))} -> {_fmt(f.get('lufs_after'))}"
+        stages = ", ".join(s for s, on in (("echo", f.get("echo_removed")), ("loudness", f.get("loudness_gain_db")),
+                                           ("headroom", f.get("headroom_gain_db"))) if on)
+        lines.append(f"  {storage.display(f['rel_path'])[:width]:<{width}}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
+                     f"  {stages or '-'}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _log_run(summary: dict[str, Any], out: str, results: list[dict[str, Any]]) -> None:
@@ -300,8 +295,9 @@ def _log_run(summary: dict[str, Any], out: str, results: list[dict[str, Any]]) -
 
     metrics = {
         "files_ok": summary["ok"], "files_failed": summary["failed"], "files_skipped": summary["skipped"],
-        "files_ignored": summary["ignored"], "files_per_s": summary["files_per_s"], "files_echo_removed": summary["echo_removed"],
-        "seconds_per_file": summary["seconds_per_file"], "audio_seconds_ok": summary["audio_seconds_ok"],
+        "files_passed_over": summary["passed_over"], "files_per_s": summary["files_per_s"],
+        "files_echo_removed": summary["echo_removed"], "seconds_per_file": summary["seconds_per_file"],
+        "audio_seconds_ok": summary["audio_seconds_ok"],
         **{f"stage_{k}_s": v for k, v in summary["stage_seconds_mean"].items()},
         **{f"mean_{k}": v for k, v in summary["levels_mean"].items() if v is not None},
     }
@@ -309,9 +305,8 @@ def _log_run(summary: dict[str, Any], out: str, results: list[dict[str, Any]]) -
     ok = sorted((r for r in results if r["status"] == "ok"), key=lambda r: r["rel_path"])
     for step, r in enumerate(ok):  # per-file levels and timing, one step per file (sorted by name)
         mlflow.log_metrics(
-            {f"file/{k}": float(r[k]) for k in (*_LEVEL_KEYS, "seconds", "headroom_gain_db") if r.get(k) is not None}, step=step
+            {f"file/{k}": float(r[k]) for k in (*LEVEL_KEYS, "seconds", "headroom_gain_db") if r.get(k) is not None}, step=step
         )
-    tracking.log_json(summary, "summary.json")
     for r in ok[:4]:
         png = storage.join(out, PNG_DIR, r["output"][len(AUDIO_DIR) + 1 :] + ".png")
         if storage.exists(png):
@@ -321,21 +316,19 @@ def _log_run(summary: dict[str, Any], out: str, results: list[dict[str, Any]]) -
 
 
 def _flat_name(rel: str) -> str:
-    return rel.replace("/", "__")
+    return storage.display(rel).replace("/", "__").replace("\ufffd", "_")
 
 
 def _log_excerpt(path: str, name: str) -> None:
     """The first :data:`EXCERPT_S` seconds of an output as a WAV artifact under ``audio/``."""
     import mlflow
 
-    from automaster.audio import read_audio, write_audio
-
     try:
         audio, sr = read_audio(path, duration_s=EXCERPT_S)
         with tempfile.TemporaryDirectory() as tmp:
-            target = Path(tmp) / f"{name}.excerpt.wav"
+            target = os.path.join(tmp, f"{name}.excerpt.wav")
             peak = float(np.max(np.abs(audio))) if audio.size else 0.0
             write_audio(target, audio / max(peak, 1.0), sr, subtype="PCM_16")  # Vorbis decodes may exceed 1
-            mlflow.log_artifact(str(target), "audio")
+            mlflow.log_artifact(target, "audio")
     except Exception as exc:  # an excerpt must never fail a finished job
-        log.warning("audio excerpt of %s not logged: %s", path, exc)
+        log.warning("audio excerpt of %s not logged: %s", storage.display(path), exc)

@@ -41,7 +41,7 @@ def ckpt(tmp_path_factory):
 
 
 def _run(ckpt, folder, out, uri, **kw):
-    return run_master(ckpt, str(folder), str(out), workers=2, tracking_uri=uri, progress_every_s=1.0, **kw)
+    return run_master(ckpt, str(folder), str(out), workers=2, tracking_uri=uri, progress=False, **kw)
 
 
 def _expected_outputs():
@@ -58,7 +58,8 @@ def chain_run(ray_local, ckpt, folder, tmp_path_factory):
 
 def test_chain_outputs_mirror_the_input_and_summary_lists_everything(chain_run, folder):
     summary, out, _ = chain_run
-    assert (summary["ok"], summary["failed"], summary["skipped"], summary["ignored"]) == (5, 3, 0, 1)
+    assert (summary["ok"], summary["failed"], summary["skipped"], summary["passed_over"]) == (5, 3, 0, 1)
+    assert summary["mode"] == "ray"
     written = {str(p.relative_to(out / "audio")) for p in (out / "audio").rglob("*") if p.is_file()}
     assert written == _expected_outputs()
     for rel in _expected_outputs():
@@ -75,7 +76,7 @@ def test_chain_outputs_mirror_the_input_and_summary_lists_everything(chain_run, 
     assert {r for r, f in status.items() if f["status"] == "ok"} == set(GOOD.values())
     assert {r for r, f in status.items() if f["status"] == "error"} == set(BAD.values())
     assert "empty" in status["empty.wav"]["reason"] and "text" in status["sub/notes.wav"]["reason"]
-    assert on_disk["ignored_files"] == [{"rel_path": "README.txt", "reason": "not an audio file"}]
+    assert on_disk["passed_over_files"] == [{"path": str(folder / "README.txt"), "reason": "not an audio file (by its extension)"}]
     ok = status["d01_pcm16.wav"]
     assert ok["lufs_before"] is not None and ok["true_peak_after_dbtp"] is not None and ok["seconds"] > 0
     assert ok["peak_after_dbfs"] <= 0.0
@@ -100,20 +101,21 @@ def test_rerun_skips_and_overwrite_redoes(chain_run, ckpt, folder):
     _, out, uri = chain_run
     target = out / "audio" / "d01_pcm16.wav"
     stamp = target.stat().st_mtime_ns
-    again = _run(ckpt, folder, out, uri, inversion="chain")
+    again = _run(ckpt, folder, out, uri, inversion="chain", ray=False)
     assert (again["ok"], again["skipped"], again["failed"]) == (0, 5, 3)  # broken files are retried
     assert target.stat().st_mtime_ns == stamp
     assert {f["status"] for f in again["files"] if f["rel_path"] in GOOD.values()} == {"skipped"}
-    redo = _run(ckpt, folder, out, uri, inversion="chain", overwrite=True)
+    redo = _run(ckpt, folder, out, uri, inversion="chain", overwrite=True, ray=False)
     assert (redo["ok"], redo["skipped"]) == (5, 0)
     assert target.stat().st_mtime_ns != stamp
 
 
 @pytest.mark.parametrize("inversion", ["mask", "griffinlim"])
-def test_spectral_inversions_through_the_job(ray_local, ckpt, folder, tmp_path, inversion):
+def test_spectral_inversions_through_the_job(ckpt, folder, tmp_path, inversion):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    summary = _run(ckpt, folder, tmp_path / "out", uri, inversion=inversion, iterations=4, target_lufs=-16.0, true_peak_dbtp=-1.0)
-    assert (summary["ok"], summary["failed"], summary["ignored"]) == (5, 3, 1)
+    summary = _run(ckpt, folder, tmp_path / "out", uri, inversion=inversion, iterations=4, target_lufs=-16.0, true_peak_dbtp=-1.0,
+                   ray=False)
+    assert (summary["ok"], summary["failed"], summary["passed_over"], summary["mode"]) == (5, 3, 1, "in-process")
     written = {str(p.relative_to(tmp_path / "out" / "audio")) for p in (tmp_path / "out" / "audio").rglob("*") if p.is_file()}
     assert written == _expected_outputs()
     stereo = next(f for f in summary["files"] if f["rel_path"] == "d01_pcm16.wav")
