@@ -377,6 +377,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     _add_repair_options(p, "start Griffin-Lim (model and oracle) from the degraded input's phase", "; model inversions only")
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+    _add_batch_options(p)
     p.add_argument("--experiment", help="MLflow experiment name (default automaster-evaluate)")
     p.add_argument("--run-name", help="MLflow run name")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
@@ -389,6 +390,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from automaster.mastering import MasteringError
     from automaster.model.checkpoint import CheckpointError
     from automaster.pipelines.evaluate import format_table, run_evaluate
+    from automaster.pipelines.master import check_levels
 
     if args.degraded and args.degrader:
         raise UsageError("--degraded gives the damaged files; --degrader cannot be used with it")
@@ -406,11 +408,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
+    check_levels(args.target_lufs, args.true_peak)
+    _check_workers(args.workers)
+    out = _out_location(args.out)
     try:
         metrics = run_evaluate(
             _location(model, must_exist=True, flag="--model"),
             _location(args.clean, must_exist=True, flag="--clean"),
-            _location(args.out),
+            out,
             evaluation=evaluation,
             mastering=_master_config(args),
             degraded_dir=_location(args.degraded, must_exist=True) if args.degraded else None,
@@ -422,14 +427,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             experiment=args.experiment or "automaster-evaluate",
             run_name=args.run_name,
             ray_address=args.ray_address,
+            ray=args.ray,
+            overwrite=args.overwrite,
+            verbose=args.verbose,
         )
+    except ConfigError:
+        raise
     except (MasteringError, CheckpointError, FileNotFoundError, ValueError) as exc:
         raise UsageError(str(exc)) from None
     print(format_table(metrics))
-    print(
-        f"\n  metrics: {metrics['out']}/metrics.json, metrics.csv, parameters.csv\n"
-        f"  MLflow:  run {metrics['mlflow_run_id']} at {metrics['tracking_uri']}"
-    )
+    _print_summary("evaluate", metrics["summary"], f"; metrics: {metrics['out']}/metrics.json, metrics.csv, parameters.csv")
     if metrics["config"]["n_ok"] == 0:
         log.error("no file could be evaluated")
         return EXIT_FAILED

@@ -114,10 +114,8 @@ def run_item(processor: Any, item: dict[str, Any], folder: OutputFolder) -> dict
     The one per-item boundary of every job: returns ``status`` ``ok`` or ``error`` with
     ``reason``, the processor's figures, ``outputs``, ``repairs`` (counts) and timings.
     """
-    result: dict[str, Any] = {
-        "key": item["key"], "path": item["path"], "rel_path": item.get("rel_path", item["key"]),
-        "status": "ok", "reason": "", "t_start": time.time(),
-    }
+    result: dict[str, Any] = {**item, "rel_path": item.get("rel_path", item["key"]), "status": "ok", "reason": "",
+                              "t_start": time.time()}
     t0 = time.perf_counter()
     staging = folder.staging()
     with repairs() as repaired:
@@ -182,7 +180,7 @@ class LocalRunner:
 def _failure(item: dict[str, Any], reason: str, **extra: Any) -> dict[str, Any]:
     now = time.time()
     return {
-        "key": item["key"], "path": item["path"], "rel_path": item.get("rel_path", item["key"]),
+        **item, "rel_path": item.get("rel_path", item["key"]),
         "status": "error", "reason": reason, "t_start": now, "t_end": now, "seconds": 0.0, "repairs": {}, **extra,
     }
 
@@ -275,6 +273,8 @@ class _ConsoleFilter(logging.Filter):
 
 def _route_logs(log_file: str | None, verbose: bool, console: bool = True) -> None:
     """Every logger to ``log_file``; the console keeps automaster's warnings (all with -v)."""
+    if console:
+        import mlflow  # noqa: F401  (MLflow adds its console handler on import: import it before routing)
     root = logging.getLogger()
     if log_file is not None and not any(getattr(h, "_automaster_job", False) for h in root.handlers):
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
@@ -398,11 +398,11 @@ def run_job(
             tracking.log_params({**spec.params, "workers": workers, "mode": "ray" if ray_mode else "in-process"})
             results = list(_execute(spec, folder, todo, options, ray_mode, workers, log_file))
             summary = build_summary(spec, results, done, passed_over, collisions or [], ray_mode, workers, swept)
-            if summarise is not None:
-                summarise(summary, results + [{**r, "status": "ok"} for r in done])
             summary["mlflow_run_id"] = run.info.run_id
             summary["tracking_uri"] = tracking.resolve_tracking_uri(spec.tracking_uri)
             summary["log_file"] = log_file
+            if summarise is not None:
+                summarise(summary, results + [{**r, "status": "ok"} for r in done])
             storage.write_bytes_atomic(storage.join(spec.out, SUMMARY), json.dumps(
                 summary, indent=2, sort_keys=True, default=json_default).encode())
             tracking.log_json(json.loads(json.dumps(summary, default=json_default)), SUMMARY)

@@ -180,7 +180,7 @@ class TrackProcessor:
                 "variant": variant,
                 "split": row["split"],
                 "genre": row["genre"],
-                "source_path": path,
+                "source_path": storage.display(path),  # Parquet strings are UTF-8
                 "seed": seed_for(dm.seed, track_id, variant),
                 "sample_rate": sr,
                 "n_samples": int(x.shape[-1]),

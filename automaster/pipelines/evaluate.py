@@ -1,14 +1,16 @@
-"""The evaluation job on Ray Data: how well a model undoes demastering, next to baselines.
+"""The evaluation job: how well a model undoes demastering, next to baselines.
 
 For every clean file (a folder, recursively, or an FMA root: its ``--split``, ``test`` by
-default), an actor that loaded the model once (:class:`EvaluateProcessor` around
+default), a worker of the batch skeleton (:mod:`.batch`: in-process for a handful of files, else
+a Ray actor) that loaded the model once (:class:`EvaluateProcessor` around
 :class:`Evaluator`) reads a centred excerpt at the model rate, damages it with a generator seeded
 by ``(seed, track_id)`` (our chain, pedalboard's, or the file of the same relative path under
 ``degraded_dir``), restores it by every inversion asked for with one
 :class:`automaster.mastering.Masterer`, builds the baselines (:mod:`automaster.evaluation.baselines`)
 and measures each against the clean excerpt (:mod:`automaster.evaluation.metrics`). The driver
 writes ``metrics.json``, ``metrics.csv`` and ``parameters.csv`` (:mod:`automaster.evaluation.report`)
-and logs one MLflow run. A broken file is recorded with its reason and never stops the job.
+from every complete item (resumed ones included) and logs one MLflow run. A broken file is
+recorded with its reason and never stops the job.
 """
 
 from __future__ import annotations
@@ -18,22 +20,21 @@ import json
 import logging
 import math
 import os
-import time
-import traceback
 from typing import Any
 
 import numpy as np
 import torch
 
 from automaster import storage
-from automaster.audio import AudioError, FileError, is_audio_file, read_excerpt
-from automaster.config import GIVEN, INVERSIONS, ConfigError, EvalConfig, MasterConfig
+from automaster.audio import FileError, is_audio_file, read_excerpt
+from automaster.config import GIVEN, INVERSIONS, BatchConfig, ConfigError, EvalConfig, MasterConfig
 from automaster.dsp.constants import MODEL_RATE
 from automaster.dsp.loudness import integrated_loudness
 from automaster.evaluation import baselines
 from automaster.evaluation.metrics import Reference, parameter_errors
 from automaster.evaluation.report import format_table, metrics_csv, parameters_csv, summarise  # noqa: F401
 from automaster.mastering import Masterer, MasteringError
+from automaster.pipelines.batch import JobSpec, RunOptions, run_job
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def _rms_db(audio: np.ndarray) -> float:
 
 class Evaluator:
     """Evaluates one file at a time with one loaded model (no Ray; :class:`EvaluateProcessor`
-    wraps it for Ray Data).
+    wraps it for the batch skeleton).
 
     Args:
         model: checkpoint directory or ``model.pt``.
@@ -69,21 +70,19 @@ class Evaluator:
         self.audio_cfg = self.masterer.audio_cfg
 
     def evaluate(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Evaluate one row (``track_id``, ``path``, ``rel_path``, optional ``degraded_path``);
-        never raises: a broken file comes back with ``status="error"`` and its ``reason``."""
+        """Evaluate one row (``track_id``, ``path``, ``rel_path``, optional ``degraded_path``).
+
+        Raises:
+            FileError, automaster.audio.AudioError: the file cannot be evaluated (the batch
+                skeleton records the reason; one inversion failing is kept in ``inversion_errors``).
+        """
         result: dict[str, Any] = {
             "track_id": row["track_id"], "rel_path": row["rel_path"], "path": row["path"], "status": "ok", "reason": "",
             "inversions": {}, "inversion_errors": {}, "parameters": {}, "true_params": {},
         }
-        t0 = time.perf_counter()
-        try:
-            self._evaluate(row, result)
-        except (AudioError, FileError) as exc:
-            result.update(status="error", reason=str(exc))
-        except Exception as exc:  # per-item boundary of a batch: record, never abort the batch
-            log.error("%s failed unexpectedly:\n%s", row["path"], traceback.format_exc())
-            result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
-        result["seconds"] = time.perf_counter() - t0
+        if self.cfg.degrader == GIVEN and not row.get("degraded_path"):
+            raise FileError(f"no degraded file for {row['rel_path']} under {row.get('degraded_dir')}")
+        self._evaluate(row, result)
         return result
 
     def _damage(self, row: dict[str, Any], clean: np.ndarray) -> tuple[np.ndarray, dict[str, Any], str]:
@@ -177,17 +176,18 @@ class Evaluator:
 
 
 class EvaluateProcessor:
-    """Ray Data callable class: loads the model once, evaluates one row (file) per call."""
+    """Loads the model once; evaluates one item (file) per :meth:`process` call (no outputs of
+    its own: the figures go into the item's record, the reports are written at the end)."""
 
     def __init__(self, model: str, evaluation: EvalConfig, mastering: MasterConfig, device: str = "cpu"):
         if device == "cpu":
-            torch.set_num_threads(1)  # one file per CPU; parallelism comes from Ray
+            torch.set_num_threads(1)  # one file per CPU; parallelism comes from the job's workers
         self.evaluator = Evaluator(model, evaluation, mastering, device)
 
-    def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        result = self.evaluator.evaluate(row)
-        # One JSON column: nested, partly-missing metrics do not fit Arrow's fixed schema.
-        return {"rel_path": row["rel_path"], "status": result["status"], "result": json.dumps(result, default=_json_default)}
+    def process(self, item: dict[str, Any], staging: Any) -> dict[str, Any]:
+        result = self.evaluator.evaluate(item)
+        # Through JSON: plain floats and lists, as the record on disk holds them.
+        return json.loads(json.dumps({k: v for k, v in result.items() if k not in ("status", "reason")}, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:
@@ -301,21 +301,6 @@ def _job_config(
     }
 
 
-def _unpaired(rows: list[dict[str, str]], degraded_dir: str | None) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """``(failed results of the clean files without a degraded file, the rows to evaluate)``."""
-    missing = [r for r in rows if degraded_dir is not None and not r["degraded_path"]]
-    failed = [
-        {
-            "track_id": r["track_id"], "rel_path": r["rel_path"], "path": r["path"], "status": "error",
-            "reason": f"no degraded file for {r['rel_path']} under {degraded_dir}",
-            "inversions": {}, "inversion_errors": {}, "parameters": {},
-        }
-        for r in missing
-    ]
-    names = {r["rel_path"] for r in missing}
-    return failed, [r for r in rows if r["rel_path"] not in names]
-
-
 def run_evaluate(
     model: str,
     clean: str,
@@ -332,10 +317,15 @@ def run_evaluate(
     experiment: str = "automaster-evaluate",
     run_name: str | None = None,
     ray_address: str | None = None,
-    progress_every_s: float = 10.0,
+    ray: bool | None = None,
+    overwrite: bool = False,
+    verbose: bool = False,
+    progress: bool = True,
+    batch: BatchConfig = BatchConfig(),
 ) -> dict[str, Any]:
     """Evaluate ``model`` on the clean files under ``clean``; returns ``metrics.json``'s content
-    (also written to ``out`` with ``metrics.csv`` and ``parameters.csv``) plus the MLflow run id.
+    (also written to ``out`` with ``metrics.csv`` and ``parameters.csv``) plus the MLflow run id
+    and the batch summary (``summary``). ``ray``: force Ray or an in-process run (None: by count).
 
     ``degraded_dir`` (damaged files at the clean files' relative paths) replaces the degrader.
 
@@ -344,11 +334,8 @@ def run_evaluate(
         automaster.model.checkpoint.CheckpointError: the model cannot be loaded.
         automaster.corpus.CorpusError: no audio under ``clean``.
         ValueError: bad arguments (split, limit).
+        ConfigError: an output folder holding other settings' outputs, or in use.
     """
-    import ray
-
-    from automaster.pipelines import runtime, tracking
-
     evaluation = evaluation or EvalConfig()
     if degraded_dir is not None:
         evaluation = dataclasses.replace(evaluation, degrader=GIVEN)
@@ -365,44 +352,28 @@ def run_evaluate(
             raise FileNotFoundError(f"--degraded {degraded_dir!r} is not a folder")
         rows = match_degraded(rows, degraded_dir)
     config = _job_config(model, clean, degraded_dir, limit, listing, evaluation, mastering, model_settings)
-    storage.makedirs(out)
     log.info(
         "evaluate: %d files (%s %s, split %s), degrader %s, inversions %s",
         len(rows), listing["kind"], listing["root"], listing["split"], evaluation.degrader, ",".join(evaluation.inversions),
     )
+    from automaster.pipelines.master import model_file
 
-    runtime.init_ray(ray_address)
-    runtime.check_paths_visible({"--model": model, "--clean": clean, "--degraded": degraded_dir, "--out": out})
-    if gpu and runtime.cluster_gpus() == 0:
-        raise MasteringError("--gpu given but the Ray cluster has no GPU")
-    workers = workers or (runtime.cluster_gpus() if gpu else runtime.cluster_cpus())
-    config["workers"] = workers
-    with tracking.start_run(experiment, run_name, tracking_uri, tags={"automaster.job": "evaluate"}) as run:
-        tracking.log_params({k: v for k, v in config.items() if k != "notes"})
-        results, todo = _unpaired(rows, degraded_dir)
-        if todo:
-            resources = {"num_gpus": 1} if gpu else {"num_cpus": 1}
-            ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 1000)).map(
-                EvaluateProcessor,
-                fn_constructor_kwargs={
-                    "model": model, "evaluation": evaluation, "mastering": mastering, "device": "cuda" if gpu else "cpu",
-                },
-                compute=ray.data.ActorPoolStrategy(size=max(1, min(workers, len(todo)))),
-                **resources,
-            )
-            last = time.time()
-            for row in ds.iter_rows():
-                result = json.loads(row["result"])
-                results.append(result)
-                if result["status"] != "ok":
-                    log.warning("%s: %s", result["rel_path"], result["reason"])
-                if time.time() - last >= progress_every_s or len(results) == len(rows):
-                    last = time.time()
-                    n_failed = sum(r["status"] != "ok" for r in results)
-                    log.info("evaluate: %d/%d files done (%d failed)", len(results), len(rows), n_failed)
+    device = "cuda" if gpu else "cpu"
+    spec = JobSpec(
+        job="evaluate", out=out, processor=EvaluateProcessor,
+        settings={k: v for k, v in config.items() if k not in ("model", "clean", "degraded", "notes")},
+        processor_kwargs={"model": model, "evaluation": evaluation, "mastering": mastering, "device": device},
+        paths={"--model": model, "--clean": clean, "--degraded": degraded_dir, "--out": out}, model=model_file(model),
+        device=device, experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
+        params={k: v for k, v in config.items() if k != "notes"},
+    )
+    items = [{**r, "key": r["rel_path"], "duration_s": evaluation.clip_seconds, "degraded_dir": degraded_dir} for r in rows]
+    reports: dict[str, Any] = {}
+
+    def write_reports(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
+        config["workers"] = summary["workers"]
         metrics = summarise(results, config)
-        metrics["mlflow_run_id"] = run.info.run_id
-        metrics["tracking_uri"] = tracking.resolve_tracking_uri(tracking_uri)
+        metrics.update(mlflow_run_id=summary["mlflow_run_id"], tracking_uri=summary["tracking_uri"])
         files = {
             "metrics.json": json.dumps(metrics, indent=2, default=str).encode(),  # unsorted: baselines first
             "metrics.csv": metrics_csv(results).encode(),
@@ -410,8 +381,19 @@ def run_evaluate(
         }
         for name, data in files.items():
             storage.write_bytes_atomic(storage.join(out, name), data)
-        _log_run(metrics, files)
-    metrics["out"] = out
+        reports.update(metrics=metrics, files=files)
+
+    run = RunOptions(workers=workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
+                     progress=progress, batch=batch)
+    try:
+        summary = run_job(spec, items, [], run, summarise=write_reports,
+                          log_run=lambda summary, results: _log_run(reports["metrics"], reports["files"]))
+    except ConfigError as exc:
+        if "GPU" in str(exc):
+            raise MasteringError(str(exc)) from None
+        raise
+    metrics = reports["metrics"]
+    metrics.update(out=out, summary=summary)
     return metrics
 
 

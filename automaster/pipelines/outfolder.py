@@ -32,6 +32,7 @@ from typing import Any
 
 from automaster import storage
 from automaster.config import ConfigError
+from automaster.pipelines.tracking import flatten
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in ("job", "model_sha256"):
         if old.get(key) != new.get(key):
             diffs.append(f"{key}: {old.get(key)} -> {new.get(key)}")
-    a, b = old.get("settings", {}), new.get("settings", {})
+    a, b = flatten(old.get("settings", {})), flatten(new.get("settings", {}))
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key, '(unset)')} -> {b.get(key, '(unset)')}")
