@@ -51,7 +51,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _demaster_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demaster", help="corpus of music -> paired (clean, degraded) dataset on Ray Data")
+    p = sub.add_parser("demaster", help="corpus of music -> paired (clean, degraded) dataset (in-process or on Ray)")
     p.add_argument("--corpus", required=True, help="FMA root (fma_metadata/ + fma_small/...) or any folder of audio")
     p.add_argument("--out", required=True, help="output folder or URI")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
@@ -221,7 +221,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     base = {"demaster": {"clip_seconds": 10.0, "variants": 3}, "train": {"epochs": args.epochs, "crop_frames": 128}}
     config = load_config(args.config, args.set, base=base)
-    demaster = run_demaster(str(music), str(out / "paired"), config, tracking_uri=args.tracking_uri, ray_address=args.ray_address)
+    demaster = run_demaster(
+        str(music), str(out / "paired"), config, tracking_uri=args.tracking_uri, ray_address=args.ray_address, verbose=args.verbose
+    )
     print(f"demaster: {demaster['ok']} ok, {demaster['failed']} failed -> {out / 'paired'} (summary.json, output_audio/, output_spectrograms/)")
     train = run_train(str(out / "paired"), str(out / "train"), config, tracking_uri=args.tracking_uri, ray_address=args.ray_address, run_name=args.run_name)
     best = train["best_metrics"]
@@ -229,11 +231,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         f"train: val mel L1 {best.get('val/mel_l1_db', float('nan')):.2f} dB "
         f"(degraded input: {best.get('val/mel_l1_db_identity', float('nan')):.2f} dB) -> model in {train['model']}"
     )
-    from automaster.pipelines.master import check_levels, run_master, summary_table
+    from automaster.pipelines.master import run_master
 
     mastered = run_master(
         train["model"], str(music), str(out / "mastered"), inversion=default_inversion(train["model"]), target_lufs=-14.0, true_peak_dbtp=-1.0,
-        tracking_uri=args.tracking_uri, ray_address=args.ray_address,
+        tracking_uri=args.tracking_uri, ray_address=args.ray_address, verbose=args.verbose,
     )  # fmt: skip
     print(
         f"master: {mastered['ok']} ok, {mastered['failed']} failed -> {out / 'mastered'} "
@@ -278,7 +280,7 @@ def _master_config(args: argparse.Namespace, **fields) -> MasterConfig:
 
 
 def _master_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("master", help="master every audio file of a folder with a trained model on Ray Data")
+    p = sub.add_parser("master", help="master every audio file of a folder with a trained model (in-process or on Ray)")
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
     p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, summary.json)")
@@ -358,7 +360,7 @@ def _cmd_master(args: argparse.Namespace) -> int:
 
 
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="how well a model undoes demastering, next to baselines (Ray Data, MLflow)")
+    p = sub.add_parser("evaluate", help="how well a model undoes demastering, next to baselines (Ray, MLflow)")
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--clean", required=True, help="folder of clean masters (recursive) or an FMA root (its --split)")
     p.add_argument("--out", required=True, help="output folder or URI (metrics.json, metrics.csv, parameters.csv)")

@@ -1,4 +1,4 @@
-"""Demaster a corpus into the paired dataset (Ray Data).
+"""Demaster a corpus into the paired dataset (in-process or on Ray).
 
     ray job submit --working-dir . -- python jobs/demaster.py --corpus /data/fma_large --out /data/paired
     python jobs/demaster.py --corpus tests/data/music --out results/paired   # starts a local Ray

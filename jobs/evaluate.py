@@ -1,4 +1,4 @@
-"""Evaluate a model against the clean originals of degraded clips, next to baselines (Ray Data).
+"""Evaluate a model against the clean originals of degraded clips, next to baselines (in-process or on Ray).
 
     ray job submit --working-dir . -- python jobs/evaluate.py --model /models/run1 --clean /data/fma --out /data/eval
     python jobs/evaluate.py --model results/demo/train/model --clean tests/data/music --out results/eval --clip-seconds 5   # starts a local Ray

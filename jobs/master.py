@@ -1,4 +1,4 @@
-"""Master every audio file of a folder with a trained model (Ray Data).
+"""Master every audio file of a folder with a trained model (in-process or on Ray).
 
     ray job submit --working-dir . -- python jobs/master.py --model /models/run1 --input /data/in --out /data/mastered
     python jobs/master.py --model results/demo/train/model --input tests/data/music --out results/mastered   # starts a local Ray

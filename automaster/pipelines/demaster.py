@@ -1,4 +1,4 @@
-"""The demaster job: a corpus of clean music -> the paired dataset, on Ray Data.
+"""The demaster job: a corpus of clean music -> the paired dataset (the batch skeleton: in-process or on Ray).
 
 Per track (:class:`TrackProcessor`): decode (mono, 44.1 kHz, centred excerpt) -> per variant:
 draw parameters seeded by ``(seed, track_id, variant)`` -> apply the chain -> mel spectrograms of
