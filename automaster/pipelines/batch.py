@@ -172,9 +172,10 @@ class LocalRunner:
         for item in items:
             try:
                 with _alarm(time_limit_s(item, self.cfg)):
-                    yield run_item(self.processor, item, self.folder)
+                    result = run_item(self.processor, item, self.folder)
             except ItemTimeout as exc:  # raised outside run_item's own boundary (while publishing)
-                yield _failure(item, str(exc))
+                result = _failure(item, str(exc))
+            yield result  # outside the alarm: the caller's time is not the item's
 
 
 def _failure(item: dict[str, Any], reason: str, **extra: Any) -> dict[str, Any]:

@@ -127,3 +127,11 @@ def test_ray_workers_poison_and_hung_items_fail_with_reasons(ray_local, tmp_path
     assert summary["mode"] == "ray" and summary["ok"] == 2
     assert "died 2 times" in reasons["crash.txt"] and "time limit of 8 s" in reasons["hang.txt"]
     assert (tmp_path / "out/upper/d.txt").read_text() == "DELTA"
+
+
+def test_in_process_item_past_its_time_limit_fails_and_the_next_runs(tmp_path, tracking_uri):
+    items = make_items(tmp_path / "in", {"a": "hang", "b": "beta"})
+    options = RunOptions(progress=False, ray=False, batch=BatchConfig(item_timeout_base_s=1.0))
+    summary = run_job(_spec(tmp_path / "out", tracking_uri), items, [], options)
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    assert "time limit of 1 s" in summary["failures"][0]["reason"]
