@@ -23,33 +23,22 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-import time
-import traceback
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from automaster import storage
-from automaster.audio import AudioError, repairs
 from automaster.config import BatchConfig, ConfigError
 from automaster.pipelines.outfolder import OutputFolder, json_default, make_manifest
+from automaster.pipelines.runners import (  # noqa: F401  (ItemError, run_item: the processors' API)
+    ItemError, LocalRunner, RayRunner, route_logs, run_item,
+)
 
 log = logging.getLogger(__name__)
 
 LOG_DIR = "logs"
 SUMMARY = "summary.json"
 STATE_NAMES = (".automaster", LOG_DIR, SUMMARY)  # what every job writes besides its outputs
-
-
-class ItemError(Exception):
-    """An item that cannot be processed (too short, silent, ...): recorded, never stops the job."""
-
-
-class ItemTimeout(Exception):
-    """An item ran past its time limit."""
 
 
 @dataclass
@@ -97,205 +86,6 @@ class RunOptions:
     verbose: bool = False
     progress: bool = True
     batch: BatchConfig = field(default_factory=BatchConfig)
-
-
-# ------------------------------------------------------------------------------- one item
-
-
-def time_limit_s(item: dict[str, Any], cfg: BatchConfig) -> float:
-    """An item's time limit: a base plus a multiple of its audio's duration (when known)."""
-    duration = item.get("duration_s") or 0.0
-    return cfg.item_timeout_base_s + cfg.item_timeout_per_audio_s * float(duration)
-
-
-def run_item(processor: Any, item: dict[str, Any], folder: OutputFolder) -> dict[str, Any]:
-    """Process one item: outputs staged, published, then its record written; never raises.
-
-    The one per-item boundary of every job: returns ``status`` ``ok`` or ``error`` with
-    ``reason``, the processor's figures, ``outputs``, ``repairs`` (counts) and timings.
-    """
-    result: dict[str, Any] = {**item, "rel_path": item.get("rel_path", item["key"]), "status": "ok", "reason": "",
-                              "t_start": time.time()}
-    t0 = time.perf_counter()
-    staging = folder.staging()
-    with repairs() as repaired:
-        try:
-            figures = processor.process(item, staging) or {}
-            result.update(figures)
-            result["outputs"] = staging.publish()
-        except (AudioError, ItemError, ItemTimeout) as exc:
-            result.update(status="error", reason=str(exc))
-        except Exception as exc:  # the per-item boundary of a batch job: record, never abort the batch
-            log.error("%s failed unexpectedly:\n%s", storage.display(item["path"]), traceback.format_exc())
-            result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
-        finally:
-            staging.discard()
-    result["repairs"] = dict(repaired)
-    result["seconds"] = time.perf_counter() - t0
-    result["t_end"] = time.time()
-    if result["status"] == "ok":
-        folder.write_record(result)
-    return result
-
-
-@contextlib.contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    """Raise :class:`ItemTimeout` in the main thread after ``seconds`` (in-process runs).
-
-    Python code and most decoders are interrupted; a call blocked inside C is not (the Ray
-    workers' limit, enforced by the driver, stops those too)."""
-    usable = hasattr(signal, "SIGALRM") and threading.current_thread() is threading.main_thread()
-    if not usable:
-        yield
-        return
-
-    def expire(signum, frame):
-        raise ItemTimeout(f"exceeded its time limit of {seconds:.0f} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-class LocalRunner:
-    """Runs the items in this process, through the same :func:`run_item` as the workers."""
-
-    def __init__(self, spec: JobSpec, folder: OutputFolder, cfg: BatchConfig):
-        self.processor = spec.processor(**spec.processor_kwargs)
-        self.folder, self.cfg = folder, cfg
-
-    def run(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for item in items:
-            try:
-                with _alarm(time_limit_s(item, self.cfg)):
-                    result = run_item(self.processor, item, self.folder)
-            except ItemTimeout as exc:  # raised outside run_item's own boundary (while publishing)
-                result = _failure(item, str(exc))
-            yield result  # outside the alarm: the caller's time is not the item's
-
-
-def _failure(item: dict[str, Any], reason: str, **extra: Any) -> dict[str, Any]:
-    now = time.time()
-    return {
-        **item, "rel_path": item.get("rel_path", item["key"]),
-        "status": "error", "reason": reason, "t_start": now, "t_end": now, "seconds": 0.0, "repairs": {}, **extra,
-    }
-
-
-# ------------------------------------------------------------------------------- Ray workers
-
-
-class _Worker:
-    """A Ray actor: builds the processor once, then runs items (see :class:`RayRunner`)."""
-
-    def __init__(self, processor: type, kwargs: dict[str, Any], out: str, log_file: str | None, verbose: bool):
-        _route_logs(log_file, verbose, console=False)
-        self.processor = processor(**kwargs)
-        self.folder = OutputFolder(out)
-
-    def ready(self) -> int:
-        return os.getpid()
-
-    def run(self, item: dict[str, Any]) -> dict[str, Any]:
-        return run_item(self.processor, item, self.folder)
-
-
-class RayRunner:
-    """An actor pool with a time limit per item and bounded attempts when a worker dies.
-
-    Ray Data's pools retry a task whose worker dies without end and have no per-item limit: here
-    the driver hands one item at a time to each actor, kills an actor whose item overruns, and
-    gives an item whose worker died at most ``max_attempts`` tries.
-    """
-
-    def __init__(self, spec: JobSpec, folder: OutputFolder, cfg: BatchConfig, workers: int, log_file: str | None, verbose: bool):
-        import ray
-
-        resources = {"num_gpus": 1} if spec.device == "cuda" else {"num_cpus": 1}
-        self.actor_class = ray.remote(max_restarts=0, max_task_retries=0, **resources)(_Worker)
-        self.args = (spec.processor, spec.processor_kwargs, folder.out, log_file, verbose)
-        self.cfg, self.workers = cfg, workers
-
-    def _start(self) -> Any:
-        return self.actor_class.remote(*self.args)
-
-    def run(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
-
-        pending = deque((item, 1) for item in items)
-        idle = [self._start() for _ in range(max(1, min(self.workers, len(items))))]
-        ray.get([a.ready.remote() for a in idle])  # a processor that cannot start fails the job here
-        inflight: dict[Any, tuple[Any, dict[str, Any], int, float]] = {}
-        while pending or inflight:
-            while idle and pending:
-                actor = idle.pop()
-                item, attempt = pending.popleft()
-                inflight[actor.run.remote(item)] = (actor, item, attempt, time.monotonic())
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
-            for ref in ready:
-                actor, item, attempt, _ = inflight.pop(ref)
-                try:
-                    yield ray.get(ref)
-                    idle.append(actor)
-                except (RayActorError, GetTimeoutError) as exc:
-                    idle.append(self._start())
-                    if attempt < self.cfg.max_attempts:
-                        log.warning("worker died on %s (attempt %d): %s", storage.display(item["path"]), attempt, exc)
-                        pending.appendleft((item, attempt + 1))
-                    else:
-                        yield _failure(item, f"its worker process died {attempt} times while processing it "
-                                             "(a crash in a decoder or out of memory); not retried")
-            now = time.monotonic()
-            for ref, (actor, item, attempt, started) in list(inflight.items()):
-                limit = time_limit_s(item, self.cfg)
-                if now - started > limit:
-                    del inflight[ref]
-                    ray.kill(actor, no_restart=True)
-                    idle.append(self._start())
-                    yield _failure(item, f"exceeded its time limit of {limit:.0f} s; its worker was stopped")
-        for actor in idle:
-            ray.kill(actor, no_restart=True)
-
-
-# ------------------------------------------------------------------------------- logs
-
-
-class _ConsoleFilter(logging.Filter):
-    """On the console, only automaster's own warnings: the rest goes to the log file."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.name.startswith("automaster") and record.levelno >= logging.WARNING
-
-
-def _route_logs(log_file: str | None, verbose: bool, console: bool = True) -> None:
-    """Every logger to ``log_file``; the console keeps automaster's warnings (all with -v)."""
-    if console:
-        import mlflow  # noqa: F401  (MLflow adds its console handler on import: import it before routing)
-    root = logging.getLogger()
-    if log_file is not None and not any(getattr(h, "_automaster_job", False) for h in root.handlers):
-        os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
-        handler._automaster_job = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-        root.setLevel(min(root.level or logging.INFO, logging.INFO))
-    for name in ("mlflow", "alembic", "ray", "ray.data", "ray.train", "ray.tune"):
-        lib = logging.getLogger(name)
-        if not verbose:
-            for h in list(lib.handlers):
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                    lib.removeHandler(h)
-            lib.propagate = True
-    if console and not verbose:
-        for h in root.handlers:
-            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                if not any(isinstance(f, _ConsoleFilter) for f in h.filters):
-                    h.addFilter(_ConsoleFilter())
 
 
 def log_file_for(spec: JobSpec) -> str:
@@ -385,7 +175,7 @@ def run_job(
     folder, records, swept = prepare(spec, options)
     try:
         log_file = log_file_for(spec)
-        _route_logs(log_file, options.verbose)
+        route_logs(log_file, options.verbose)
         for rel, data in spec.files.items():
             storage.write_bytes_atomic(storage.join(spec.out, rel), data)
         todo = [it for it in items if it["key"] not in records]
@@ -440,8 +230,11 @@ def _execute(
 ) -> Iterator[dict[str, Any]]:
     if not todo:
         return
-    runner = (RayRunner(spec, folder, options.batch, workers, log_file, options.verbose) if ray_mode
-              else LocalRunner(spec, folder, options.batch))
+    if ray_mode:
+        runner: Any = RayRunner(spec.processor, spec.processor_kwargs, spec.device, folder, options.batch, workers,
+                                log_file, options.verbose)
+    else:
+        runner = LocalRunner(spec.processor, spec.processor_kwargs, folder, options.batch)
     failed = 0
     with _progress(len(todo), spec.job, options.progress) as bar:
         for result in runner.run(todo):
