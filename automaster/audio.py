@@ -67,9 +67,6 @@ class FileError(Exception):
     """One input that a job cannot use (too short, silent, ...): recorded with its reason, never
     stops a batch. (:class:`AudioError` is the reader's; this is a job's policy.)"""
 
-    def __reduce__(self):  # picklable across Ray workers despite the two-argument constructor
-        return (type(self), (self.path, self.reason))
-
 
 @dataclasses.dataclass(frozen=True)
 class AudioInfo:

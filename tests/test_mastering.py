@@ -14,7 +14,7 @@ from automaster.config import load_config
 from automaster.effects.params import PARAMS
 from automaster.mastering import INVERSIONS, Masterer, MasteringError, plan_chunks, prepare_for_inference
 from automaster.mastering import window as _window
-from automaster.pipelines.master import master_file, output_rel_path, plan_outputs
+from automaster.pipelines.master import master_file, output_rel_path, plan_output_names
 from automaster.model.cascade import Cascade
 from automaster.model.checkpoint import save_checkpoint
 from tests.audio_fixtures import D01, make_bad_inputs, make_good_inputs, sine
@@ -241,7 +241,7 @@ def test_output_names():
     assert output_rel_path("a/b.mp3") == "a/b.flac"
     assert output_rel_path("a/b.WAV") == "a/b.WAV"
     assert output_rel_path("x.aiff") == "x.flac"
-    assert plan_outputs(["s.mp3", "s.flac", "t.mp3"]) == {"s.flac": "s.flac", "s.mp3": "s.mp3.flac", "t.mp3": "t.flac"}
+    assert plan_output_names(["s.mp3", "s.flac", "t.mp3"])[0] == {"s.flac": "s.flac", "s.mp3": "s.mp3.flac", "t.mp3": "t.flac"}
     with pytest.raises(ValueError):
         output_rel_path("notes.txt")
 

@@ -14,7 +14,8 @@ its outputs, a processor class and its arguments) and the items it planned. The 
 
 A processor is any class whose instances have ``process(item, staging) -> dict``: it writes its
 outputs to ``staging.path(rel)`` and returns the item's figures (JSON-able; a ``report`` dict or
-extra outputs are fine). Raising :class:`ItemError` (or any exception) fails that item only.
+extra outputs are fine). Raising :class:`automaster.audio.FileError` (or any exception) fails
+that item only.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ from typing import Any, Callable, Iterator
 from automaster import storage
 from automaster.config import BatchConfig, ConfigError
 from automaster.pipelines.outfolder import OutputFolder, json_default, make_manifest
-from automaster.pipelines.runners import (  # noqa: F401  (ItemError, run_item: the processors' API)
-    ItemError, LocalRunner, RayRunner, route_logs, run_item,
-)
+from automaster.pipelines.runners import LocalRunner, RayRunner, route_logs, run_item  # noqa: F401  (run_item: API)
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from automaster import storage
-from automaster.audio import audio_info, note_repair, read_audio, write_audio
+from automaster.audio import FileError, note_repair, read_excerpt, write_audio
 from automaster.config import Config, ConfigError, from_dict
 from automaster.corpus import scan_corpus
 from automaster.dataset import DATASET_DIR, META_FILE, SCHEMA_VERSION, parquet_bytes, to_pcm16
@@ -31,7 +31,7 @@ from automaster.degrade import degrade, draw_params, seed_for, make_generator
 from automaster.dsp.mel import mel_db_rows
 from automaster.dsp.stft import HOP_LENGTH, N_FFT, stft_rows
 from automaster.effects.params import PARAMS
-from automaster.pipelines.batch import ItemError, JobSpec, RunOptions, excluded_outputs, run_item, run_job
+from automaster.pipelines.batch import JobSpec, RunOptions, excluded_outputs, run_item, run_job
 from automaster.pipelines.outfolder import OutputFolder
 from automaster.plots import mel_pair_png
 
@@ -42,10 +42,6 @@ AUDIO_DIR, PNG_DIR, TXT_DIR = "output_audio", "output_spectrograms", "output_txt
 
 
 OUTPUT_NAMES = (AUDIO_DIR, PNG_DIR, TXT_DIR, DATASET_DIR, META_FILE)
-
-
-class TrackError(ItemError):
-    """A track that cannot become training data (too short, silent, ...)."""
 
 
 def dataset_file(out: str, track_id: str) -> str:
@@ -113,19 +109,12 @@ class TrackProcessor:
         sr, track_id, path = audio_cfg.sample_rate, row["track_id"], row["path"]
 
         t = time.perf_counter()
-        info = audio_info(path)
-        if info.duration_s < dm.min_seconds:
-            raise TrackError(f"{path!r}: too short: {info.duration_s:.2f} s (minimum {dm.min_seconds:g} s)")
-        clip_s = min(dm.clip_seconds, info.duration_s)
-        offset_s = max(0.0, (info.duration_s - clip_s) / 2.0)  # centred: intros are rarely representative
-        audio, _ = read_audio(path, sample_rate=sr, mono=True, offset_s=offset_s, duration_s=clip_s)
+        audio, _ = read_excerpt(path, dm.clip_seconds, sample_rate=sr, mono=True, min_seconds=dm.min_seconds)
         x = torch.from_numpy(np.ascontiguousarray(audio[:1]))  # (1, T)
-        if x.shape[-1] < dm.min_seconds * sr * 0.99:
-            raise TrackError(f"{path!r}: too short after decoding: {x.shape[-1] / sr:.2f} s")
         rms = float(x.square().mean().sqrt())
         rms_db = 20.0 * math.log10(max(rms, 1e-12))
         if rms_db < dm.silence_db:
-            raise TrackError(f"{path!r}: silent (RMS {rms_db:.1f} dBFS < {dm.silence_db:g} dBFS)")
+            raise FileError(f"{path!r}: silent (RMS {rms_db:.1f} dBFS < {dm.silence_db:g} dBFS)")
         # Decoded MP3/Vorbis often peaks above 0 dBFS: scale down rather than clip the reference.
         peak = float(x.abs().max())
         input_gain = min(1.0, cfg.degrade.peak_ceiling / peak)

@@ -56,6 +56,13 @@ class MasterProcessor:
             torch.set_num_threads(1)  # one file per CPU; parallelism comes from the job's workers
         self.masterer = Masterer(model, config=config, device=device)
 
+    @classmethod
+    def of(cls, masterer: Masterer) -> "MasterProcessor":
+        """A processor around an already loaded :class:`Masterer`."""
+        processor = cls.__new__(cls)
+        processor.masterer = masterer
+        return processor
+
     def process(self, item: dict[str, Any], staging: Any) -> dict[str, Any]:
         """Master ``item["path"]`` into ``staging``; returns levels, notes and timings.
 
@@ -107,6 +114,18 @@ def images(audio_cfg, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
         rows = np.minimum(np.arange(a.n_mels) * p.shape[0] // a.n_mels, p.shape[0] - 1)
         tiles.append(a.db_min + p[rows][::-1] * span)
     return {PNG_DIR: png, DEBUG_DIR: mel_strip_png(tiles, a.db_min, a.db_max)}
+
+
+def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out_rel: str | None = None) -> dict[str, Any]:
+    """Master one file into ``out_root`` through the jobs' per-item path (staged outputs, record),
+    without a job around it (no manifest, lock or MLflow run); returns its status dict
+    (``status``, ``reason``, levels, ``output``, ...), never raises for a bad file."""
+    from automaster.pipelines.outfolder import OutputFolder
+    from automaster.pipelines.runners import run_item
+
+    out_rel = out_rel or output_rel_path(rel_path)
+    item = {"key": out_rel, "path": str(path), "rel_path": rel_path, "out_rel": out_rel}
+    return run_item(MasterProcessor.of(masterer), item, OutputFolder(out_root))
 
 
 def level_notes(audio: np.ndarray, levels: dict[str, Any], target_lufs: float | None) -> list[str]:

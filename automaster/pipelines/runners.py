@@ -19,15 +19,11 @@ from collections import deque
 from typing import Any, Iterator
 
 from automaster import storage
-from automaster.audio import AudioError, repairs
+from automaster.audio import AudioError, FileError, repairs
 from automaster.config import BatchConfig
 from automaster.pipelines.outfolder import OutputFolder
 
 log = logging.getLogger(__name__)
-
-
-class ItemError(Exception):
-    """An item that cannot be processed (too short, silent, ...): recorded, never stops the job."""
 
 
 class ItemTimeout(Exception):
@@ -55,7 +51,7 @@ def run_item(processor: Any, item: dict[str, Any], folder: OutputFolder) -> dict
             figures = processor.process(item, staging) or {}
             result.update(figures)
             result["outputs"] = staging.publish()
-        except (AudioError, ItemError, ItemTimeout) as exc:
+        except (AudioError, FileError, ItemTimeout) as exc:
             result.update(status="error", reason=str(exc))
         except Exception as exc:  # the per-item boundary of a batch job: record, never abort the batch
             log.error("%s failed unexpectedly:\n%s", storage.display(item["path"]), traceback.format_exc())

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from automaster.pipelines.batch import ItemError
+from automaster.audio import FileError
 
 
 class UpperProcessor:
@@ -20,7 +20,7 @@ class UpperProcessor:
     def process(self, item: dict[str, Any], staging) -> dict[str, Any]:
         text = Path(item["path"]).read_text()
         if text == "fail":
-            raise ItemError(f"{item['path']}: says fail")
+            raise FileError(f"{item['path']}: says fail")
         if text == "crash":
             os._exit(3)  # a poison input that kills its worker process
         if text == "hang":

@@ -19,7 +19,7 @@ from automaster.audio import AudioError, read_audio
 from automaster.cli import main
 from automaster.config import load_config
 from automaster.corpus import folder_track_id
-from automaster.dsp.loudness import MASTER_MAX_GAIN_DB, master_loudness
+from automaster.dsp.limiter import MASTER_MAX_GAIN_DB, master_loudness
 from automaster.pipelines.demaster import run_demaster
 from automaster.pipelines.master import level_notes, plan_output_names, run_master
 from automaster.pipelines.outfolder import OutputFolder
