@@ -62,6 +62,9 @@ class AudioError(Exception):
         self.reason = reason
         super().__init__(f"cannot read {self.path!r}: {reason}")
 
+    def __reduce__(self):  # picklable across Ray workers despite the two-argument constructor
+        return (type(self), (self.path, self.reason))
+
 
 class FileError(Exception):
     """One input that a job cannot use (too short, silent, ...): recorded with its reason, never
