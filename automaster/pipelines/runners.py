@@ -208,6 +208,10 @@ def route_logs(log_file: str | None, verbose: bool, console: bool = True) -> Non
     if console:
         import mlflow  # noqa: F401  (MLflow adds its console handler on import: import it before routing)
     root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, "_automaster_job", False)]:
+        if log_file is None or old.baseFilename != os.path.abspath(log_file):  # an earlier job's file
+            root.removeHandler(old)
+            old.close()
     if log_file is not None and not any(getattr(h, "_automaster_job", False) for h in root.handlers):
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
         handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
@@ -215,13 +219,10 @@ def route_logs(log_file: str | None, verbose: bool, console: bool = True) -> Non
         handler._automaster_job = True  # type: ignore[attr-defined]
         root.addHandler(handler)
         root.setLevel(min(root.level or logging.INFO, logging.INFO))
-    for name in ("mlflow", "alembic", "ray", "ray.data", "ray.train", "ray.tune"):
-        lib = logging.getLogger(name)
-        if not verbose:
-            for h in list(lib.handlers):
-                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
-                    lib.removeHandler(h)
-            lib.propagate = True
+    if not verbose:
+        from automaster.pipelines.runtime import RAY_LOGGERS, loggers_to_root
+
+        loggers_to_root(("mlflow", "alembic", *RAY_LOGGERS))
     if console and not verbose:
         for h in root.handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):

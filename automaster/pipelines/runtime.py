@@ -61,6 +61,8 @@ def init_ray(
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
+    if not log_to_driver:
+        loggers_to_root(RAY_LOGGERS)
     if ray.is_initialized():
         return
     if address:
@@ -93,6 +95,20 @@ def init_ray(
     if node_ip != "127.0.0.1":
         ray.shutdown()
         raise RuntimeError(f"the local Ray bound {node_ip}, not 127.0.0.1; refusing to run it on the network")
+
+
+RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")
+
+
+def loggers_to_root(names: tuple[str, ...]) -> None:
+    """These loggers through the root logger (a job's log file) instead of the console handlers
+    their libraries install on import (Ray's, MLflow's)."""
+    for name in names:
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def _free_port(preferred: int) -> int:
