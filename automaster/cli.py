@@ -76,23 +76,9 @@ def _add_batch_options(p: argparse.ArgumentParser, overwrite: bool = True) -> No
 
 
 def _print_summary(job: str, summary: dict, extra: str = "") -> None:
-    """The short summary a batch job ends with (the full one is summary.json)."""
-    print(
-        f"{job}: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped (complete from an "
-        f"earlier run), {summary['passed_over']} passed over; {summary['mode']}{extra}"
-    )
-    for f in summary["failures"][:10]:
-        print(f"  failed: {f['rel_path']}: {f['reason']}".encode("utf-8", "backslashreplace").decode("utf-8"))
-    if len(summary["failures"]) > 10:
-        print(f"  ... {len(summary['failures']) - 10} more in summary.json")
-    for kind, n in summary.get("repairs", {}).items():
-        print(f"  repaired: {kind.replace('_', ' ')}: {n['count']} in {n['files']} files")
-    for c in summary.get("name_collisions", []):
-        print(f"  renamed: {c['rel_path']} -> {c['output']} ({c['reason']})".encode("utf-8", "backslashreplace").decode("utf-8"))
-    print(
-        f"  outputs: {summary['out']}\n  summary: {summary['out']}/summary.json\n  log:     {summary['log_file']}\n"
-        f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
-    )
+    from automaster.pipelines.batch import format_summary
+
+    print(format_summary(job, summary, extra))
 
 
 def _overrides(args: argparse.Namespace, section: str, names: Sequence[str]) -> list[str]:
