@@ -65,14 +65,13 @@ def _demaster_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_demaster)
 
 
-def _add_batch_options(p: argparse.ArgumentParser, overwrite: bool = True) -> None:
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
     """The options every batch job (demaster, master, evaluate) shares."""
     p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
                    help="run on Ray (--ray) or in this process (--no-ray); default: in-process for a handful of "
                    "items (batch.local_max_items, 4) without --ray-address, else Ray")
-    if overwrite:
-        p.add_argument("--overwrite", action="store_true",
-                       help="redo every item, also when --out holds outputs made with other settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every item, also when --out holds outputs made with other settings")
 
 
 def _print_summary(job: str, summary: dict, extra: str = "") -> None:
