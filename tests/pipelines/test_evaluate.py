@@ -93,7 +93,7 @@ def test_evaluate_end_to_end_our_degrader(ray_local, ckpt, data_dir, tmp_path, c
     out = tmp_path / "eval"
     code, printed = _evaluate(
         capsys, "--model", ckpt, "--clean", str(data_dir / "music"), "--out", str(out), "--clip-seconds", "3",
-        "--iterations", "4", "--workers", "2", "--tracking-uri", uri, "--run-name", "eval-ours",
+        "--iterations", "4", "--workers", "2", "--tracking-uri", uri, "--run-name", "eval-ours", "--ray",
     )
     assert code == 0
     for name in ("identity", "oracle_chain", "chain", "mask", "griffinlim", "SI-SDR", "forecast error"):
