@@ -66,14 +66,26 @@ class DemasterConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The U-Net + LSTM cascade."""
+    """The model: the thesis's U-Net + LSTM cascade, or the spectral restorer.
 
-    mode: str = "cascade"  # restore | params | cascade
+    ``spectral``: a network over the log-magnitude STFT predicting a bounded gain per STFT bin
+    and frame (applied to the input's STFT, its phase kept) and one level gain per clip
+    (:mod:`automaster.model.spectral`).
+    """
+
+    mode: str = "cascade"  # restore | params | cascade (thesis) | spectral
     unet_depth: int = 4
     unet_width: int = 24
     lstm_hidden: int = 128
     lstm_layers: int = 2
     dropout: float = 0.0
+    # Spectral mode: base channels, frequency downsamplings after the stem, frequency stride of
+    # the stem (1024 bins -> 1024 / stride bands), and the bounds of its two outputs.
+    spectral_width: int = 8
+    spectral_depth: int = 3
+    spectral_stem_stride: int = 4
+    max_gain_db: float = 12.0
+    max_level_db: float = 24.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,11 @@ class LossConfig:
     params: float = 1.0  # lambda2
     perceptual: float = 0.1  # lambda3
     huber_delta: float = 0.1
+    # Spectral mode (waveform losses through the iSTFT, and the level head's error in dB).
+    mrstft: float = 1.0
+    wave_l1: float = 10.0
+    si_sdr: float = 0.0
+    level_db: float = 0.05
     # Compute (and log) terms whose weight is 0; false skips them (with perceptual = 0 that saves
     # the inverse chain on every batch).
     log_zero_terms: bool = True
@@ -116,6 +133,26 @@ class TrainConfig:
     val_rows: int = 0
     # Testing aid: the last worker raises once after this epoch (-1: never).
     fail_at_epoch: int = -1
+    # Ray-free core (automaster.training): total optimiser steps (0: train.epochs epochs),
+    # steps per epoch of fresh damage, validation every val_every steps (0: every epoch).
+    steps: int = 0
+    steps_per_epoch: int = 200
+    val_every: int = 0
+    # "plateau" (ReduceLROnPlateau on the monitor) or "cosine" (to lr * lr_min_factor, with warmup).
+    schedule: str = "plateau"
+    warmup_steps: int = 0
+    lr_min_factor: float = 0.05
+    # "fresh": new damage every step from clean audio; "pairs": crops of the demaster dataset's
+    # fixed pairs (the thesis's training data, --data only).
+    source: str = "fresh"
+    # Fresh damage: crop length in seconds (overrides crop_frames), the share of each parameter's
+    # normalised range drawn around its neutral value (1: the thesis distribution), the clean
+    # seconds kept in memory per track (0: all), and held-out validation crops (--audio).
+    crop_seconds: float = 0.0
+    damage_scale: float = 1.0
+    max_track_seconds: float = 0.0
+    val_crops: int = 32
+    val_crop_seconds: float = 10.0
 
 
 @dataclass(frozen=True)

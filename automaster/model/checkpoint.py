@@ -23,6 +23,8 @@ from torch import nn
 
 from automaster.config import Config, ConfigError, from_dict
 from automaster.model.cascade import Cascade
+from automaster.model.spectral import MODE as SPECTRAL_MODE
+from automaster.model.spectral import SpectralRestorer
 
 FORMAT = "automaster-cascade"
 VERSION = 1
@@ -87,7 +89,7 @@ def save_checkpoint(
 
     Args:
         path: checkpoint directory (created) or the ``.pt`` file's path.
-        model: the :class:`Cascade` (DDP / compiled wrappers are unwrapped).
+        model: the :class:`Cascade` or :class:`SpectralRestorer` (DDP / compiled wrappers are unwrapped).
         config: the full config the model was built from.
         extra: plain values to keep (metrics, step, run id).
         optimizer, scheduler, epoch: training state for :func:`load_training_state`.
@@ -145,9 +147,16 @@ def _read_config(config_path: Path) -> Config:
         raise CheckpointError(f"cannot read checkpoint config {config_path}: {exc}") from None
 
 
+def build_model(config: Config) -> Cascade | SpectralRestorer:
+    """The untrained model of ``config.model.mode``: the spectral restorer or the cascade."""
+    if config.model.mode == SPECTRAL_MODE:
+        return SpectralRestorer.from_config(config)
+    return Cascade.from_config(config)
+
+
 def load_model(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[Cascade, Config, dict[str, Any]]:
+) -> tuple[Cascade | SpectralRestorer, Config, dict[str, Any]]:
     """Rebuild the model from ``config.json`` and load ``model.pt`` into it (``weights_only``).
 
     Args:
@@ -161,7 +170,7 @@ def load_model(
     payload, model_path, config_path = _read_payload(path, map_location)
     config = _read_config(config_path)
     try:
-        model = Cascade.from_config(config)
+        model = build_model(config)
     except ValueError as exc:
         raise CheckpointError(f"{config_path}: cannot build the model: {exc}") from None
     state = payload["model"]

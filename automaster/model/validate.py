@@ -124,3 +124,44 @@ def mae_ratios(metrics: dict[str, float]) -> dict[str, float]:
         for p in PARAMS
         if f"val/mae/{p.name}" in metrics and f"val/mae_baseline/{p.name}" in metrics
     }
+
+
+@torch.no_grad()
+def spectral_validation_totals(
+    model: torch.nn.Module, rows: list[dict[str, Any]], audio: AudioConfig, device: torch.device | str = "cpu"
+) -> tuple[dict[str, tuple[float, int]], dict[str, Any] | None]:
+    """Per metric ``(sum, count)`` of the spectral restorer over full-length ``rows``.
+
+    Each metric comes with ``_identity`` (the degraded input) and, where it applies,
+    ``_oracle_gain`` (the input with the true RMS gain to the clean clip, the level head's ideal):
+    ``val/mrstft``, ``val/si_sdr_db``, ``val/mel_l1_db``; also ``val/level_error_db`` (the level
+    head's error) and ``..._identity`` (no gain at all).
+    """
+    from automaster.dsp.metrics import si_sdr
+    from automaster.model.spectral import level_gain_db
+
+    model.eval()
+    mrstft = MultiResolutionSTFTLoss().to(device)
+    sums: dict[str, list[float]] = defaultdict(list)
+    figure = None
+
+    def mel_db(wave: torch.Tensor) -> torch.Tensor:  # (1, 1, T) -> (M, F)
+        return power_to_db(melspectrogram(wave[0, 0], int(audio.sample_rate), audio.n_fft, audio.hop_length, audio.n_mels))
+
+    for row in rows:
+        clean = torch.as_tensor(np.asarray(row["wave_original"], np.float32), device=device)[None, None]
+        wet = torch.as_tensor(np.asarray(row["wave_degraded"], np.float32), device=device)[None, None]
+        out = model(wet)
+        true_db = level_gain_db(clean, wet)
+        oracle = wet * torch.pow(10.0, true_db / 20.0).view(-1, 1, 1)
+        clean_mel = mel_db(clean)
+        for name, wave in (("", out["wave"]), ("_identity", wet), ("_oracle_gain", oracle)):
+            sums[f"val/mrstft{name}"].append(float(mrstft(wave, clean)))
+            sums[f"val/si_sdr_db{name}"].append(si_sdr(wave[0, 0].cpu(), clean[0, 0].cpu()))
+            sums[f"val/mel_l1_db{name}"].append(float((mel_db(wave) - clean_mel).abs().mean()))
+        sums["val/level_error_db"].append(float((out["level_db"] - true_db).abs().mean()))
+        sums["val/level_error_db_identity"].append(float(true_db.abs().mean()))
+        if figure is None:
+            figure = {"degraded": mel_db(wet).cpu().numpy(), "restored": mel_db(out["wave"]).cpu().numpy(),
+                      "clean": clean_mel.cpu().numpy()}  # fmt: skip
+    return {k: (float(np.sum(v)), len(v)) for k, v in sums.items()}, figure
