@@ -143,8 +143,9 @@ class TrainConfig:
     warmup_steps: int = 0
     lr_min_factor: float = 0.05
     # "fresh": new damage every step from clean audio; "pairs": crops of the demaster dataset's
-    # fixed pairs (the thesis's training data, --data only).
-    source: str = "fresh"
+    # fixed pairs (the thesis's training data, --data only); "auto": fresh for the spectral
+    # restorer or clean audio, pairs for the thesis cascade on a demaster dataset.
+    source: str = "auto"
     # Fresh damage: crop length in seconds (overrides crop_frames), the share of each parameter's
     # normalised range drawn around its neutral value (1: the thesis distribution), the clean
     # seconds kept in memory per track (0: all), and held-out validation crops (--audio).

@@ -8,7 +8,7 @@ terms, keyed like the config and the logged metrics (``mel_l1`` -> ``train/mel_l
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -200,6 +200,30 @@ class MelMultiScaleLoss(nn.Module):
         return l1 + (diff / ref).mean()
 
 
+def weighted_terms(
+    weights: dict[str, float], log_zero_terms: bool, term: Callable[[str], torch.Tensor | None]
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+    """``sum(weight * term(name))`` over ``weights`` (in their order) and the terms by name.
+
+    ``term`` returns ``None`` where a term does not apply (left out). A zero-weight term is still
+    computed, without gradient, for logging, unless ``log_zero_terms`` is false. The total is
+    ``None`` when no weighted term applies.
+    """
+    terms: dict[str, torch.Tensor] = {}
+    total = None
+    for name, weight in weights.items():
+        if weight == 0.0 and not log_zero_terms:
+            continue
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
+            value = term(name)
+        if value is None:
+            continue
+        terms[name] = value
+        if weight != 0.0:
+            total = weight * value if total is None else total + weight * value
+    return total, terms
+
+
 class CompositeLoss(nn.Module):
     """``λ1 · mel_l1 + λ2 · params + λ3 · perceptual`` with the λs from :class:`LossConfig`.
 
@@ -272,19 +296,7 @@ class CompositeLoss(nn.Module):
 
     def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns ``(total, terms)``; ``terms`` maps ``mel_l1``/``params``/``perceptual`` to scalars."""
-        terms: dict[str, torch.Tensor] = {}
-        total = None
-        for name in TERMS:
-            weight = self.weights[name]
-            if weight == 0.0 and not self.config.log_zero_terms:
-                continue
-            with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
-                value = self._term(name, outputs, batch)
-            if value is None:
-                continue
-            terms[name] = value
-            if weight != 0.0:
-                total = weight * value if total is None else total + weight * value
+        total, terms = weighted_terms(self.weights, self.config.log_zero_terms, lambda name: self._term(name, outputs, batch))
         if not terms:
             raise ValueError(f"no loss term applies to outputs with keys {sorted(outputs)}")
         if total is None:  # every applicable λ is 0: a constant, nothing to train

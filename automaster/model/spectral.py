@@ -26,7 +26,7 @@ from torch import nn
 
 from automaster.config import Config, LossConfig, ModelConfig
 from automaster.dsp.stft import HOP_LENGTH, N_FFT
-from automaster.model.losses import MultiResolutionSTFTLoss
+from automaster.model.losses import MultiResolutionSTFTLoss, weighted_terms
 
 MODE = "spectral"
 _BINS = N_FFT // 2  # bins the network sees (the Nyquist bin takes its neighbour's gain)
@@ -209,19 +209,9 @@ class SpectralLoss(nn.Module):
 
     def forward(self, outputs: dict, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Returns ``(total, terms)``; zero-weight terms are logged unless ``log_zero_terms`` is false."""
-        total = torch.zeros((), device=outputs["wave"].device)
-        terms: dict[str, torch.Tensor] = {}
-        for name in self.TERMS:
-            weight = self.weights[name]
-            if weight == 0.0 and not self.config.log_zero_terms:
-                continue
-            with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0.0):
-                value = self._term(name, outputs, batch)
-            if value is None:
-                continue
-            terms[name] = value
-            if weight != 0.0:
-                total = total + weight * value
+        total, terms = weighted_terms(self.weights, self.config.log_zero_terms, lambda name: self._term(name, outputs, batch))
+        if total is None:
+            total = torch.zeros((), device=outputs["wave"].device)
         return total, terms
 
 

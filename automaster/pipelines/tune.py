@@ -105,7 +105,7 @@ def tune_trial(params: dict[str, Any], setup: dict[str, Any], train_ds=None, val
     trainer = build_trainer(
         config, train_ds, val_ds, setup["means"], name=trial_id, storage_path=setup["trials_path"],
         cpu_per_worker=setup["cpu_per_worker"], mlflow_run_id=run_id, tracking_uri=setup["tracking_uri"],
-        callbacks=[_epoch_report_callback()],
+        callbacks=[_epoch_report_callback()], data=setup.get("data"),
     )  # fmt: skip
     trainer.fit()
 

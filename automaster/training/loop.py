@@ -41,8 +41,9 @@ _LOG_EVERY = 25  # steps between progress lines
 class Reporter:
     """Called by :func:`train` after every validation, on every rank (the default logs)."""
 
-    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, figure: dict | None) -> None:
-        """``metrics`` of the validation just done; ``checkpoint_dir`` (rank 0 only) holds its checkpoint."""
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None, figure: dict | None, history: list[dict]) -> None:
+        """``metrics`` of the validation just done; ``checkpoint_dir`` (rank 0 only) holds its
+        checkpoint; ``figure``: the first validation row's mels; ``history``: every validation's metrics."""
         log.info("step %d: %s", metrics["step"], ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if "/" in k))
 
 
@@ -53,11 +54,6 @@ def monitor_metric(config: Config) -> str:
     if config.train.monitor != "auto":
         return config.train.monitor
     return {SPECTRAL: "val/mrstft", "params": "val/mae_ratio"}.get(config.model.mode, "val/mel_l1_db")
-
-
-def total_steps(config: Config, source: Source) -> int:
-    """``train.steps``, else ``train.epochs`` epochs of the source."""
-    return config.train.steps if config.train.steps > 0 else config.train.epochs * source.steps_per_epoch
 
 
 def make_loss(config: Config) -> nn.Module:
@@ -140,7 +136,7 @@ def validate(model: nn.Module, config: Config, source: Source, device: torch.dev
     """Validation metrics over the source's rows (this rank's share, totals summed over ranks)."""
     from automaster.model.validate import metrics_from_totals, spectral_validation_totals, validation_totals
 
-    mine = source.val_rows[rank::world]
+    mine = source.my_val_rows(rank, world)
     if config.model.mode == SPECTRAL:
         totals, figure = spectral_validation_totals(model, mine, config.audio, device)
     else:
@@ -154,8 +150,26 @@ def _resume(path: Path, model: nn.Module, optimizer, scheduler, device) -> dict[
     model.load_state_dict(state["model"])
     meta = load_training_state(path, optimizer, scheduler, map_location=device)
     extra = meta["extra"]
+    epoch, done = int(meta["epoch"] or 0), bool(extra.get("epoch_done", True))
     return {"step": int(extra.get("step", 0)), "history": json.loads(extra.get("history", "[]")),
-            "best": float(extra.get("best", math.inf))}  # fmt: skip
+            "best": float(extra.get("best", math.inf)), "epoch": epoch + 1 if done else epoch,
+            "start": 0 if done else int(extra.get("epoch_step", 0))}  # fmt: skip
+
+
+class _Window:
+    """Training metrics and throughput since the last validation."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.steps, self.crops, self.t0 = 0, 0, time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], crops: int) -> None:
+        for name, value in terms.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value.detach())
+        self.steps, self.crops = self.steps + 1, self.crops + crops
+
+    def crops_per_s(self, world: int) -> float:
+        return self.crops * world / max(time.perf_counter() - self.t0, 1e-9)
 
 
 def train(
@@ -172,6 +186,9 @@ def train(
 ) -> dict[str, Any]:
     """Train ``config.model`` on ``source``; checkpoints under ``out`` (rank 0 writes).
 
+    Runs ``train.steps`` steps (0: ``train.epochs`` epochs), validating every ``train.val_every``
+    steps (0: at the end of every epoch).
+
     Args:
         resume_from: a checkpoint to continue from (default: ``<out>/checkpoints/last`` if any).
         wrap_model: e.g. DDP (Ray Train's ``prepare_model``); the bare model is checkpointed.
@@ -185,63 +202,70 @@ def train(
     torch.manual_seed(tc.seed + rank)
     model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps = total_steps(config, source)
-    scheduler = make_schedule(config, optimizer, steps)
+    steps = tc.steps if tc.steps > 0 else (tc.epochs * source.steps_per_epoch if source.steps_per_epoch else math.inf)
+    scheduler = make_schedule(config, optimizer, steps if math.isfinite(steps) else 0)
     monitor, reporter = monitor_metric(config), reporter or Reporter()
-    state = {"step": 0, "history": [], "best": math.inf}
+    state = {"step": 0, "history": [], "best": math.inf, "epoch": 0, "start": 0}
     resume = Path(resume_from) if resume_from else out / LAST_DIR
     if (resume / "model.pt").is_file():
         state = _resume(resume, model, optimizer, scheduler, device)
-        log.info("resuming from %s at step %d", resume, state["step"])
+        log.info("resuming from %s at step %d (epoch %d)", resume, state["step"], state["epoch"])
     bare = model
     model = wrap_model(model) if wrap_model else model  # HOOK: DDP
     loss_fn = make_loss(config).to(device)
-    val_every = tc.val_every if tc.val_every > 0 else source.steps_per_epoch
-    sums: dict[str, float] = {}
-    n_sums, crops, t_window, t_start = 0, 0, time.perf_counter(), time.perf_counter()
-    metrics: dict[str, float] = {}
-    for step in range(state["step"], steps):
-        model.train()
-        batch = source.batch(step, rank, world, device)
-        outputs = model_inputs(model, config, batch)
-        total, terms = loss_fn(outputs, batch)
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        optimizer.step()
-        if tc.schedule == "cosine":
-            scheduler.step()
-        for name, value in {"loss": total, **terms}.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
-        n_sums, crops = n_sums + 1, crops + len(batch["wave_degraded"])
-        if rank == 0 and (step + 1) % _LOG_EVERY == 0:
-            log.info("step %d/%d: train/loss %.4g (mean since the last validation), %.2f crops/s", step + 1, steps,
-                     sums["loss"] / n_sums, crops * world / max(time.perf_counter() - t_window, 1e-9))  # fmt: skip
-        if (step + 1) % val_every and step + 1 != steps:
-            continue
-        elapsed = time.perf_counter() - t_window
-        train_metrics = _mean_over_ranks({f"train/{k}": v / n_sums for k, v in sums.items()})
+    step, epoch, t_start, metrics = state["step"], state["epoch"], time.perf_counter(), {}
+    window = _Window()
+
+    def checkpoint(epoch_step: int, epoch_done: bool) -> None:
+        nonlocal window, metrics
+        train_metrics = _mean_over_ranks({f"train/{k}": v / max(window.steps, 1) for k, v in window.sums.items()})
         val_metrics, figure = validate(bare, config, source, device, rank, world)
         if tc.schedule == "plateau":
             scheduler.step(val_metrics.get(monitor, float("nan")))
-        metrics = {**train_metrics, **val_metrics, "step": step + 1, "epoch": step // source.steps_per_epoch,
-                   "lr": optimizer.param_groups[0]["lr"], "perf/crops_per_s": crops * world / max(elapsed, 1e-9)}  # fmt: skip
+        metrics = {**train_metrics, **val_metrics, "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
+                   "perf/crops_per_s": window.crops_per_s(world)}  # fmt: skip
         state["history"].append({k: v for k, v in metrics.items() if k.startswith(("train/", "val/")) or k == "step"})
         improved = val_metrics.get(monitor, math.inf) < state["best"]
         state["best"] = min(state["best"], val_metrics.get(monitor, math.inf))
-        ckpt = _save(out, bare, config, optimizer, scheduler, metrics, state, monitor, improved) if rank == 0 else None
-        reporter.report(metrics, ckpt, figure)  # HOOK: MLflow / Ray Train report
-        sums, n_sums, crops, t_window = {}, 0, 0, time.perf_counter()
-    return {"step": steps, "best": state["best"], "monitor": monitor, "metrics": metrics,
+        position = {"step": step, "epoch": epoch, "epoch_step": epoch_step, "epoch_done": epoch_done}
+        ckpt = _save(out, bare, config, optimizer, scheduler, metrics, state, position, monitor, improved) if rank == 0 else None
+        reporter.report(metrics, ckpt, figure, state["history"])  # HOOK: MLflow / Ray Train report
+        window = _Window()
+
+    while step < steps and (tc.steps > 0 or epoch < tc.epochs):
+        i = state["start"] if epoch == state["epoch"] else 0
+        for batch in source.epoch_batches(epoch, rank, world, device, start=i):
+            model.train()
+            outputs = model_inputs(model, config, batch)
+            total, terms = loss_fn(outputs, batch)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            if tc.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            optimizer.step()
+            if tc.schedule == "cosine":
+                scheduler.step()
+            window.add({"loss": total, **terms}, len(batch["wave_degraded"]))
+            step, i = step + 1, i + 1
+            if rank == 0 and step % _LOG_EVERY == 0:
+                log.info("step %d: train/loss %.4g (mean since the last validation), %.2f crops/s",
+                         step, window.sums["loss"] / window.steps, window.crops_per_s(world))  # fmt: skip
+            if tc.val_every > 0 and step % tc.val_every == 0 or step >= steps:
+                checkpoint(i, epoch_done=False)
+            if step >= steps:
+                break
+        if tc.val_every <= 0 and window.steps:
+            checkpoint(i, epoch_done=True)
+        epoch += 1
+    return {"step": step, "best": state["best"], "monitor": monitor, "metrics": metrics,
             "wall_s": time.perf_counter() - t_start, "model": str(out / MODEL_DIR)}  # fmt: skip
 
 
-def _save(out: Path, model, config, optimizer, scheduler, metrics, state, monitor: str, improved: bool) -> Path:
-    """The last checkpoint (with training state), a copy in ``<out>/model`` when it improved, and a
-    line of ``metrics.jsonl``."""
+def _save(out: Path, model, config, optimizer, scheduler, metrics, state, position, monitor: str, improved: bool) -> Path:
+    """The last checkpoint (with training state and the loop's ``position``), a copy in
+    ``<out>/model`` when it improved, and a line of ``metrics.jsonl``."""
     last = out / LAST_DIR
-    extra = {"step": int(metrics["step"]), "history": json.dumps(state["history"]), "metrics": json.dumps(metrics),
+    extra = {**position, "history": json.dumps(state["history"]), "metrics": json.dumps(metrics),
              "monitor": monitor, "best": float(state["best"])}  # fmt: skip
     save_checkpoint(last, model, config, extra=extra, optimizer=optimizer, scheduler=scheduler, epoch=int(metrics["epoch"]))
     if improved or not (out / MODEL_DIR / "model.pt").is_file():

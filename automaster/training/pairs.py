@@ -14,6 +14,8 @@ import numpy as np
 
 from automaster import storage
 from automaster.dataset import DATASET_DIR, META_FILE, decode_row
+from automaster.dataset import from_pcm16 as decode_pcm
+from automaster.training.bank import ClipBank, bank_from_rows
 from automaster.effects.params import PARAMS
 
 log = logging.getLogger(__name__)
@@ -121,3 +123,21 @@ def read_rows(files: list[str], limit: int = 0) -> list[dict[str, Any]]:
     if 0 < limit < len(rows):
         rows = [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
     return [decode_row(r) for r in rows]
+
+
+def read_originals(files: list[str]) -> ClipBank:
+    """The clean original of every track in ``files`` (one per track: the variants share it),
+    reading only the ``track_id``, ``variant`` and ``wave_original`` columns."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    rows = []
+    for f in sorted(files):
+        fs, path = storage.resolve(f)
+        table = pq.read_table(path, filesystem=fs, columns=["track_id", "variant", "wave_original"])
+        table = table.filter(pc.equal(table.column("variant"), 0))
+        waves = table.column("wave_original").combine_chunks()  # list<int16>: no Python ints
+        offsets, values = waves.offsets.to_numpy(), waves.values.to_numpy()
+        for i, track in enumerate(table.column("track_id").to_pylist()):
+            rows.append({"track_id": track, "wave_original": decode_pcm(values[offsets[i] : offsets[i + 1]])})
+    return bank_from_rows(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from automaster.config import AudioConfig, Config
 from automaster.effects.params import PARAMS
 from automaster.model.spectral import MODE as SPECTRAL
-from automaster.training.bank import SAMPLE_RATE, ClipBank, bank_from_corpus, bank_from_rows
+from automaster.training.bank import SAMPLE_RATE, ClipBank, bank_from_corpus
 from automaster.training.fresh import FreshDamage
 
 log = logging.getLogger(__name__)
@@ -53,53 +54,82 @@ def crop_samples(config: Config) -> int:
 
 @dataclass
 class Source:
-    """Training batches and validation rows (see the module docstring)."""
+    """Training batches and validation rows (see the module docstring).
+
+    ``steps_per_epoch`` is ``None`` where only iterating tells (a Ray Data shard).
+    """
 
     config: Config
     val_rows: list[dict[str, Any]]
     means: dict[str, float]
-    steps_per_epoch: int
+    steps_per_epoch: int | None
     description: dict[str, Any] = field(default_factory=dict)
     needs_mels: bool = False
 
-    def batch(self, step: int, rank: int, world: int, device: torch.device) -> dict[str, torch.Tensor]:
+    def epoch_batches(self, epoch: int, rank: int, world: int, device: torch.device, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of ``epoch`` on ``rank`` of ``world``, from batch ``start`` (a resumed epoch)."""
         raise NotImplementedError
+
+    def my_val_rows(self, rank: int, world: int) -> list[dict[str, Any]]:
+        """The validation rows ``rank`` of ``world`` validates (their totals are summed over ranks)."""
+        return self.val_rows[rank::world]
 
 
 class FreshSource(Source):
-    """Fresh damage of a clean bank; example indices of step ``s`` on rank ``r`` of ``w``:
-    ``(s * w + r) * B + j`` within the epoch, so ranks never repeat each other."""
+    """Fresh damage of a clean bank; example indices of batch ``i`` on rank ``r`` of ``w``:
+    ``(i * w + r) * B + j`` within the epoch, so ranks never repeat each other."""
 
     def __init__(self, fresh: FreshDamage, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fresh = fresh
 
-    def batch(self, step: int, rank: int, world: int, device: torch.device) -> dict[str, torch.Tensor]:
-        epoch, i = divmod(step, self.steps_per_epoch)
+    def epoch_batches(self, epoch: int, rank: int, world: int, device: torch.device, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
         size = self.config.train.batch_size
-        first = (i * world + rank) * size
-        batch = self.fresh.batch(epoch, list(range(first, first + size)), device)
-        return add_mels(batch, self.config.audio) if self.needs_mels else batch
+        for i in range(start, self.steps_per_epoch or 0):
+            first = (i * world + rank) * size
+            batch = self.fresh.batch(epoch, list(range(first, first + size)), device)
+            yield add_mels(batch, self.config.audio) if self.needs_mels else batch
+
+
+def pair_batches(rows: list[dict[str, Any]], config: Config, rng: np.random.Generator, device) -> Iterator[dict[str, torch.Tensor]]:
+    """``train.crops_per_track`` random crops of every row, shuffled, in batches (the thesis's
+    training data); ``level_db`` added for the spectral restorer."""
+    from automaster.model.batches import collate, random_crops
+    from automaster.model.spectral import level_gain_db
+
+    tc, audio = config.train, config.audio
+    crops = random_crops(rows, tc.crop_frames, tc.crops_per_track, rng, audio)
+    order = rng.permutation(len(crops))
+    for i in range(0, len(crops), tc.batch_size):
+        batch = collate([crops[j] for j in order[i : i + tc.batch_size]], audio, audio.sample_rate)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        batch["level_db"] = level_gain_db(batch["wave_original"], batch["wave_degraded"])
+        yield batch
 
 
 class PairsSource(Source):
-    """Random crops of the demaster dataset's fixed pairs (the thesis's training data)."""
+    """Random crops of the demaster dataset's fixed pairs, this rank's share of the rows."""
 
     def __init__(self, rows: list[dict[str, Any]], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.rows = rows
 
-    def batch(self, step: int, rank: int, world: int, device: torch.device) -> dict[str, torch.Tensor]:
-        from automaster.model.batches import collate, random_crops
-        from automaster.model.spectral import level_gain_db
+    def epoch_batches(self, epoch: int, rank: int, world: int, device: torch.device, start: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng([self.config.train.seed, epoch, rank])
+        for i, batch in enumerate(pair_batches(self.rows[rank::world], self.config, rng, device)):
+            if i >= start:
+                yield batch
 
-        tc, audio = self.config.train, self.config.audio
-        rng = np.random.default_rng([tc.seed, step, rank])
-        picked = [self.rows[j] for j in rng.integers(0, len(self.rows), tc.batch_size)]
-        batch = collate(random_crops(picked, tc.crop_frames, 1, rng, audio), audio, audio.sample_rate)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        batch["level_db"] = level_gain_db(batch["wave_original"], batch["wave_degraded"])
-        return batch
+
+def source_kind(config: Config) -> str:
+    """``train.source``; ``"auto"``: fresh damage for the spectral restorer, the fixed pairs for
+    the thesis cascade on a demaster dataset (clean audio alone always takes fresh damage)."""
+    kind = config.train.source
+    if kind not in ("auto", "fresh", "pairs"):
+        raise ValueError(f"train.source must be 'auto', 'fresh' or 'pairs', got {kind!r}")
+    if kind == "auto":
+        return "fresh" if config.model.mode == SPECTRAL else "pairs"
+    return kind
 
 
 def fresh_means(fresh: FreshDamage) -> dict[str, float]:
@@ -117,7 +147,7 @@ def audio_source(roots: list[str], config: Config, bank: ClipBank | None = None)
     fixed-seed crops of ``train.val_crop_seconds`` from the validation split (or, without one, the
     last ~10% of the training tracks, held out of training)."""
     tc = config.train
-    if tc.source != "fresh":
+    if tc.source == "pairs":
         raise ValueError(f"train.source={tc.source!r} needs --data (clean audio has no fixed pairs)")
     if bank is None:
         bank = bank_from_corpus(roots, ("training",), tc.max_track_seconds)
@@ -146,16 +176,16 @@ def _fresh_source(bank: ClipBank, val_rows: list[dict[str, Any]], config: Config
 def data_source(data: str, config: Config) -> Source:
     """The demaster dataset ``data``: fresh damage of its clean originals (``train.source =
     "fresh"``) or crops of its pairs (``"pairs"``); validation on its fixed validation pairs."""
-    from automaster.training.pairs import read_meta, read_rows, split_files
+    from automaster.training.pairs import read_meta, read_originals, read_rows, split_files
 
     tc = config.train
     read_meta(data)
     splits = split_files(data)
     val_rows = read_rows(splits.val_files, tc.val_rows)
-    train_rows = read_rows(splits.train_files)
     description = {"data": data, "rows": splits.counts, "validation": splits.val_name, "val_rows": len(val_rows)}
-    if tc.source == "pairs":
-        steps = max(1, len(train_rows) * tc.crops_per_track // tc.batch_size)
+    if source_kind(config) == "pairs":
+        train_rows = read_rows(splits.train_files)
+        steps = -(-len(train_rows) * tc.crops_per_track // tc.batch_size)
         return PairsSource(train_rows, config=config, val_rows=val_rows, means=splits.means,
                            steps_per_epoch=steps, description=description)  # fmt: skip
-    return _fresh_source(bank_from_rows(train_rows), val_rows, config, description)
+    return _fresh_source(read_originals(splits.train_files), val_rows, config, description)
