@@ -3,9 +3,11 @@
 The network reads the log-magnitude STFT (n_fft 2048, hop 512 at 44.1 kHz) of the mono downmix
 of the degraded input and predicts
 
-* ``gain_db`` ``(B, K, F)``: a gain per bin and frame, ``max_gain_db * tanh(raw / max_gain_db)``;
+* ``gain_db`` ``(B, K, F)``: a gain per bin and frame, ``max_gain_db * tanh(raw / max_gain_db)``
+  with ``raw`` zero-mean over the clip (spectral shape and dynamics, not the overall level);
 * ``level_db`` ``(B,)``: the gain that brings the input to the original master's loudness,
-  bounded the same way by ``max_level_db``.
+  bounded the same way by ``max_level_db``, from a small head reading band statistics, RMS and
+  peak of the input (not the U-Net: its features drift while it trains).
 
 Both are applied to every channel's STFT, whose phase is kept, and the iSTFT returns exactly the
 input's length, so the model trains end to end on waveform losses. The last layer of each head
@@ -33,6 +35,7 @@ _BINS = N_FFT // 2  # bins the network sees (the Nyquist bin takes its neighbour
 _DB_EPS = 1e-5
 _DB_SCALE = 40.0  # log-magnitude dB / 40: inputs of order 1
 _TIME_DILATIONS = (1, 2, 4, 8)
+_LEVEL_BANDS = 32  # bands of 32 bins that the level head reads
 
 
 def _soft_bound(raw: torch.Tensor, bound_db: float) -> torch.Tensor:
@@ -105,9 +108,12 @@ class SpectralRestorer(nn.Module):
         else:
             self.unstem = nn.Conv2d(width, width, 3, padding=1)
         self.gain_head = nn.Conv2d(width, 1, 3, padding=1)
-        # Level: mean and std of the bottleneck over bands and frames, plus the input's RMS and
-        # peak in dBFS (the damage normalises peaks, so their gap carries the level).
-        self.level_mlp = nn.Sequential(nn.Linear(2 * chans[-1] + 2, 64), nn.GELU(), nn.Linear(64, 1))
+        # Level: from the input alone, not the trunk (whose features drift while it trains): the
+        # mean and spread over frames of the log magnitude in _LEVEL_BANDS bands, and the input's
+        # RMS and peak in dBFS (the damage normalises peaks, so their gap carries the level).
+        self.level_mlp = nn.Sequential(
+            nn.Linear(2 * _LEVEL_BANDS + 2, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 1)
+        )
         for last in (self.gain_head, self.level_mlp[-1]):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
@@ -134,17 +140,23 @@ class SpectralRestorer(nn.Module):
             skips.append(x)
             x = down(F.gelu(x))
         x = self.bottleneck(x)  # (B, C_deep, bands / 2**depth, F)
-        pooled = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3), unbiased=False)], dim=1)
+        for up, block, skip in zip(reversed(self.up), reversed(self.dec), reversed(skips)):
+            x = block(up(F.gelu(x)) + skip)
+        raw = self.gain_head(F.gelu(self.unstem(F.gelu(x))))[:, 0]  # (B, 1024, F)
+        # The clip's overall level is the level head's alone: the per-bin gain is zero-mean per clip.
+        raw = raw - raw.mean(dim=(1, 2), keepdim=True)
+        raw = torch.cat([raw, raw[:, -1:]], dim=1)  # Nyquist bin: its neighbour's gain
+        return {"gain_db": _soft_bound(raw, self.max_gain_db), "level_db": self._level(mag_db, wave)}
+
+    def _level(self, mag_db: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` level gain in dB from the log magnitude ``(B, 1024, F)`` and the waveform."""
+        bands = mag_db.reshape(mag_db.shape[0], _LEVEL_BANDS, -1, mag_db.shape[-1]).mean(dim=2) / _DB_SCALE
         mono = wave.mean(dim=1)  # (B, T)
         rms_db = 10.0 * torch.log10(mono.pow(2).mean(dim=-1) + 1e-10)
         peak_db = 20.0 * torch.log10(mono.abs().amax(dim=-1) + 1e-5)
         stats = torch.stack([rms_db, peak_db], dim=1) / _DB_SCALE
-        level_db = _soft_bound(self.level_mlp(torch.cat([pooled, stats], dim=1))[:, 0], self.max_level_db)
-        for up, block, skip in zip(reversed(self.up), reversed(self.dec), reversed(skips)):
-            x = block(up(F.gelu(x)) + skip)
-        raw = self.gain_head(F.gelu(self.unstem(F.gelu(x))))[:, 0]  # (B, 1024, F)
-        raw = torch.cat([raw, raw[:, -1:]], dim=1)  # Nyquist bin: its neighbour's gain
-        return {"gain_db": _soft_bound(raw, self.max_gain_db), "level_db": level_db}
+        features = torch.cat([bands.mean(dim=-1), bands.std(dim=-1, unbiased=False), stats], dim=1)
+        return _soft_bound(self.level_mlp(features)[:, 0], self.max_level_db)
 
     def forward(self, wave: torch.Tensor, outputs: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Restore ``wave`` ``(B, C, T)``.
