@@ -70,7 +70,8 @@ class SpectralRestorer(nn.Module):
     """Log-magnitude STFT -> bounded gain per bin and frame + level gain per clip.
 
     Args:
-        width: channels after the stem (level ``i`` of the U-Net has ``width * (i + 1)``).
+        width: channels after the stem (level ``i`` of the U-Net has ``width * (i + 1)``); 0: no
+            U-Net, the level head alone (the per-bin gain is 0 dB).
         depth: frequency halvings after the stem.
         stem_stride: frequency stride of the stem (1024 bins -> ``1024 / stem_stride`` bands).
         max_gain_db: bound of the per-bin gain.
@@ -83,14 +84,29 @@ class SpectralRestorer(nn.Module):
         self, width: int = 8, depth: int = 3, stem_stride: int = 4, max_gain_db: float = 12.0, max_level_db: float = 24.0
     ) -> None:
         super().__init__()
-        if width < 1 or depth < 0 or stem_stride not in (1, 2, 4, 8):
-            raise ValueError(f"need width >= 1, depth >= 0, stem_stride in 1, 2, 4, 8; got {width}, {depth}, {stem_stride}")
+        if width < 0 or depth < 0 or stem_stride not in (1, 2, 4, 8):
+            raise ValueError(f"need width >= 0, depth >= 0, stem_stride in 1, 2, 4, 8; got {width}, {depth}, {stem_stride}")
         bands = _BINS // stem_stride
         if bands % (2**depth):
             raise ValueError(f"{bands} bands cannot be halved {depth} times")
         if max_gain_db <= 0 or max_level_db <= 0:
             raise ValueError(f"gain bounds must be > 0, got {max_gain_db}, {max_level_db}")
         self.max_gain_db, self.max_level_db = float(max_gain_db), float(max_level_db)
+        self.has_mask = width > 0
+        if self.has_mask:
+            self._build_unet(width, depth, stem_stride)
+        # Level: from the input alone, not the trunk (whose features drift while it trains): the
+        # mean and spread over frames of the log magnitude in _LEVEL_BANDS bands, and the input's
+        # RMS and peak in dBFS (the damage normalises peaks, so their gap carries the level).
+        self.level_mlp = nn.Sequential(
+            nn.Linear(2 * _LEVEL_BANDS + 2, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 1)
+        )
+        for last in (self.gain_head, self.level_mlp[-1]) if self.has_mask else (self.level_mlp[-1],):
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def _build_unet(self, width: int, depth: int, stem_stride: int) -> None:
+        """The per-bin gain's U-Net (attributes at the top level: the checkpoints' key names)."""
         chans = [width * (i + 1) for i in range(depth + 1)]
         kernel = 2 * stem_stride - 1 if stem_stride > 1 else 3
         self.stem = nn.Conv2d(1, width, (kernel, 3), stride=(stem_stride, 1), padding=(kernel // 2, 1))
@@ -108,15 +124,6 @@ class SpectralRestorer(nn.Module):
         else:
             self.unstem = nn.Conv2d(width, width, 3, padding=1)
         self.gain_head = nn.Conv2d(width, 1, 3, padding=1)
-        # Level: from the input alone, not the trunk (whose features drift while it trains): the
-        # mean and spread over frames of the log magnitude in _LEVEL_BANDS bands, and the input's
-        # RMS and peak in dBFS (the damage normalises peaks, so their gap carries the level).
-        self.level_mlp = nn.Sequential(
-            nn.Linear(2 * _LEVEL_BANDS + 2, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 1)
-        )
-        for last in (self.gain_head, self.level_mlp[-1]):
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
 
     @classmethod
     def from_config(cls, config: ModelConfig | Config) -> "SpectralRestorer":
@@ -133,6 +140,9 @@ class SpectralRestorer(nn.Module):
     def analyse(self, mono_spec: torch.Tensor, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mono STFT ``(B, K, F)`` and the waveform ``(B, C, T)`` -> ``gain_db`` ``(B, K, F)``, ``level_db`` ``(B,)``."""
         mag_db = 20.0 * torch.log10(mono_spec.abs()[:, :_BINS] + _DB_EPS)  # (B, 1024, F)
+        level_db = self._level(mag_db, wave)
+        if not self.has_mask:
+            return {"gain_db": torch.zeros_like(mono_spec.real), "level_db": level_db}
         x = self.stem(mag_db[:, None] / _DB_SCALE)  # (B, width, bands, F)
         skips = []
         for block, down in zip(self.enc, self.down):
@@ -146,7 +156,7 @@ class SpectralRestorer(nn.Module):
         # The clip's overall level is the level head's alone: the per-bin gain is zero-mean per clip.
         raw = raw - raw.mean(dim=(1, 2), keepdim=True)
         raw = torch.cat([raw, raw[:, -1:]], dim=1)  # Nyquist bin: its neighbour's gain
-        return {"gain_db": _soft_bound(raw, self.max_gain_db), "level_db": self._level(mag_db, wave)}
+        return {"gain_db": _soft_bound(raw, self.max_gain_db), "level_db": level_db}
 
     def _level(self, mag_db: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
         """``(B,)`` level gain in dB from the log magnitude ``(B, 1024, F)`` and the waveform."""

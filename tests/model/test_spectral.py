@@ -64,3 +64,11 @@ def test_built_from_the_config_and_refusing_bad_sizes():
         SpectralRestorer(width=4, depth=9)
     with pytest.raises(ValueError, match=r"\(B, C, T\)"):
         model(torch.zeros(100))
+
+
+def test_width_zero_is_the_level_head_alone():
+    model = SpectralRestorer(width=0)
+    x = 0.3 * torch.randn(1, 2, 9001)
+    out = model(x)
+    assert torch.allclose(out["wave"], x, atol=1e-5) and torch.equal(out["gain_db"], torch.zeros(1, 1025, 18))
+    assert {n.split(".")[0] for n, _ in model.named_parameters()} == {"level_mlp"}
