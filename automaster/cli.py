@@ -288,7 +288,7 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
 def default_inversion(model: str) -> str:
     """``chain`` when the model forecasts parameters (``params``/``cascade``: it measured best
     on damage made by another implementation, README "Results"), ``mask`` for a U-Net-only
-    (``restore``) model; ``chain`` when the model's config cannot be read (the loader reports
+    (``restore``) model and the spectral restorer (its only inversion); ``chain`` when the model's config cannot be read (the loader reports
     that)."""
     import json
 
@@ -299,7 +299,7 @@ def default_inversion(model: str) -> str:
         mode = json.loads(Path(config_path).read_text())["model"]["mode"]
     except (OSError, ValueError, KeyError, TypeError):
         return "chain"
-    return "mask" if mode == "restore" else "chain"
+    return "mask" if mode in ("restore", "spectral") else "chain"
 
 
 def _cmd_master(args: argparse.Namespace) -> int:

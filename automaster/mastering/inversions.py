@@ -68,14 +68,27 @@ def render_chain(seg: np.ndarray, sr: int, c: Chunk, physical: dict[str, torch.T
     return invert_chain(x, sr, params)[0].cpu().numpy()
 
 
+@functools.lru_cache(maxsize=16)
+def _model_bins_to_bins(sample_rate: int, n_fft: int, n_model_bins: int) -> torch.Tensor:
+    """``(n_bins, n_model_bins)`` linear interpolation from the model-rate STFT bins (the spectral
+    restorer's gain) to the STFT bins of ``n_fft`` at ``sample_rate`` (the identity at the model rate)."""
+    centres = np.linspace(0.0, MODEL_RATE / 2.0, n_model_bins)
+    freqs = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    eye = np.eye(n_model_bins)
+    return torch.from_numpy(np.stack([np.interp(freqs, centres, eye[k]) for k in range(n_model_bins)], axis=1).astype(np.float32))
+
+
 def render_mask(seg: np.ndarray, sr: int, c: Chunk, gain_db: torch.Tensor, audio_cfg: AudioConfig, device: torch.device) -> np.ndarray:
-    """``seg`` ``(C, n)`` with the mel gain ``(M, F_global)`` applied to its STFT (input phase)."""
+    """``seg`` ``(C, n)`` with the gain ``(bands, F_global)`` applied to its STFT (input phase): mel
+    bands (the U-Net's), or the model-rate STFT's ``n_fft // 2 + 1`` bins (the spectral restorer's)."""
     n = seg.shape[-1]
     n_fft = max(16, 2 * int(round(audio_cfg.n_fft / 2 * sr / MODEL_RATE)))
     hop = max(1, n_fft // 4)
     times = (c.s0 + np.arange(n_frames(n, hop)) * hop) / sr * MODEL_RATE / audio_cfg.hop_length
-    gain_mel = interp_frames(gain_db, times)  # (M, nfr)
-    to_bins = _mel_to_bins(sr, n_fft, gain_mel.shape[0]).to(gain_mel.device)  # (bins, M)
+    gain_mel = interp_frames(gain_db, times)  # (bands, nfr)
+    bands = gain_mel.shape[0]
+    to_bins = _model_bins_to_bins(sr, n_fft, bands) if bands == audio_cfg.n_fft // 2 + 1 else _mel_to_bins(sr, n_fft, bands)
+    to_bins = to_bins.to(gain_mel.device)  # (bins, bands)
     if device.type == "cpu":  # frame-major: (C, nfr, bins) spectra, one gain row per frame
         spec = stft_rows(seg, n_fft, hop)
         spec *= torch.pow(10.0, (gain_mel.T @ to_bins.T) / 20.0).numpy()  # (nfr, bins)

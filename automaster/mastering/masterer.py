@@ -10,6 +10,10 @@ The output keeps the input's sample rate, channel count and length. Stages: echo
 stitched over the track) -> synthesis (per chunk: the inversion, :mod:`.inversions`; overlaps
 crossfaded, :mod:`.chunks`) -> levels (:mod:`.levels`). Per-clip parameters are averaged over
 the whole track, so every chunk is repaired with the same settings.
+
+The spectral restorer (``model.mode = "spectral"``) renders ``mask`` only: it reads the chunk's
+waveform, its gain per STFT bin and frame is applied like the U-Net's mel gain, and its level
+head's gain (averaged over the chunks) is applied to the whole track before the levels stage.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from automaster.mastering.levels import HEADROOM_PEAK_DBFS, all_finite, apply_le
 from automaster.mastering.policy import apply_chain_policy, chain_policy, forecast_errors, remove_echo
 from automaster.model.batches import normalize_mel
 from automaster.model.checkpoint import load_model_cached
+from automaster.model.spectral import MODE as SPECTRAL
 from automaster.model.validate import denormalize_mel
 
 STAGES = ("decode", "analysis", "render", "loudness", "writes")
@@ -99,6 +104,10 @@ class Masterer:
         """Raise :class:`MasteringError` unless this model can render ``inversion``."""
         if inversion not in INVERSIONS:
             raise MasteringError(f"inversion must be one of {', '.join(INVERSIONS)}, got {inversion!r}")
+        if self.mode == SPECTRAL:
+            if inversion != "mask":
+                raise MasteringError(f"the spectral restorer renders the 'mask' inversion only, not {inversion!r}")
+            return
         if inversion == "chain" and self.model.forecaster is None:
             raise MasteringError(
                 f"inversion 'chain' needs forecast parameters, but the checkpoint's model mode is {self.mode!r} "
@@ -112,6 +121,8 @@ class Masterer:
 
     def supported_inversions(self) -> list[str]:
         """The inversions this model can render, in :data:`INVERSIONS` order."""
+        if self.mode == SPECTRAL:
+            return ["mask"]
         return [i for i in INVERSIONS if (self.model.forecaster if i == "chain" else self.model.unet) is not None]
 
     def settings(self) -> dict[str, Any]:
@@ -150,8 +161,9 @@ class Masterer:
         """Frame-rate controls of the whole track from its mono downmix, stitched over chunks.
 
         Returns ``"mel_db"`` ``(M, F)`` and, with an ``inversion``, the model's output for it:
-        ``"params"`` ``(P, F)`` (chain) or ``"gain_db"`` ``(M, F)`` (mask, griffinlim). Every
-        channel gets the same controls.
+        ``"params"`` ``(P, F)`` (chain) or ``"gain_db"`` ``(M, F)`` (mask, griffinlim); for the
+        spectral restorer ``"gain_db"`` ``(n_fft // 2 + 1, F)`` over the model-rate STFT bins and
+        ``"level_db"`` ``(F,)`` (each chunk's level gain). Every channel gets the same controls.
         """
         n_frames = chunks[-1].f1
         sums: dict[str, np.ndarray] = {}
@@ -163,7 +175,11 @@ class Masterer:
             y = torch.from_numpy(resample(mono, sr, MODEL_RATE)).to(self.device)  # (1, n_model)
             mel = fit_frames(mel_db(y, self.audio_cfg), nf)  # (1, M, nf)
             outputs = {"mel_db": mel[0]}
-            if inversion is not None:
+            if inversion is not None and self.mode == SPECTRAL:  # the restorer reads the waveform
+                out = self.model(y[None], outputs=("gain_db", "level_db"))
+                outputs["gain_db"] = fit_frames(out["gain_db"], nf)[0]  # (K, nf) model-rate bins
+                outputs["level_db"] = out["level_db"].expand(nf)  # per chunk, stitched like the rest
+            elif inversion is not None:
                 outputs.update({k: v[0] for k, v in self._run_model(mel, inversion).items()})
             w = window(c.f0, nf, c.frame_in, c.frame_out, equal_power=False)
             for key, value in outputs.items():
@@ -185,6 +201,8 @@ class Masterer:
             controls["physical"] = unstack(norm)  # per frame (1, F); per clip (1,): whole-track means
         if "gain_db" in controls:
             controls["gain_db"] = torch.from_numpy(controls["gain_db"]).to(self.device)
+        if "level_db" in controls:  # one gain for the track: the mean of the chunks' predictions
+            controls["level_db"] = float(np.mean(controls["level_db"]))
         return controls
 
     # ----------------------------------------------------------------------------- synthesis
@@ -213,7 +231,9 @@ class Masterer:
 
         ``inversion`` overrides the configured one (the same loaded model renders every inversion
         it supports). ``info`` holds levels before/after (``lufs_*``, ``true_peak_*_dbtp``,
-        ``peak_*_dbfs``), ``loudness_gain_db``, ``headroom_gain_db``, ``chunks`` and the echo
+        ``peak_*_dbfs``), with the spectral restorer ``level_gain_db`` (its level head's gain, the
+        mean over chunks, applied before the levels stage) and ``predicted_lufs`` (the input's
+        loudness plus that gain: the original master's, as the model estimates it), ``loudness_gain_db``, ``headroom_gain_db``, ``chunks`` and the echo
         stage's note; with ``images``, also ``"arrays"``: mels and controls for pictures and
         parameter statistics. ``stages`` accumulates seconds per stage.
 
@@ -246,6 +266,9 @@ class Masterer:
 
         t = time.perf_counter()
         mastered = self._synthesise(audio, sr, chunks, controls, inversion)
+        level_db = controls.get("level_db")
+        if level_db is not None:  # the restorer's level head: back to the original master's loudness
+            mastered *= np.float32(10.0 ** (level_db / 20.0))
         if not all_finite(mastered):
             raise FileError(f"the {inversion} inversion produced NaN/Inf samples")
         stages["render"] += time.perf_counter() - t
@@ -254,6 +277,9 @@ class Masterer:
         mastered, info = apply_levels(original, mastered, sr, self.cfg.target_lufs, self.cfg.true_peak_dbtp)
         info["chunks"] = len(chunks)
         info.update(echo)
+        if level_db is not None:
+            info["level_gain_db"] = level_db
+            info["predicted_lufs"] = None if info["lufs_before"] is None else info["lufs_before"] + level_db
         stages["loudness"] += time.perf_counter() - t
 
         if images:

@@ -65,6 +65,18 @@ def test_spectral_training_without_ray_or_mlflow_resumes_and_restores_a_file(tmp
     with torch.no_grad():
         restored = model(torch.from_numpy(audio)[None])["wave"][0].numpy()
     assert restored.shape == audio.shape and np.isfinite(restored).all()
+    from automaster.cli import default_inversion
+    from automaster.mastering import Masterer, MasteringError
+
+    masterer = Masterer(out / "model", inversion=default_inversion(str(out / "model")), chunk_s=1.2, context_s=0.3)
+    assert masterer.supported_inversions() == ["mask"]
+    native, sr = read_audio(REPO / "tests" / "data" / "music" / "d01_librosa_brahms_hungarian_dance_5.mp3",
+                            sample_rate=22050, duration_s=3.3)  # fmt: skip
+    mastered, info = masterer.master_audio(native, sr)  # several chunks, at a rate not the model's
+    assert mastered.shape == native.shape and np.isfinite(mastered).all()
+    assert abs(info["predicted_lufs"] - info["lufs_before"] - info["level_gain_db"]) < 1e-9
+    with pytest.raises(MasteringError, match="'mask' inversion only"):
+        masterer.check_inversion("chain")
 
 
 def test_the_thesis_cascade_trains_through_the_same_core_and_masters_a_file(tmp_path):
