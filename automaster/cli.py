@@ -286,20 +286,10 @@ def _master_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def default_inversion(model: str) -> str:
-    """``chain`` when the model forecasts parameters (``params``/``cascade``: it measured best
-    on damage made by another implementation, README "Results"), ``mask`` for a U-Net-only
-    (``restore``) model and the spectral restorer (its only inversion); ``chain`` when the model's config cannot be read (the loader reports
-    that)."""
-    import json
+    """The inversion the model renders by default (:func:`automaster.mastering.default_inversion`)."""
+    from automaster.mastering import default_inversion as for_model
 
-    from automaster.model.checkpoint import checkpoint_paths
-
-    try:
-        _, config_path = checkpoint_paths(model)
-        mode = json.loads(Path(config_path).read_text())["model"]["mode"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "chain"
-    return "mask" if mode in ("restore", "spectral") else "chain"
+    return for_model(model)
 
 
 def _cmd_master(args: argparse.Namespace) -> int:

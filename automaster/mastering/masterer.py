@@ -19,8 +19,10 @@ head's gain (averaged over the chunks) is applied to the whole track before the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +58,21 @@ def prepare_for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def default_inversion(model_path: str | os.PathLike) -> str:
+    """``chain`` when the model forecasts parameters (``params``/``cascade``: it measured best
+    on damage made by another implementation, README "Results"), ``mask`` for a U-Net-only
+    (``restore``) model and for the spectral restorer (its only inversion); ``chain`` when the
+    model's config cannot be read (the loader reports that)."""
+    from automaster.model.checkpoint import checkpoint_paths
+
+    try:
+        _, config_path = checkpoint_paths(model_path)
+        mode = json.loads(Path(config_path).read_text())["model"]["mode"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "chain"
+    return "mask" if mode in ("restore", SPECTRAL) else "chain"
 
 
 class Masterer:

@@ -33,7 +33,7 @@ from automaster.dsp.loudness import integrated_loudness
 from automaster.evaluation import baselines
 from automaster.evaluation.metrics import Reference, parameter_errors
 from automaster.evaluation.report import format_table, metrics_csv, parameters_csv, summarise  # noqa: F401
-from automaster.mastering import Masterer, MasteringError
+from automaster.mastering import Masterer, MasteringError, default_inversion
 from automaster.pipelines.batch import JobSpec, RunOptions, run_job
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ def _configs(model: str, evaluation: EvalConfig, mastering: MasterConfig) -> tup
         mastering = dataclasses.replace(mastering, seed=evaluation.seed, chunk_s=max(30.0, evaluation.clip_seconds))
     except ConfigError as exc:
         raise MasteringError(str(exc)) from None
-    probe = Masterer(model, config=mastering)  # the model is loaded once per process
+    probe = Masterer(model, default_inversion(model), config=mastering)  # the model is loaded once per process
     if evaluation.inversions:
         for inversion in evaluation.inversions:
             probe.check_inversion(inversion)  # raises with the reason
