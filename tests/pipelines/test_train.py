@@ -70,6 +70,22 @@ def test_worker_failure_resumes_from_checkpoint_and_rerun_continues(paired, tmp_
     assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["run_name"] == "r"
 
 
+def test_the_spectral_restorer_trains_on_fresh_damage_of_the_originals_with_two_workers(paired, tmp_path):
+    """The Ray job wraps the same core: fresh damage (each worker reads the dataset's originals),
+    DDP over two workers, validation every step on the fixed pairs, MLflow's step the step."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    sets = ["model.mode=spectral", "model.spectral_width=4", "model.spectral_depth=2", "model.spectral_stem_stride=8",
+            "train.crop_seconds=1", "train.batch_size=2", "train.steps=2", "train.val_every=1", "train.workers=2"]  # fmt: skip
+    config = load_config(overrides=[*TINY, *sets])
+    summary = run_train(str(paired), str(tmp_path / "out"), config, tracking_uri=uri, run_name="s")
+    client = mlflow.MlflowClient(uri)
+    for key in ("train/mrstft", "val/mrstft", "val/mrstft_oracle_gain", "val/level_error_db"):
+        assert sorted({m.step for m in client.get_metric_history(summary["mlflow_run_id"], key)}) == [1, 2], key
+    model, loaded, _ = load_model(tmp_path / "out" / "model")
+    assert loaded.model.mode == "spectral" and summary["monitor"] == "val/mrstft"
+    assert summary["best_metrics"]["val/mrstft_identity"] > 0
+
+
 def test_training_refuses_a_folder_that_is_not_a_dataset(tmp_path, ray_local):
     with pytest.raises(ValueError, match="not a demaster output"):
         run_train(str(tmp_path), str(tmp_path / "o"), load_config(overrides=TINY))
