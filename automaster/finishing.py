@@ -1,0 +1,236 @@
+"""The stages after restoration: reference match -> amount blend -> loudness -> true-peak limiter -> no clip.
+
+    settings = FinishSettings(preset="streaming", amount=0.8, reference=tone_profile(ref, ref_sr))
+    out, report = finish(original, restored, sample_rate, settings)
+
+``original`` is the input and ``restored`` the restoration's output, both ``(C, T)`` float32 at
+``sample_rate``, aligned sample for sample. The stages, each recorded in ``report["stages"]``
+with what it did and the loudness (LUFS) and true peak (dBTP) after it:
+
+1. ``restore``: the restoration (done before; recorded here with its levels).
+2. ``reference``: :func:`automaster.dsp.tone.match_tone` when a reference is given.
+3. ``amount``: ``amount * processed + (1 - amount) * original``; ``amount == 0`` is the input.
+4. ``loudness``: a static gain to the target (:mod:`automaster.presets`); the ``restore`` preset
+   keeps the level, or applies ``level_gain_db`` (the restoration model's estimate of the
+   original master's level) when given, scaled by ``amount``. A gain above ``MAX_GAIN_DB`` is
+   refused with a note (the ceiling still applies). A target too loud for the limiter alone
+   (dynamic music at a club level) is reached with a soft clipper before the limiter.
+5. ``limiter``: the true-peak limiter at the ceiling (BS.1770 4x meter); reports its largest
+   gain reduction and a gain-reduction curve.
+6. ``ceiling``: nothing above full scale is written: without a ceiling, a result peaking above
+   0 dBFS gets a static gain to ``HEADROOM_PEAK_DBFS``.
+
+Silence passes through every stage unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.signal
+
+from automaster.dsp import loudness as meter
+from automaster.dsp.tone import ToneProfile, match_tone
+from automaster.presets import Levels, resolve_levels
+
+HEADROOM_PEAK_DBFS = -0.1
+MAX_GAIN_DB = 30.0  # a loudness gain beyond this is refused (a near-silent file or a wrong target)
+LOUDNESS_TOLERANCE_LU = 0.15  # a loudness stage this far off its target gets a second aim
+GAIN_REDUCTION_HOP_S = 0.01
+MAX_DRIVE_DB = 12.0  # soft-clipper drive searched this far either side of plain normalisation's gain
+SATURATION_STEPS = 12  # resolution of the reported gain-reduction curve
+
+
+@dataclass(frozen=True)
+class FinishSettings:
+    """What the user asked for: a preset (None: the default), overrides, amount and reference."""
+
+    preset: str | None = None
+    target_lufs: float | None = None
+    true_peak_dbtp: float | None = None
+    amount: float = 1.0
+    reference: ToneProfile | None = None
+
+    def __post_init__(self) -> None:
+        if not (0.0 <= self.amount <= 1.0):
+            raise ValueError(f"--amount must be in [0, 1], got {self.amount}")
+        self.levels()  # an unknown preset fails here, at setup
+
+    def levels(self) -> Levels:
+        ref_lufs = self.reference.lufs if self.reference is not None and math.isfinite(self.reference.lufs) else None
+        return resolve_levels(self.preset, self.target_lufs, self.true_peak_dbtp, ref_lufs)
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def _measure(audio: np.ndarray, sr: int) -> dict[str, float | None]:
+    return {"lufs": _finite(meter.integrated_loudness(audio, sr)), "true_peak_dbtp": _finite(meter.true_peak_dbtp(audio, sr))}
+
+
+def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, hop_s: float = GAIN_REDUCTION_HOP_S) -> np.ndarray:
+    """The limiter's gain (dB, <= 0) per ``hop_s`` window, from its input and output ``(C, T)``.
+
+    The limiter applies one gain to all channels, so ``after / before`` at the window's largest
+    input sample is that gain; silent windows read 0 dB.
+    """
+    hop = max(1, int(round(hop_s * sample_rate)))
+    n = before.shape[-1] // hop * hop
+    if n == 0:
+        return np.zeros(0, np.float32)
+    env = np.abs(before[:, :n]).max(axis=0).reshape(-1, hop)  # (W, hop)
+    idx = env.argmax(axis=1) + np.arange(env.shape[0]) * hop
+    ch = np.abs(before[:, idx]).argmax(axis=0)
+    b = before[ch, idx].astype(np.float64)
+    a = after[ch, idx].astype(np.float64)
+    ratio = np.where(np.abs(b) > 1e-9, np.abs(a) / np.maximum(np.abs(b), 1e-30), 1.0)
+    return np.minimum(20.0 * np.log10(np.maximum(ratio, 1e-6)), 0.0).astype(np.float32)
+
+
+def _stage(name: str, applied: bool, note: str, audio: np.ndarray, sr: int, **extra: Any) -> dict[str, Any]:
+    return {"stage": name, "applied": applied, "note": note, **_measure(audio, sr), **extra}
+
+
+def _loudness_stage(y: np.ndarray, sr: int, levels: Levels, gain_db: float | None) -> tuple[float | None, str]:
+    """The target (LUFS) the loudness stage aims at, or None, and its note."""
+    lufs = meter.integrated_loudness(y, sr)
+    if not math.isfinite(lufs):
+        return None, "silent: no loudness gain"
+    if levels.use_level_gain:
+        if gain_db is None:
+            return None, "restore: kept the restored level"
+        target, note = lufs + gain_db, f"restore: the model's level estimate, {gain_db:+.1f} dB"
+    elif levels.target_lufs is None:
+        return None, "no loudness target"
+    else:
+        target, note = levels.target_lufs, f"{levels.target_lufs:.1f} LUFS ({levels.loudness_from})"
+    if abs(target - lufs) > MAX_GAIN_DB:
+        return None, f"refused: {target - lufs:+.1f} dB is beyond +-{MAX_GAIN_DB:.0f} dB (level kept)"
+    return target, note
+
+
+def soft_clip(audio: np.ndarray, gain_db: float, ceiling_dbtp: float) -> np.ndarray:
+    """``c * tanh(g * x / c)`` with ``c`` the ceiling (linear), 4x oversampled so the harmonics
+    it makes above Nyquist are filtered out rather than aliased."""
+    c = 10.0 ** (ceiling_dbtp / 20.0)
+    up = scipy.signal.resample_poly(audio * (10.0 ** (gain_db / 20.0) / c), 4, 1, axis=-1)
+    return (c * scipy.signal.resample_poly(np.tanh(up), 1, 4, axis=-1)).astype(np.float32)
+
+
+def _saturate_to(y: np.ndarray, sr: int, target: float, ceiling: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Loudness the limiter alone cannot reach: a soft clipper before it, its drive (gain into
+    the clipper, dB) bisected within +-``MAX_DRIVE_DB`` of plain normalisation's gain until the
+    limited result is within ``MASTER_LOUDNESS_AIM_LU`` of ``target``.
+    Returns ``(limited, clipped, drive_db)``, the pass closest to the target."""
+    base = target - meter.integrated_loudness(y, sr)
+    lo, hi = base - MAX_DRIVE_DB, base + MAX_DRIVE_DB
+    best: tuple[float, np.ndarray, np.ndarray, float] | None = None
+    for _ in range(SATURATION_STEPS):
+        drive = hi if best is None else 0.5 * (lo + hi)  # the loudest first: is the target reachable?
+        clipped = soft_clip(y, drive, ceiling)
+        out = meter.true_peak_limit(clipped, sr, ceiling)
+        error = target - meter.integrated_loudness(out, sr)
+        if best is None or abs(error) < best[0]:
+            best = (abs(error), out, clipped, drive)
+        if abs(error) <= meter.MASTER_LOUDNESS_AIM_LU or (drive == hi and error > 0):
+            break
+        lo, hi = (drive, hi) if error > 0 else (lo, drive)
+    _, out, clipped, drive = best
+    return out, clipped, drive
+
+
+def _loudness_and_limit(y: np.ndarray, sr: int, target: float | None, ceiling: float | None
+                        ) -> tuple[np.ndarray, np.ndarray, float, float | None]:
+    """Gain to ``target`` and the true-peak limiter (:func:`~automaster.dsp.loudness.master_loudness`);
+    aimed again once (at the target plus the miss) when heavy limiting left it more than
+    ``LOUDNESS_TOLERANCE_LU`` short, and, if the limiter alone still cannot get there, with a
+    soft clipper before it (:func:`_saturate_to`).
+
+    Returns ``(output, the limiter's input, gain_db, clipper drive_db or None)``.
+    """
+    out, stats = meter.master_loudness(y, sr, target, ceiling)
+    gain = float(stats["gain_db"]) if math.isfinite(stats["gain_db"]) else 0.0
+    miss = None if target is None or ceiling is None else target - stats["lufs_after"]
+    if miss is None or not math.isfinite(miss) or abs(miss) <= LOUDNESS_TOLERANCE_LU:
+        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None
+    out2, stats2 = meter.master_loudness(y, sr, target + miss, ceiling)
+    if abs(target - stats2["lufs_after"]) < abs(miss):
+        out, stats, miss = out2, stats2, target - stats2["lufs_after"]
+        gain = float(stats["gain_db"])
+    if miss <= LOUDNESS_TOLERANCE_LU:
+        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None
+    out, clipped, drive = _saturate_to(y, sr, target, ceiling)
+    return out, clipped, drive, drive
+
+
+def finish(
+    original: np.ndarray, restored: np.ndarray, sample_rate: int, settings: FinishSettings,
+    level_gain_db: float | None = None, restore_note: str = "restoration",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Run the stages after restoration; returns ``(audio (C, T) float32, report)``.
+
+    ``report``: ``stages`` (list of per-stage records), ``target_lufs``, ``ceiling_dbtp``,
+    ``gain_reduction_db`` (curve, ``GAIN_REDUCTION_HOP_S`` apart), ``max_gain_reduction_db``,
+    ``loudness_gain_db``, ``headroom_gain_db``, and ``tone`` (the reference match's info).
+    """
+    sr = int(sample_rate)
+    original = np.ascontiguousarray(original, dtype=np.float32)
+    y = np.ascontiguousarray(restored, dtype=np.float32)
+    if original.shape != y.shape:
+        raise ValueError(f"original and restored differ in shape: {original.shape} vs {y.shape}")
+    levels = settings.levels()
+    report: dict[str, Any] = {"stages": [], "target_lufs": None, "ceiling_dbtp": levels.ceiling_dbtp,
+                              "loudness_gain_db": 0.0, "headroom_gain_db": 0.0, "max_gain_reduction_db": 0.0,
+                              "gain_reduction_db": np.zeros(0, np.float32), "tone": None, "amount": settings.amount}
+    stages = report["stages"]
+    stages.append(_stage("restore", settings.amount > 0, restore_note, y, sr))
+
+    if settings.reference is not None and settings.amount > 0:
+        y, tone = match_tone(y, sr, settings.reference)
+        report["tone"] = tone
+        note = tone.get("note") or (f"mid EQ {tone['mid_eq_db'][0]:+.1f}..{tone['mid_eq_db'][1]:+.1f} dB, "
+                                    f"side EQ {tone['side_eq_db'][0]:+.1f}..{tone['side_eq_db'][1]:+.1f} dB")
+        stages.append(_stage("reference", bool(tone["applied"]), note, y, sr))
+    else:
+        stages.append(_stage("reference", False, "no reference" if settings.amount > 0 else "amount 0", y, sr))
+
+    a = settings.amount
+    if a == 0.0:
+        y = original.copy()
+    elif a < 1.0:
+        y = (np.float32(a) * y + np.float32(1.0 - a) * original).astype(np.float32)
+    stages.append(_stage("amount", a < 1.0, f"{a:.2f} processed + {1 - a:.2f} input", y, sr))
+
+    target, note = _loudness_stage(y, sr, levels, None if level_gain_db is None else a * level_gain_db)
+    report["target_lufs"] = target
+    if target is not None or levels.ceiling_dbtp is not None:
+        out, pre_limit, gain, drive = _loudness_and_limit(y, sr, target, levels.ceiling_dbtp)
+        report["loudness_gain_db"] = gain
+        report["soft_clip_drive_db"] = drive
+        if target is not None:
+            note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into a soft clipper (the limiter alone fell short)")
+        stages.append(_stage("loudness", target is not None, note, pre_limit, sr))
+        y = np.ascontiguousarray(out, dtype=np.float32)
+        gr = gain_reduction_db(pre_limit, y, sr) if levels.ceiling_dbtp is not None else np.zeros(0, np.float32)
+        report["gain_reduction_db"] = gr
+        report["max_gain_reduction_db"] = max(0.0, float(-gr.min())) if gr.size else 0.0
+        limiter_note = (f"ceiling {levels.ceiling_dbtp:.1f} dBTP ({levels.ceiling_from}), "
+                        f"max gain reduction {report['max_gain_reduction_db']:.2f} dB") if levels.ceiling_dbtp is not None else "no ceiling"
+        stages.append(_stage("limiter", levels.ceiling_dbtp is not None and report["max_gain_reduction_db"] > 0, limiter_note, y, sr))
+    else:
+        stages.append(_stage("loudness", False, note, y, sr))
+        stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr))
+
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    if peak > 1.0:
+        g = 10.0 ** (HEADROOM_PEAK_DBFS / 20.0) / peak
+        y = y * np.float32(g)
+        report["headroom_gain_db"] = 20.0 * math.log10(g)
+        stages.append(_stage("ceiling", True, f"peaked above 0 dBFS: {report['headroom_gain_db']:+.2f} dB", y, sr))
+    else:
+        stages.append(_stage("ceiling", False, "no sample above 0 dBFS", y, sr))
+    return y, report

@@ -1,0 +1,238 @@
+"""A mastering report per file (``report/<file>.json`` + ``report/<file>.png``) and the end-of-job table.
+
+The JSON holds the levels in and out, each stage's record (:mod:`automaster.finishing`), the
+echo and reverb estimates, the tone match, and the curves the figure draws. The PNG has six
+panels, each with its axes in units and input/output labels:
+
+1. long-term spectrum (mid, 1/3-octave smoothed) of the input, the output and the reference;
+2. short-term loudness (3 s windows, BS.1770) over time, with the integrated levels and target;
+3. true peak (4x oversampled, per 100 ms) over time, with the ceiling;
+4. the limiter's gain reduction over time;
+5. the echo and reverb estimates (what was measured and what was applied);
+6. loudness and true peak after each stage.
+
+No panel uses a colour map, so none needs a colour bar.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from typing import Any
+
+import numpy as np
+import scipy.signal
+
+from automaster import storage
+from automaster.dsp import loudness as meter
+from automaster.dsp.tone import GRID_HZ, ToneProfile, tone_error_db, tone_profile
+
+REPORT_DIR = "report"
+SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window
+CURVE_HOP_S = 0.1  # loudness and peak curves: one value per 100 ms
+FLOOR_LUFS = -70.0  # short-term values below the absolute gate are drawn at this level
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if x is not None and math.isfinite(float(x)) else None
+
+
+def _json_list(x: np.ndarray, digits: int = 2) -> list[float | None]:
+    return [_finite(round(float(v), digits)) for v in np.asarray(x, dtype=np.float64)]
+
+
+def short_term_loudness(audio: np.ndarray, sample_rate: int, window_s: float = SHORT_TERM_S,
+                        hop_s: float = CURVE_HOP_S) -> tuple[np.ndarray, np.ndarray]:
+    """``(times_s, lufs)``: BS.1770 loudness of ``window_s`` windows every ``hop_s`` (window
+    centres; ``-inf`` for silent windows). Shorter audio gives one window over all of it."""
+    x = np.atleast_2d(np.asarray(audio, dtype=np.float64))
+    sos5 = meter._k_weighting_sos(sample_rate)  # (stages, 5): b0, b1, b2, a1, a2
+    sos = np.concatenate([sos5[:, :3], np.ones((sos5.shape[0], 1)), sos5[:, 3:]], axis=1)
+    k = scipy.signal.sosfilt(sos, x, axis=-1)
+    power = (meter._channel_weights(x.shape[0])[:, None] * k**2).sum(axis=0)
+    cum = np.concatenate([[0.0], np.cumsum(power)])
+    win = min(int(round(window_s * sample_rate)), x.shape[-1])
+    hop = max(1, int(round(hop_s * sample_rate)))
+    starts = np.arange(0, x.shape[-1] - win + 1, hop)
+    mean = (cum[starts + win] - cum[starts]) / max(win, 1)
+    with np.errstate(divide="ignore"):
+        lufs = -0.691 + 10.0 * np.log10(mean)
+    return (starts + win / 2) / sample_rate, lufs
+
+
+def peak_curve_dbtp(audio: np.ndarray, sample_rate: int, hop_s: float = CURVE_HOP_S) -> tuple[np.ndarray, np.ndarray]:
+    """``(times_s, dBTP)``: the 4x-oversampled peak of each ``hop_s`` window (all channels)."""
+    x = np.atleast_2d(np.asarray(audio, dtype=np.float32))
+    factor = meter.oversampling_factor(sample_rate)
+    up = scipy.signal.resample_poly(x, factor, 1, axis=-1) if factor > 1 else x
+    env = np.abs(up).max(axis=0)
+    hop = max(1, int(round(hop_s * sample_rate))) * factor
+    n = max(1, env.size // hop)
+    peaks = np.array([env[i * hop : (i + 1) * hop].max(initial=0.0) for i in range(n)])
+    with np.errstate(divide="ignore"):
+        return (np.arange(n) + 0.5) * hop / factor / sample_rate, 20.0 * np.log10(peaks)
+
+
+def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rate: int,
+                 finish_report: dict[str, Any], estimates: dict[str, Any] | None = None,
+                 reference: ToneProfile | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON-ready report of one file (the PNG is drawn from it by :func:`report_png`)."""
+    sr = int(sample_rate)
+    before, after = tone_profile(original, sr), tone_profile(output, sr)
+    t_in, st_in = short_term_loudness(original, sr)
+    t_out, st_out = short_term_loudness(output, sr)
+    tp_t, tp_in = peak_curve_dbtp(original, sr)
+    _, tp_out = peak_curve_dbtp(output, sr)
+    gr = np.asarray(finish_report.get("gain_reduction_db", np.zeros(0)), dtype=np.float64)
+    from automaster.finishing import GAIN_REDUCTION_HOP_S
+
+    report: dict[str, Any] = {
+        "file": name, "sample_rate": sr, "channels": int(np.atleast_2d(original).shape[0]),
+        "duration_s": round(np.atleast_2d(original).shape[-1] / sr, 3), "settings": settings or {},
+        "lufs_in": _finite(before.lufs), "lufs_out": _finite(after.lufs),
+        "true_peak_in_dbtp": _finite(meter.true_peak_dbtp(original, sr)),
+        "true_peak_out_dbtp": _finite(meter.true_peak_dbtp(output, sr)),
+        "target_lufs": finish_report.get("target_lufs"), "ceiling_dbtp": finish_report.get("ceiling_dbtp"),
+        "loudness_gain_db": finish_report.get("loudness_gain_db"), "headroom_gain_db": finish_report.get("headroom_gain_db"),
+        "max_gain_reduction_db": finish_report.get("max_gain_reduction_db"), "amount": finish_report.get("amount"),
+        "width_in_db": _finite(before.width_db), "width_out_db": _finite(after.width_db),
+        "stages": finish_report.get("stages", []), "estimates": estimates or {}, "tone": finish_report.get("tone"),
+        "spectrum": {"grid_hz": GRID_HZ.round(2).tolist(), "input_db": _json_list(before.mid_db),
+                     "output_db": _json_list(after.mid_db)},
+        "short_term_lufs": {"time_s": _json_list(t_in, 2), "input": _json_list(st_in), "output": _json_list(st_out)},
+        "true_peak_curve_dbtp": {"time_s": _json_list(tp_t, 2), "input": _json_list(tp_in), "output": _json_list(tp_out)},
+        "gain_reduction_curve_db": {"hop_s": GAIN_REDUCTION_HOP_S, "values": _json_list(gr, 3)},
+    }
+    if reference is not None:
+        report["spectrum"]["reference_db"] = _json_list(reference.mid_db)
+        report["reference"] = {"lufs": _finite(reference.lufs), "width_db": _finite(reference.width_db),
+                               "tone_error_in_db": _finite(tone_error_db(before, reference)),
+                               "tone_error_out_db": _finite(tone_error_db(after, reference))}
+    return report
+
+
+def _arr(values: list[float | None], floor: float = float("nan")) -> np.ndarray:
+    return np.array([floor if v is None else v for v in values], dtype=np.float64)
+
+
+def _plot_spectrum(ax, r: dict[str, Any]) -> None:
+    s = r["spectrum"]
+    f = np.asarray(s["grid_hz"])
+    ax.semilogx(f, _arr(s["input_db"]), label="input", color="tab:blue")
+    ax.semilogx(f, _arr(s["output_db"]), label="output", color="tab:orange")
+    if "reference_db" in s:
+        ax.semilogx(f, _arr(s["reference_db"]), label="reference", color="tab:green", linestyle="--")
+    ax.set(title="Long-term spectrum (mid, 1/3-octave smoothed)", xlabel="frequency (Hz)", ylabel="power density (dBFS/Hz)", xlim=(20, 20000))
+
+
+def _plot_loudness(ax, r: dict[str, Any]) -> None:
+    c = r["short_term_lufs"]
+    t = _arr(c["time_s"])
+    ax.plot(t, _arr(c["input"], FLOOR_LUFS), label="input, short-term", color="tab:blue")
+    ax.plot(t, _arr(c["output"], FLOOR_LUFS), label="output, short-term", color="tab:orange")
+    for key, colour, label in (("lufs_in", "tab:blue", "input, integrated"), ("lufs_out", "tab:orange", "output, integrated")):
+        if r.get(key) is not None:
+            ax.axhline(r[key], color=colour, linestyle=":", label=f"{label} {r[key]:.1f} LUFS")
+    if r.get("target_lufs") is not None:
+        ax.axhline(r["target_lufs"], color="black", linestyle="--", label=f"target {r['target_lufs']:.1f} LUFS")
+    ax.set(title="Loudness (3 s short-term, BS.1770)", xlabel="time (s)", ylabel="loudness (LUFS)")
+
+
+def _plot_peaks(ax, r: dict[str, Any]) -> None:
+    c = r["true_peak_curve_dbtp"]
+    t = _arr(c["time_s"])
+    ax.plot(t, _arr(c["input"], -100.0), label="input", color="tab:blue")
+    ax.plot(t, _arr(c["output"], -100.0), label="output", color="tab:orange")
+    if r.get("ceiling_dbtp") is not None:
+        ax.axhline(r["ceiling_dbtp"], color="red", linestyle="--", label=f"ceiling {r['ceiling_dbtp']:.1f} dBTP")
+    ax.set(title="True peak per 100 ms (4x oversampled)", xlabel="time (s)", ylabel="true peak (dBTP)")
+
+
+def _plot_gain_reduction(ax, r: dict[str, Any]) -> None:
+    c = r["gain_reduction_curve_db"]
+    gr = _arr(c["values"], 0.0)
+    ax.plot(np.arange(gr.size) * c["hop_s"], gr, color="tab:red", label="output: limiter gain")
+    ax.set(title=f"Limiter gain reduction (max {r.get('max_gain_reduction_db') or 0.0:.2f} dB)",
+           xlabel="time (s)", ylabel="gain (dB)", ylim=(min(-1.0, float(gr.min(initial=0.0)) - 0.5), 0.5))
+
+
+def _plot_estimates(ax, r: dict[str, Any]) -> None:
+    items = [(k, v) for k, v in r.get("estimates", {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if not items:
+        ax.text(0.5, 0.5, "no echo or reverb estimates", ha="center", va="center", transform=ax.transAxes)
+    else:
+        labels, values = zip(*items)
+        ax.barh(range(len(values)), values, color="tab:purple")
+        ax.set_yticks(range(len(values)), labels)
+        for i, v in enumerate(values):
+            ax.text(v, i, f" {v:.3g}", va="center")
+    ax.set(title="Echo and reverb estimates (input)", xlabel="value (unit in each name: s, x = linear)")
+
+
+def _plot_stages(ax, r: dict[str, Any]) -> None:
+    stages = r.get("stages", [])
+    names = [("* " if s["applied"] else "") + s["stage"] for s in stages]
+    x = np.arange(len(stages))
+    lufs = _arr([s.get("lufs") for s in stages], FLOOR_LUFS)
+    peaks = _arr([s.get("true_peak_dbtp") for s in stages], -100.0)
+    ax.bar(x - 0.2, lufs, 0.4, label="loudness (LUFS)", color="tab:green")
+    ax.bar(x + 0.2, peaks, 0.4, label="true peak (dBTP)", color="tab:gray")
+    ax.set_xticks(x, names, rotation=20)
+    ax.set(title="After each stage (* = applied)", xlabel="stage (input -> output)", ylabel="level (LUFS / dBTP)")
+
+
+def report_png(report: dict[str, Any]) -> bytes:
+    """The six-panel figure of :func:`build_report`'s report, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, 9), dpi=80, layout="constrained")
+    axes = fig.subplots(2, 3)
+    for ax, draw in zip(axes.flat, (_plot_spectrum, _plot_loudness, _plot_peaks, _plot_gain_reduction, _plot_estimates, _plot_stages)):
+        draw(ax, report)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(f"{report['file']}: {_fmt(report.get('lufs_in'))} -> {_fmt(report.get('lufs_out'))} LUFS, "
+                 f"true peak {_fmt(report.get('true_peak_out_dbtp'))} dBTP")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def write_report(out_root: str, out_rel: str, report: dict[str, Any]) -> tuple[str, str]:
+    """Write ``report/<out_rel>.json`` and ``.png`` under ``out_root``; returns both paths."""
+    json_path = storage.join(out_root, REPORT_DIR, out_rel + ".json")
+    png_path = storage.join(out_root, REPORT_DIR, out_rel + ".png")
+    storage.write_bytes_atomic(json_path, json.dumps(report, indent=1, allow_nan=False).encode())
+    storage.write_bytes_atomic(png_path, report_png(report))
+    return json_path, png_path
+
+
+def _fmt(x: float | None, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def applied_summary(stages: list[dict[str, Any]]) -> str:
+    """The applied stages in a few words: ``restore, reference, loudness -14.0 LUFS, limiter``."""
+    return ", ".join(s["stage"] for s in stages if s.get("applied")) or "nothing"
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """The end-of-job table: file, LUFS in -> out, true peak out, what was applied (or the error).
+
+    Each row: ``file``, ``status``, and ``lufs_in``/``lufs_out``/``true_peak_out_dbtp``/
+    ``applied`` (ok) or ``reason`` (error).
+    """
+    width = max([4] + [len(r["file"]) for r in rows])
+    lines = [f"{'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  applied", "-" * (width + 44)]
+    for r in rows:
+        if r.get("status", "ok") != "ok":
+            lines.append(f"{r['file']:<{width}}  {'error':>16}  {'':>6}  {r.get('reason', '')}")
+            continue
+        levels = f"{_fmt(r.get('lufs_in'))} -> {_fmt(r.get('lufs_out'))}"
+        lines.append(f"{r['file']:<{width}}  {levels:>16}  {_fmt(r.get('true_peak_out_dbtp')):>6}  {r.get('applied', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The stages after restoration: presets, overrides, amount, reference and the ceiling, on real music."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyloudnorm
+import pytest
+import soundfile as sf
+
+from automaster.audio import read_audio
+from automaster.dsp.loudness import true_peak_dbtp
+from automaster.dsp.tone import tone_error_db, tone_profile
+from automaster.finishing import FinishSettings, finish
+from automaster.presets import PRESETS, resolve_levels
+from tests.conftest import DATA
+
+MUSIC = DATA / "music"
+FMA = DATA / "fma" / "fma_small" / "000"
+
+
+def _clip(path, seconds: float = 6.0) -> tuple[np.ndarray, int]:
+    audio, sr = read_audio(str(path))
+    return audio[:, : int(seconds * sr)], sr
+
+
+@pytest.fixture(scope="module")
+def materials(tmp_path_factory) -> dict[str, tuple[np.ndarray, int]]:
+    """Mono, stereo, 48 kHz and 24-bit real music."""
+    tmp = tmp_path_factory.mktemp("materials")
+    stereo, sr = _clip(MUSIC / "d02_librosa_kevin_macleod_sugar_plum_fairy.flac")
+    pcm24 = tmp / "brahms24.wav"
+    brahms, sr_b = _clip(MUSIC / "d01_librosa_brahms_hungarian_dance_5.flac")
+    sf.write(pcm24, brahms.T, sr_b, subtype="PCM_24")
+    out = {"stereo": (stereo, sr), "mono": _clip(FMA / "000005.mp3"), "48k": _clip(FMA / "000010.mp3"),
+           "24bit": read_audio(str(pcm24))}
+    assert out["mono"][0].shape[0] == 1 and out["48k"][1] == 48000 and sf.info(pcm24).subtype == "PCM_24"
+    return out
+
+
+def _lufs(audio: np.ndarray, sr: int) -> float:
+    return pyloudnorm.Meter(sr).integrated_loudness(audio.T.astype(np.float64))
+
+
+@pytest.mark.parametrize("material", ["mono", "stereo", "48k", "24bit"])
+@pytest.mark.parametrize("preset", [p for p in PRESETS if PRESETS[p].target_lufs is not None])
+def test_preset_hits_loudness_under_its_ceiling(materials, material, preset):
+    audio, sr = materials[material]
+    out, report = finish(audio, audio, sr, FinishSettings(preset=preset))
+    p = PRESETS[preset]
+    assert out.shape == audio.shape and out.dtype == np.float32
+    assert abs(_lufs(out, sr) - p.target_lufs) <= 0.3
+    assert true_peak_dbtp(out, sr) <= p.ceiling_dbtp
+    assert report["target_lufs"] == p.target_lufs
+
+
+@pytest.mark.parametrize("material", ["mono", "stereo", "48k", "24bit"])
+def test_default_never_exceeds_minus_one_dbtp(materials, material):
+    audio, sr = materials[material]
+    hot = audio * np.float32(10 ** (12 / 20) / np.abs(audio).max())  # +12 dB over full scale
+    out, report = finish(hot, hot, sr, FinishSettings())
+    assert true_peak_dbtp(out, sr) <= -1.0
+    assert report["max_gain_reduction_db"] > 0
+    assert [s["stage"] for s in report["stages"]] == ["restore", "reference", "amount", "loudness", "limiter", "ceiling"]
+
+
+def test_restore_keeps_the_level_unless_the_model_gives_one(materials):
+    audio, sr = materials["stereo"]
+    quiet = audio * np.float32(0.25)
+    kept, _ = finish(quiet, quiet, sr, FinishSettings())
+    assert _lufs(kept, sr) == pytest.approx(_lufs(quiet, sr), abs=0.01)
+    raised, report = finish(quiet, quiet, sr, FinishSettings(), level_gain_db=6.0)
+    assert _lufs(raised, sr) == pytest.approx(_lufs(quiet, sr) + 6.0, abs=0.3)
+    assert "model" in report["stages"][3]["note"]
+
+
+def test_amount_zero_preset_none_returns_the_input(materials):
+    audio, sr = materials["stereo"]
+    restored = audio[:, ::-1].copy()  # anything else
+    out, _ = finish(audio, restored, sr, FinishSettings(preset="none", amount=0.0))
+    assert np.array_equal(out, audio)
+
+
+def test_amount_blends_before_the_loudness_stage(materials):
+    audio, sr = materials["stereo"]
+    restored = audio * np.float32(0.5)
+    out, _ = finish(audio, restored, sr, FinishSettings(preset="none", amount=0.5))
+    np.testing.assert_allclose(out, 0.75 * audio, atol=1e-6)
+
+
+def test_overrides_beat_the_preset(materials):
+    audio, sr = materials["stereo"]
+    out, report = finish(audio, audio, sr, FinishSettings(preset="streaming", target_lufs=-12.0, true_peak_dbtp=-3.0))
+    assert abs(_lufs(out, sr) + 12.0) <= 0.3 and true_peak_dbtp(out, sr) <= -3.0
+    assert report["ceiling_dbtp"] == -3.0
+
+
+def test_reference_sets_loudness_and_lowers_tone_error(materials):
+    audio, sr = materials["24bit"]
+    ref_audio, ref_sr = materials["stereo"]
+    ref = tone_profile(ref_audio, ref_sr)
+    out, report = finish(audio, audio, sr, FinishSettings(reference=ref))
+    assert abs(_lufs(out, sr) - ref.lufs) <= 0.3
+    assert true_peak_dbtp(out, sr) <= -1.0
+    assert tone_error_db(tone_profile(out, sr), ref) < 0.5 * tone_error_db(tone_profile(audio, sr), ref)
+    named, _ = finish(audio, audio, sr, FinishSettings(preset="apple", reference=ref))  # a named preset wins
+    assert abs(_lufs(named, sr) + 16.0) <= 0.3
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_silence_stays_silence(preset):
+    silence = np.zeros((2, 44100), np.float32)
+    out, report = finish(silence, silence, 44100, FinishSettings(preset=preset))
+    assert not np.any(out)
+    assert report["loudness_gain_db"] == 0.0
+
+
+def test_a_gain_beyond_the_limit_is_refused():
+    rng = np.random.default_rng(0)
+    hiss = (3e-3 * rng.standard_normal((2, 44100 * 3))).astype(np.float32)  # about -45 LUFS: club needs > +30 dB
+    out, report = finish(hiss, hiss, 44100, FinishSettings(preset="club"))
+    loud = next(s for s in report["stages"] if s["stage"] == "loudness")
+    assert loud["note"].startswith("refused") and not loud["applied"]
+    assert np.array_equal(out, hiss)
+
+
+def test_user_mistakes_are_named():
+    with pytest.raises(ValueError, match="--amount"):
+        FinishSettings(amount=1.5)
+    with pytest.raises(ValueError, match="--preset"):
+        FinishSettings(preset="loud")
+    assert resolve_levels(None).ceiling_dbtp == -1.0 and math.isclose(resolve_levels("club").target_lufs, -9.0)

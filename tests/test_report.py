@@ -1,0 +1,75 @@
+"""The per-file mastering report (JSON + PNG) and the end-of-job table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from automaster import report as R
+from automaster.audio import read_audio
+from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp
+from automaster.dsp.tone import tone_profile
+from automaster.finishing import FinishSettings, finish
+from tests.conftest import DATA
+
+MUSIC = DATA / "music"
+
+
+@pytest.fixture(scope="module")
+def mastered():
+    audio, sr = read_audio(str(MUSIC / "d01_librosa_brahms_hungarian_dance_5.flac"))
+    ref_audio, ref_sr = read_audio(str(MUSIC / "d02_librosa_kevin_macleod_sugar_plum_fairy.flac"))
+    ref = tone_profile(ref_audio, ref_sr)
+    out, fin = finish(audio, audio, sr, FinishSettings(preset="streaming", reference=ref, amount=0.8))
+    estimates = {"echo_delay_s": 0.12, "echo_gain": 0.04, "reverb_rt60_s": 0.9, "reverb_wet": 0.1}
+    return R.build_report("d01.flac", audio, out, sr, fin, estimates, ref, {"preset": "streaming"}), audio, out, sr
+
+
+def test_report_files_exist_and_hold_the_figures(tmp_path, mastered):
+    report, _, _, _ = mastered
+    json_path, png_path = R.write_report(str(tmp_path), "a/d01.flac", report)
+    data = json.loads(open(json_path).read())
+    for key in ("spectrum", "short_term_lufs", "true_peak_curve_dbtp", "gain_reduction_curve_db", "estimates", "stages", "reference"):
+        assert key in data, key
+    assert set(data["spectrum"]) == {"grid_hz", "input_db", "output_db", "reference_db"}
+    assert [s["stage"] for s in data["stages"]] == ["restore", "reference", "amount", "loudness", "limiter", "ceiling"]
+    assert data["reference"]["tone_error_out_db"] < data["reference"]["tone_error_in_db"]
+    assert data["lufs_out"] == pytest.approx(-14.0, abs=0.3) and data["true_peak_out_dbtp"] <= -1.0
+    image = Image.open(png_path)
+    assert image.format == "PNG" and image.size[0] > 1000 and image.size[1] > 600
+
+
+def test_short_term_loudness_of_a_steady_tone_is_its_integrated_loudness():
+    sr = 48000
+    t = np.arange(10 * sr) / sr
+    tone = (0.1 * np.sin(2 * np.pi * 997 * t)).astype(np.float32)[None]
+    times, lufs = R.short_term_loudness(tone, sr)
+    assert times[0] == pytest.approx(1.5) and np.diff(times)[0] == pytest.approx(0.1)
+    np.testing.assert_allclose(lufs, integrated_loudness(tone, sr), atol=0.05)
+
+
+def test_peak_curve_reaches_the_true_peak(mastered):
+    _, _, out, sr = mastered
+    _, peaks = R.peak_curve_dbtp(out, sr)
+    assert peaks.max() == pytest.approx(true_peak_dbtp(out, sr), abs=0.05)
+
+
+def test_summary_table_lists_levels_and_errors():
+    rows = [{"file": "a.flac", "lufs_in": -20.04, "lufs_out": -14.0, "true_peak_out_dbtp": -1.02, "applied": "restore, loudness"},
+            {"file": "broken.mp3", "status": "error", "reason": "no audio frames"}]
+    lines = R.summary_table(rows).splitlines()
+    assert lines[0].split() == ["file", "LUFS", "in", "->", "out", "dBTP", "applied"]
+    assert "-20.0 -> -14.0" in lines[2] and "-1.0" in lines[2] and lines[2].endswith("restore, loudness")
+    assert "error" in lines[3] and lines[3].endswith("no audio frames")
+
+
+def test_silence_report_has_no_levels(tmp_path):
+    silence = np.zeros((2, 44100), np.float32)
+    out, fin = finish(silence, silence, 44100, FinishSettings())
+    report = R.build_report("silence.wav", silence, out, 44100, fin)
+    assert report["lufs_in"] is None and report["lufs_out"] is None
+    R.write_report(str(tmp_path), "silence.wav", report)  # JSON without NaN, a PNG all the same
+    assert (tmp_path / "report" / "silence.wav.png").stat().st_size > 0
