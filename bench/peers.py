@@ -1,0 +1,279 @@
+"""automaster next to its peers (issue 13) on damaged/clean pairs of real music.
+
+    flock /tmp/bench.lock python bench/peers.py --corpus ../shared/data/fma_mini --split test --clip-s 30
+
+Pairs: every clip of the split (centred ``--clip-s`` seconds, 44.1 kHz, its channels), damaged by
+our chain and by pedalboard's (the evaluate job's damage: seed 1, the same code). Each clip's
+reference is another clean clip of the same genre in the split (any other clip when none).
+
+Systems (all on one thread):
+
+* ``identity``: the damaged clip as it is;
+* ``automaster <inversion> <preset>``: the restoration, then the finishing stages with the preset
+  (every preset for the chain, ``restore`` for the others), and ``reference`` (the chain with
+  ``--reference``: tone, width and loudness of the reference, -1 dBTP);
+* ``matchering``: Matchering 2 with the reference (its defaults, 24-bit output);
+* ``de-limiter``: music-de-limiter's pretrained model (a stand-in ``torchaudio`` module for its
+  unused training import: torchaudio's wheels do not load with CPU torch);
+* ``normalise+limit``: pyloudnorm to -14 LUFS, then automaster's true-peak limiter at -1 dBTP.
+
+Measures against the clean clip: ΔSI-SDR (dB over the damaged clip's), MR-STFT, mel L1 (dB), the
+LUFS error to the system's own target (the clean clip's level for restoration, the preset's
+target, the reference's loudness), true peak (dBTP, 4x), tone error to the reference (dB,
+:func:`automaster.dsp.tone.tone_error_db`), seconds of processing per minute of audio, and each
+system's start-up (a fresh interpreter importing it and loading its model).
+
+The peers are the ``bench`` extra (``pip install -e .[bench]``); automaster never imports them.
+Writes ``bench/results/peers-<date>.json`` and prints the Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one thread, before numpy/torch/numba load
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE))
+
+import torch  # noqa: E402
+
+from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp, true_peak_limit  # noqa: E402
+from automaster.dsp.metrics import si_sdr  # noqa: E402
+from automaster.dsp.tone import tone_error_db, tone_profile  # noqa: E402
+from automaster.finishing import FinishSettings, finish  # noqa: E402
+from automaster.pipelines.evaluate import ALIGNED, EVAL_RATE, Evaluator, _mel_db, measure, read_clip  # noqa: E402
+from automaster.presets import PRESETS  # noqa: E402
+
+log = logging.getLogger("peers")
+SR = EVAL_RATE
+DEGRADERS = ("ours", "pedalboard")
+MEASURES = ("d_si_sdr_db", "mrstft", "mel_l1_db", "lufs_err_lu", "true_peak_dbtp", "tone_err_db", "s_per_min")
+# A fresh interpreter imports each system and loads its model: its start-up.
+STARTUP = {
+    "automaster": "from automaster.mastering import Masterer; Masterer('{model}', inversion='chain')",
+    "matchering": "import matchering",
+    "de-limiter": ("import sys, types; m = types.ModuleType('torchaudio'); m.transforms = types.ModuleType('t'); "
+                   "sys.modules['torchaudio'] = m; from music_de_limiter import load_pretrained_model; load_pretrained_model('cpu')"),
+    "normalise+limit": "import pyloudnorm; from automaster.dsp.loudness import true_peak_limit",
+}
+
+
+def _stub_torchaudio() -> None:
+    """music-de-limiter imports asteroid, whose STOI loss imports torchaudio (training only)."""
+    if "torchaudio" not in sys.modules:
+        stub = types.ModuleType("torchaudio")
+        stub.transforms = types.ModuleType("torchaudio.transforms")
+        sys.modules["torchaudio"] = stub
+        sys.modules["torchaudio.transforms"] = stub.transforms
+
+
+class Peers:
+    """The peer systems, loaded once: each maps ``(damaged (C, T), reference path)`` to audio."""
+
+    def __init__(self, tmp: Path) -> None:
+        import matchering
+        import pyloudnorm
+
+        _stub_torchaudio()
+        from music_de_limiter import load_pretrained_model
+
+        self.tmp, self.mg, self.pyln = tmp, matchering, pyloudnorm
+        matchering.log(lambda *_: None)
+        self.delimiter, rate = load_pretrained_model("cpu")
+        assert rate == SR, rate
+        self.delimiter.eval()
+
+    def matchering(self, damaged: np.ndarray, reference_path: Path) -> np.ndarray:
+        import soundfile as sf
+
+        target, result = self.tmp / "target.wav", self.tmp / "matchering.wav"
+        sf.write(target, damaged.T, SR, subtype="FLOAT")
+        self.mg.process(target=str(target), reference=str(reference_path), results=[self.mg.pcm24(str(result))])
+        out, _ = sf.read(result, dtype="float32", always_2d=True)
+        return _channels_like(out.T, damaged)
+
+    def de_limiter(self, damaged: np.ndarray, reference_path: Path) -> np.ndarray:
+        x = torch.from_numpy(np.array(np.broadcast_to(damaged, (2, damaged.shape[-1]))))[None]
+        with torch.no_grad():
+            _, out, *_ = self.delimiter(x)
+        return _channels_like(out[0].numpy(), damaged)
+
+    def normalise_limit(self, damaged: np.ndarray, reference_path: Path) -> np.ndarray:
+        meter = self.pyln.Meter(SR)
+        data = damaged.T.astype(np.float64)
+        gained = self.pyln.normalize.loudness(data, meter.integrated_loudness(data), -14.0)
+        return true_peak_limit(gained.T.astype(np.float32), SR, -1.0)
+
+
+def _channels_like(out: np.ndarray, like: np.ndarray) -> np.ndarray:
+    out = out[:, : like.shape[-1]]
+    if out.shape[-1] < like.shape[-1]:
+        out = np.pad(out, ((0, 0), (0, like.shape[-1] - out.shape[-1])))
+    if like.shape[0] == 1 and out.shape[0] != 1:
+        out = out.mean(axis=0, keepdims=True)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def pick_references(tracks: list[Any]) -> dict[str, Any]:
+    """Each track's reference: the next track of its genre in the list (cyclic), else the next one."""
+    refs = {}
+    for i, t in enumerate(tracks):
+        same = [u for u in tracks if u.genre == t.genre and u.track_id != t.track_id]
+        refs[t.track_id] = same[0] if same else tracks[(i + 1) % len(tracks)]
+    return refs
+
+
+def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def run_clip(ev: Evaluator, peers: Peers, track: Any, ref: Any, tmp: Path) -> list[dict[str, Any]]:
+    """Every system on one clip: rows of (system, measures)."""
+    import soundfile as sf
+
+    row = {"track_id": track.track_id, "path": track.path, "rel_path": track.path}
+    clean, damaged, _, _ = ev._inputs(row)
+    ref_audio, _ = read_clip(ref.path, ev.settings["clip_seconds"], mono=False)
+    ref_path = tmp / "reference.wav"
+    sf.write(ref_path, ref_audio.T, SR, subtype="FLOAT")
+    ref_profile = tone_profile(ref_audio, SR)
+    clean_mel, clean_lufs = _mel_db(clean, ev.audio_cfg), integrated_loudness(clean, SR)
+    base_sdr = si_sdr(damaged, clean)
+    minutes = damaged.shape[-1] / SR / 60.0
+
+    outputs: dict[str, tuple[np.ndarray, float, float, bool]] = {"identity": (damaged, 0.0, clean_lufs, True)}
+    for inversion, masterer in ev.masterers.items():
+        restored, t_restore = _timed(lambda m=masterer: m.master_audio(damaged, SR)[0])
+        presets = list(PRESETS) if inversion == "chain" else ["restore"]
+        for preset in presets:
+            (out, _), t = _timed(lambda p=preset: finish(damaged, restored, SR, FinishSettings(preset=p)))
+            target = PRESETS[preset].target_lufs
+            outputs[f"automaster {inversion} {preset}"] = (out, t_restore + t, clean_lufs if target is None else target, inversion in ALIGNED)
+        if inversion == "chain":
+            (out, _), t = _timed(lambda: finish(damaged, restored, SR, FinishSettings(reference=ref_profile)))
+            outputs["automaster chain reference"] = (out, t_restore + t, ref_profile.lufs, True)
+    for name, fn, target in (("matchering", peers.matchering, ref_profile.lufs), ("de-limiter", peers.de_limiter, clean_lufs),
+                             ("normalise+limit", peers.normalise_limit, -14.0)):
+        out, t = _timed(lambda f=fn: f(damaged, ref_path))
+        outputs[name] = (out, t, target, True)
+
+    rows = []
+    for system, (out, seconds, target, aligned) in outputs.items():
+        m = measure(out, clean, clean_mel, clean_lufs, aligned, ev.audio_cfg)
+        lufs = integrated_loudness(out, SR)
+        rows.append({
+            "track_id": track.track_id, "genre": track.genre, "reference": ref.track_id, "system": system,
+            "d_si_sdr_db": None if m["si_sdr_db"] is None else m["si_sdr_db"] - base_sdr,
+            "mrstft": m["mrstft"], "mel_l1_db": m["mel_l1_db"], "lufs_err_lu": abs(lufs - target),
+            "true_peak_dbtp": true_peak_dbtp(out, SR), "tone_err_db": tone_error_db(tone_profile(out, SR), ref_profile),
+            "s_per_min": seconds / minutes,
+        })
+    return rows
+
+
+def startup_seconds(model: str) -> dict[str, float]:
+    """Wall seconds for a fresh interpreter to import each system and load its model."""
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    out = {}
+    for name, code in STARTUP.items():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code.format(model=model)], check=True, env=env, capture_output=True)
+        out[name] = time.perf_counter() - t
+    return out
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """``{degrader: {system: {measure: mean (true peak: max)}}}``."""
+    table: dict[str, dict[str, dict[str, float | None]]] = {}
+    for r in rows:
+        table.setdefault(r["degrader"], {}).setdefault(r["system"], {m: [] for m in MEASURES})
+        for m in MEASURES:
+            if r[m] is not None and np.isfinite(r[m]):
+                table[r["degrader"]][r["system"]][m].append(r[m])
+    for systems in table.values():
+        for name, values in systems.items():
+            systems[name] = {m: (None if not v else float(np.max(v) if m == "true_peak_dbtp" else np.mean(v))) for m, v in values.items()}
+    return table
+
+
+def markdown(table: dict[str, Any], startup: dict[str, float]) -> str:
+    head = ("| damage | system | ΔSI-SDR (dB) | MR-STFT | mel L1 (dB) | LUFS error (LU) | max true peak (dBTP) "
+            "| tone error (dB) | s per min of audio |")
+    lines = [head, "|" + "---|" * 9]
+    fmt = {"d_si_sdr_db": "{:+.2f}", "mrstft": "{:.3f}", "mel_l1_db": "{:.2f}", "lufs_err_lu": "{:.2f}",
+           "true_peak_dbtp": "{:+.2f}", "tone_err_db": "{:.2f}", "s_per_min": "{:.2f}"}
+    for degrader, systems in table.items():
+        for system, m in systems.items():
+            cells = ["-" if m[k] is None else fmt[k].format(m[k]) for k in MEASURES]
+            lines.append(f"| {degrader} | {system} | " + " | ".join(cells) + " |")
+    lines += ["", "| system | start-up (s) |", "|---|---|"] + [f"| {k} | {v:.1f} |" for k, v in startup.items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", required=True, help="an FMA root (e.g. fma_mini)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--clip-s", type=float, default=30.0)
+    parser.add_argument("--limit", type=int, default=0, help="clips per degrader (0: all)")
+    parser.add_argument("--model", default=str(HERE / "models" / "reference"))
+    parser.add_argument("--inversions", default="chain,mask,griffinlim")
+    parser.add_argument("--degraders", default=",".join(DEGRADERS))
+    parser.add_argument("--out", default=str(HERE / "bench" / "results" / f"peers-{time.strftime('%Y-%m-%d')}.json"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(1)
+    from automaster.corpus import scan_corpus
+
+    tracks = [t for t in scan_corpus(args.corpus).tracks if t.split == args.split]
+    tracks = tracks[: args.limit] if args.limit else tracks
+    refs = pick_references(tracks)
+    load_before = [round(v, 2) for v in os.getloadavg()]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_dir:
+        tmp = Path(tmp_dir)
+        peers = Peers(tmp)
+        for degrader in args.degraders.split(","):
+            settings = {"seed": 1, "degrader": degrader, "clip_seconds": args.clip_s, "mono": False, "peak_ceiling": 0.999}
+            options = {"target_lufs": None, "true_peak_dbtp": None, "seed": 1, "chunk_s": max(30.0, args.clip_s)}
+            ev = Evaluator(args.model, args.inversions.split(","), settings, options)
+            if not rows:  # warm-up (numba compiles, first-call allocations): not timed
+                run_clip(ev, peers, tracks[0], refs[tracks[0].track_id], tmp)
+            for t in tracks:
+                for r in run_clip(ev, peers, t, refs[t.track_id], tmp):
+                    rows.append({"degrader": degrader, **r})
+                log.info("%s %s done (load %s)", degrader, t.track_id, os.getloadavg()[0])
+    startup = startup_seconds(args.model)
+    table = summarise(rows)
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), one thread",
+        "load_before": load_before, "load_after": [round(v, 2) for v in os.getloadavg()],
+        "corpus": args.corpus, "split": args.split, "clips": len(tracks), "clip_s": args.clip_s,
+        "startup_s": startup, "summary": table, "rows": rows,
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1, default=float))
+    print(markdown(table, startup))
+    print(f"\n{len(tracks)} clips x {len(args.degraders.split(','))} damages; load {load_before} -> {result['load_after']}; {args.out}")
+
+
+if __name__ == "__main__":
+    main()
