@@ -72,6 +72,11 @@ def _measure(audio: np.ndarray, sr: int) -> dict[str, float | None]:
     return {"lufs": _finite(meter.integrated_loudness(audio, sr)), "true_peak_dbtp": _finite(meter.true_peak_dbtp(audio, sr))}
 
 
+def _peak_dbfs(audio: np.ndarray) -> float | None:
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    return 20.0 * math.log10(peak) if peak > 0 else None
+
+
 def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, hop_s: float = GAIN_REDUCTION_HOP_S) -> np.ndarray:
     """The limiter's gain (dB, <= 0) per ``hop_s`` window, from its input and output ``(C, T)``.
 
@@ -92,7 +97,7 @@ def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, h
 
 
 def _stage(name: str, applied: bool, note: str, audio: np.ndarray, sr: int, **extra: Any) -> dict[str, Any]:
-    return {"stage": name, "applied": applied, "note": note, **_measure(audio, sr), **extra}
+    return {"stage": name, "applied": applied, "note": note, **_measure(audio, sr), "peak_dbfs": _peak_dbfs(audio), **extra}
 
 
 def _loudness_stage(y: np.ndarray, sr: int, levels: Levels, gain_db: float | None) -> tuple[float | None, str]:
@@ -233,4 +238,38 @@ def finish(
         stages.append(_stage("ceiling", True, f"peaked above 0 dBFS: {report['headroom_gain_db']:+.2f} dB", y, sr))
     else:
         stages.append(_stage("ceiling", False, "no sample above 0 dBFS", y, sr))
+    report["applied"] = _applied(report)
     return y, report
+
+
+def _applied(report: dict[str, Any]) -> str:
+    """What was done, in a few words for the end-of-job table (``restore, +4.8 dB, limiter 1.2 dB``)."""
+    done = {s["stage"] for s in report["stages"] if s["applied"]}
+    parts = ["restore"] if "restore" in done else []
+    if "reference" in done:
+        parts.append("reference EQ")
+    if "amount" in done:
+        parts.append(f"amount {report['amount']:.2f}")
+    if "loudness" in done:
+        parts.append(f"{report['loudness_gain_db']:+.1f} dB" + (" soft clip" if report.get("soft_clip_drive_db") is not None else ""))
+    if "limiter" in done:
+        parts.append(f"limiter {report['max_gain_reduction_db']:.1f} dB")
+    if "ceiling" in done:
+        parts.append(f"trim {report['headroom_gain_db']:+.1f} dB")
+    return ", ".join(parts) or "nothing (input unchanged)"
+
+
+def levels_info(original: np.ndarray, sample_rate: int, report: dict[str, Any]) -> dict[str, Any]:
+    """Flat levels of a :func:`finish` run for summaries: ``lufs_before/after``,
+    ``true_peak_before/after_dbtp``, ``peak_before/after_dbfs``, the gains, target, ceiling,
+    largest gain reduction, the loudness stage's note and ``applied``."""
+    last = report["stages"][-1]
+    loud = next(s for s in report["stages"] if s["stage"] == "loudness")
+    before = _measure(original, sample_rate)
+    return {
+        "lufs_before": before["lufs"], "true_peak_before_dbtp": before["true_peak_dbtp"], "peak_before_dbfs": _peak_dbfs(original),
+        "lufs_after": last["lufs"], "true_peak_after_dbtp": last["true_peak_dbtp"], "peak_after_dbfs": last["peak_dbfs"],
+        "loudness_gain_db": report["loudness_gain_db"], "headroom_gain_db": report["headroom_gain_db"],
+        "loudness_note": loud["note"], "target_lufs": report["target_lufs"], "ceiling_dbtp": report["ceiling_dbtp"],
+        "max_gain_reduction_db": report["max_gain_reduction_db"], "applied": report["applied"],
+    }

@@ -216,11 +216,6 @@ def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def applied_summary(stages: list[dict[str, Any]]) -> str:
-    """The applied stages in a few words: ``restore, reference, loudness -14.0 LUFS, limiter``."""
-    return ", ".join(s["stage"] for s in stages if s.get("applied")) or "nothing"
-
-
 def summary_table(rows: list[dict[str, Any]]) -> str:
     """The end-of-job table: file, LUFS in -> out, true peak out, what was applied (or the error).
 

@@ -131,3 +131,15 @@ def test_user_mistakes_are_named():
     with pytest.raises(ValueError, match="--preset"):
         FinishSettings(preset="loud")
     assert resolve_levels(None).ceiling_dbtp == -1.0 and math.isclose(resolve_levels("club").target_lufs, -9.0)
+
+
+def test_levels_info_summarises_the_run(materials):
+    from automaster.finishing import levels_info
+
+    audio, sr = materials["stereo"]
+    out, report = finish(audio, audio, sr, FinishSettings(preset="streaming", amount=0.5))
+    info = levels_info(audio, sr, report)
+    assert info["lufs_after"] == pytest.approx(_lufs(out, sr), abs=0.01)
+    assert info["lufs_before"] == pytest.approx(_lufs(audio, sr), abs=0.01)
+    assert info["true_peak_after_dbtp"] <= -1.0 and info["target_lufs"] == -14.0
+    assert info["applied"].startswith("restore, amount 0.50, +")
