@@ -4,7 +4,7 @@
 
 Pairs: every clip of the split (centred ``--clip-s`` seconds, 44.1 kHz, its channels), damaged by
 our chain and by pedalboard's (the evaluate job's damage: seed 1, the same code). Each clip's
-reference is another clean clip of the same genre in the split (any other clip when none).
+reference is the first other clean clip of its genre in the split (the next clip when none).
 
 Systems (all on one thread):
 
@@ -131,7 +131,7 @@ def _channels_like(out: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 
 def pick_references(tracks: list[Any]) -> dict[str, Any]:
-    """Each track's reference: the next track of its genre in the list (cyclic), else the next one."""
+    """Each track's reference: the first other track of its genre in the list, else the next track."""
     refs = {}
     for i, t in enumerate(tracks):
         same = [u for u in tracks if u.genre == t.genre and u.track_id != t.track_id]
