@@ -264,16 +264,33 @@ def _master_config(args: argparse.Namespace, **fields) -> MasterConfig:
         raise UsageError(str(exc)) from None
 
 
+def _add_product_options(p: argparse.ArgumentParser) -> None:
+    """``master``'s delivery options: loudness preset, reference track and amount (issue 13)."""
+    from automaster.config import DEFAULT_PRESET, PRESETS
+
+    table = "; ".join(
+        f"{n}: {'keep level' if p_.target_lufs is None else f'{p_.target_lufs:g} LUFS'}"
+        f"{'' if p_.ceiling_dbtp is None else f', {p_.ceiling_dbtp:g} dBTP'}" for n, p_ in PRESETS.items()
+    )
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help=f"loudness and true-peak ceiling ({table}; default {DEFAULT_PRESET}, or the reference's "
+                   "loudness with --reference); --target-lufs/--true-peak override it")
+    p.add_argument("--reference", help="audio file whose tonal balance (mid/side spectra), stereo width and loudness to match")
+    p.add_argument("--amount", type=float, default=_MASTER.amount,
+                   help="0..1: blend of the input and the restored, tone-matched result before the loudness stage (default 1)")
+
+
 def _master_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("master", help="master every audio file of a folder with a trained model (in-process or on Ray)")
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
-    p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, summary.json)")
+    p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, report/, summary.json)")
     p.add_argument("--inversion", choices=INVERSIONS,
                    help="chain: predicted parameters drive the inverse effects (default for models that forecast "
                    "parameters: it measured best, see README 'Results'); mask: the U-Net's mel gain on the input STFT "
                    "(default for U-Net-only models); griffinlim: the restored mel through Griffin-Lim (thesis)")
-    _add_repair_options(p, "start Griffin-Lim from the input's phase", "")
+    _add_repair_options(p, "start Griffin-Lim from the input's phase", " (overrides --preset)")
+    _add_product_options(p)
     p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
     _add_batch_options(p)
@@ -292,6 +309,15 @@ def default_inversion(model: str) -> str:
     return for_model(model)
 
 
+def _reference(value: str | None) -> str | None:
+    """``--reference``: an existing audio file (read by the job's first Masterer, before Ray)."""
+    if value is None:
+        return None
+    if "://" not in value and not Path(value).expanduser().is_file():
+        raise UsageError(f"--reference {value!r}: no such file")
+    return _location(value, flag="--reference")
+
+
 def _cmd_master(args: argparse.Namespace) -> int:
     from automaster.mastering import MasteringError
     from automaster.model.checkpoint import CheckpointError
@@ -305,6 +331,8 @@ def _cmd_master(args: argparse.Namespace) -> int:
         model = str(shipped)
     inversion = args.inversion or default_inversion(model)
     check_levels(args.target_lufs, args.true_peak)
+    if not 0.0 <= args.amount <= 1.0:
+        raise UsageError(f"--amount {args.amount:g}: must be in [0, 1]")
     _check_workers(args.workers)
     out = _out_location(args.out)
     try:
@@ -312,7 +340,8 @@ def _cmd_master(args: argparse.Namespace) -> int:
             _location(model, must_exist=True, flag="--model"),
             _location(args.input, must_exist=True, flag="--input"),
             out,
-            config=_master_config(args, inversion=inversion),
+            config=_master_config(args, inversion=inversion, preset=args.preset, amount=args.amount,
+                                  reference=_reference(args.reference)),
             workers=args.workers,
             gpu=args.gpu,
             overwrite=args.overwrite,

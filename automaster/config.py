@@ -185,13 +185,42 @@ class TuneConfig:
 INVERSIONS = ("chain", "mask", "griffinlim")  # how the model's output becomes audio (automaster.mastering)
 
 
+# Delivery levels of `automaster master --preset` (automaster.mastering.presets resolves them).
+@dataclass(frozen=True)
+class Preset:
+    """A delivery level: ``target_lufs`` (None: keep the restored level) and ``ceiling_dbtp`` (None: none)."""
+
+    name: str
+    target_lufs: float | None
+    ceiling_dbtp: float | None
+    description: str
+
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset("restore", None, -1.0, "the level of the restored master (the model's estimate when it has one)"),
+        Preset("streaming", -14.0, -1.0, "Spotify, YouTube, Tidal, Amazon: -14 LUFS"),
+        Preset("apple", -16.0, -1.0, "Apple Music (Sound Check): -16 LUFS"),
+        Preset("club", -9.0, -2.0, "loud masters; -2 dBTP as Spotify asks above -14 LUFS"),
+        Preset("broadcast", -23.0, -1.0, "EBU R128 broadcast: -23 LUFS"),
+        Preset("none", None, None, "no loudness stage and no limiter (nothing above 0 dBFS is written)"),
+    )
+}
+DEFAULT_PRESET = "restore"
+
+
 @dataclass(frozen=True)
 class MasterConfig:
     """How a :class:`automaster.mastering.Masterer` masters (the master and evaluate jobs).
 
     ``iterations``, ``momentum``, ``init_phase`` and ``seed`` are Griffin-Lim's (random phase
-    seeded: the same file gives the same output); ``target_lufs``/``true_peak_dbtp`` the levels
-    stage (None: keep the level, no ceiling); ``chunk_s``/``context_s`` bound memory on long
+    seeded: the same file gives the same output). The stages after restoration
+    (:mod:`automaster.mastering.finishing`): ``reference`` (an audio file whose tone, width and
+    loudness to match; None: none), ``amount`` (0..1: blend of input and result before the
+    loudness stage), ``preset`` (:data:`automaster.mastering.presets.PRESETS`; None: ``restore``,
+    or the reference's loudness when there is one) with ``target_lufs``/``true_peak_dbtp``
+    overriding its loudness and ceiling. ``chunk_s``/``context_s`` bound memory on long
     tracks; ``max_gain_db`` bounds the mask's gain per bin (a safety net for untrained models).
     ``echo_removal`` measures the strongest echo from the audio's cepstrum and undoes it when its
     gain is at least ``min_echo_gain``. ``max_forecast_error``: the chain applies a forecast
@@ -204,8 +233,11 @@ class MasterConfig:
     init_phase: bool = False
     momentum: float = 0.99
     seed: int = 0
+    preset: str | None = None
     target_lufs: float | None = None
     true_peak_dbtp: float | None = None
+    amount: float = 1.0
+    reference: str | None = None
     chunk_s: float = 30.0
     context_s: float = 2.0
     max_gain_db: float = 24.0
@@ -218,6 +250,10 @@ class MasterConfig:
             raise ConfigError(f"inversion must be one of {', '.join(INVERSIONS)}, got {self.inversion!r}")
         if self.iterations < 1:
             raise ConfigError(f"iterations must be >= 1, got {self.iterations}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if not (0.0 <= self.amount <= 1.0):
+            raise ConfigError(f"amount must be in [0, 1], got {self.amount}")
         if not (self.chunk_s > 0 and self.context_s > 0 and self.chunk_s >= 4 * self.context_s):
             raise ConfigError(
                 f"need chunk_s >= 4 * context_s > 0, got chunk_s={self.chunk_s}, context_s={self.context_s}"

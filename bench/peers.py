@@ -53,15 +53,20 @@ sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
 
-from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp, true_peak_limit  # noqa: E402
+from automaster.audio import read_excerpt  # noqa: E402
+from automaster.config import EvalConfig, MasterConfig  # noqa: E402
+from automaster.dsp.constants import MODEL_RATE  # noqa: E402
+from automaster.dsp.limiter import true_peak_limit  # noqa: E402
+from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp  # noqa: E402
 from automaster.dsp.metrics import si_sdr  # noqa: E402
 from automaster.dsp.tone import tone_error_db, tone_profile  # noqa: E402
-from automaster.finishing import FinishSettings, finish  # noqa: E402
-from automaster.pipelines.evaluate import ALIGNED, EVAL_RATE, Evaluator, _mel_db, measure, read_clip  # noqa: E402
-from automaster.presets import PRESETS  # noqa: E402
+from automaster.evaluation.metrics import Reference  # noqa: E402
+from automaster.mastering.finishing import FinishSettings, finish  # noqa: E402
+from automaster.mastering.presets import PRESETS  # noqa: E402
+from automaster.pipelines.evaluate import ALIGNED, Evaluator  # noqa: E402
 
 log = logging.getLogger("peers")
-SR = EVAL_RATE
+SR = MODEL_RATE
 DEGRADERS = ("ours", "pedalboard")
 MEASURES = ("d_si_sdr_db", "mrstft", "mel_l1_db", "lufs_err_lu", "true_peak_dbtp", "tone_err_db", "s_per_min")
 # A fresh interpreter imports each system and loads its model: its start-up.
@@ -151,17 +156,18 @@ def run_clip(ev: Evaluator, peers: Peers, track: Any, ref: Any, tmp: Path) -> li
 
     row = {"track_id": track.track_id, "path": track.path, "rel_path": track.path}
     clean, damaged, _, _ = ev._inputs(row)
-    ref_audio, _ = read_clip(ref.path, ev.settings["clip_seconds"], mono=False)
+    ref_audio, _ = read_excerpt(ref.path, ev.cfg.clip_seconds, sample_rate=SR, mono=False, min_seconds=ev.cfg.min_seconds)
     ref_path = tmp / "reference.wav"
     sf.write(ref_path, ref_audio.T, SR, subtype="FLOAT")
     ref_profile = tone_profile(ref_audio, SR)
-    clean_mel, clean_lufs = _mel_db(clean, ev.audio_cfg), integrated_loudness(clean, SR)
+    clean_lufs = integrated_loudness(clean, SR)
+    reference = Reference(clean, ev.audio_cfg, clean_lufs)
     base_sdr = si_sdr(damaged, clean)
     minutes = damaged.shape[-1] / SR / 60.0
 
     outputs: dict[str, tuple[np.ndarray, float, float, bool]] = {"identity": (damaged, 0.0, clean_lufs, True)}
-    for inversion, masterer in ev.masterers.items():
-        restored, t_restore = _timed(lambda m=masterer: m.master_audio(damaged, SR)[0])
+    for inversion in ev.cfg.inversions:
+        restored, t_restore = _timed(lambda i=inversion: ev.masterer.master_audio(damaged, SR, inversion=i)[0])
         presets = list(PRESETS) if inversion == "chain" else ["restore"]
         for preset in presets:
             (out, _), t = _timed(lambda p=preset: finish(damaged, restored, SR, FinishSettings(preset=p)))
@@ -177,7 +183,7 @@ def run_clip(ev: Evaluator, peers: Peers, track: Any, ref: Any, tmp: Path) -> li
 
     rows = []
     for system, (out, seconds, target, aligned) in outputs.items():
-        m = measure(out, clean, clean_mel, clean_lufs, aligned, ev.audio_cfg)
+        m = reference.measure(out, aligned)
         lufs = integrated_loudness(out, SR)
         rows.append({
             "track_id": track.track_id, "genre": track.genre, "reference": ref.track_id, "system": system,
@@ -252,9 +258,9 @@ def main() -> None:
         tmp = Path(tmp_dir)
         peers = Peers(tmp)
         for degrader in args.degraders.split(","):
-            settings = {"seed": 1, "degrader": degrader, "clip_seconds": args.clip_s, "mono": False, "peak_ceiling": 0.999}
-            options = {"target_lufs": None, "true_peak_dbtp": None, "seed": 1, "chunk_s": max(30.0, args.clip_s)}
-            ev = Evaluator(args.model, args.inversions.split(","), settings, options)
+            evaluation = EvalConfig(seed=1, degrader=degrader, clip_seconds=args.clip_s, inversions=tuple(args.inversions.split(",")))
+            # The restoration alone (preset none): the bench applies each preset to the same restored audio.
+            ev = Evaluator(args.model, evaluation, MasterConfig(preset="none", seed=1, chunk_s=max(30.0, args.clip_s)))
             if not rows:  # warm-up (numba compiles, first-call allocations): not timed
                 run_clip(ev, peers, tracks[0], refs[tracks[0].track_id], tmp)
             for t in tracks:

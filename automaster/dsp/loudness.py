@@ -214,6 +214,34 @@ def normalize_loudness(
     return (x * 10.0 ** (gain_db / 20.0)).reshape(shape).astype(dtype, copy=False), gain_db
 
 
+def short_term_loudness(
+    audio: np.ndarray | torch.Tensor, sample_rate: int, window_s: float = 3.0, hop_s: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loudness over time: ``(window centres in s, LUFS)`` of ``window_s`` windows every ``hop_s``
+    (EBU Tech 3341 short-term with the defaults; ungated, ``-inf`` for silent windows), windows
+    snapped to whole hops (the last hop takes the tail). Audio shorter than one window gives one
+    value over all of it."""
+    import scipy.signal
+
+    _check_rate(sample_rate)
+    x, _, _ = _as_channels_first(audio)
+    sos5 = _k_weighting_sos(sample_rate)  # (stages, 5): b0, b1, b2, a1, a2
+    sos = np.concatenate([sos5[:, :3], np.ones((sos5.shape[0], 1)), sos5[:, 3:]], axis=1)
+    k = scipy.signal.sosfilt(sos, x, axis=-1)  # (C, T) in the audio's float type
+    power = np.einsum("c,ct->t", _channel_weights(x.shape[0]).astype(k.dtype), k * k)
+    hop = max(1, int(round(hop_s * sample_rate)))
+    n_hops = max(1, x.shape[-1] // hop)
+    per_hop = np.add.reduceat(power.astype(np.float64), np.arange(n_hops) * hop)  # the last one takes the tail
+    hops = max(1, min(int(round(window_s / hop_s)), n_hops))  # hops per window
+    cum = np.concatenate([[0.0], np.cumsum(per_hop)])
+    starts = np.arange(0, n_hops - hops + 1)
+    ends = np.where(starts + hops == n_hops, x.shape[-1], (starts + hops) * hop)
+    samples = ends - starts * hop
+    with np.errstate(divide="ignore"):
+        lufs = -0.691 + 10.0 * np.log10((cum[starts + hops] - cum[starts]) / samples)
+    return (starts * hop + samples / 2) / sample_rate, lufs
+
+
 # --------------------------------------------------------------------------- true peak
 
 

@@ -8,12 +8,13 @@ out (no files, no Ray, no MLflow).
 The output keeps the input's sample rate, channel count and length. Stages: echo stage
 (:mod:`.policy`) -> analysis (per chunk: mono downmix at the model rate, mel, model; controls
 stitched over the track) -> synthesis (per chunk: the inversion, :mod:`.inversions`; overlaps
-crossfaded, :mod:`.chunks`) -> levels (:mod:`.levels`). Per-clip parameters are averaged over
+crossfaded, :mod:`.chunks`) -> the stages after restoration (:mod:`.finishing`: reference match,
+amount, loudness preset, true-peak limiter, no clipping). Per-clip parameters are averaged over
 the whole track, so every chunk is repaired with the same settings.
 
 The spectral restorer (``model.mode = "spectral"``) renders ``mask`` only: it reads the chunk's
 waveform, its gain per STFT bin and frame is applied like the U-Net's mel gain, and its level
-head's gain (averaged over the chunks) is applied to the whole track before the levels stage.
+head's gain (averaged over the chunks) is applied to the whole track before the finishing stages.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from automaster.audio import FileError
+from automaster.audio import AudioError, FileError, read_audio
 from automaster.config import INVERSIONS, ConfigError, MasterConfig
 from automaster.dsp.constants import MODEL_RATE
+from automaster.dsp.tone import ToneProfile, tone_profile
 from automaster.effects.params import unstack
 from automaster.mastering.chunks import Chunk, fit_frames, plan_chunks, resample, window
 from automaster.mastering.inversions import mel_db, render
-from automaster.mastering.levels import HEADROOM_PEAK_DBFS, all_finite, apply_levels
+from automaster.mastering.finishing import FinishSettings, finish, levels_info
+from automaster.mastering.levels import HEADROOM_PEAK_DBFS, all_finite
 from automaster.mastering.policy import apply_chain_policy, chain_policy, forecast_errors, remove_echo
 from automaster.model.batches import normalize_mel
 from automaster.model.checkpoint import load_model_cached
@@ -111,6 +114,11 @@ class Masterer:
         self.check_inversion(self.cfg.inversion)
         self.forecast_skill = forecast_errors(self.meta)
         self._policy = chain_policy(self.forecast_skill, self.cfg.echo_removal, self.cfg.max_forecast_error)
+        self.reference = load_reference(self.cfg.reference) if self.cfg.reference else None
+        self.finish_settings = FinishSettings(
+            preset=self.cfg.preset, target_lufs=self.cfg.target_lufs, true_peak_dbtp=self.cfg.true_peak_dbtp,
+            amount=self.cfg.amount, reference=self.reference,
+        )
 
     @property
     def inversion(self) -> str:
@@ -248,11 +256,15 @@ class Masterer:
 
         ``inversion`` overrides the configured one (the same loaded model renders every inversion
         it supports). ``info`` holds levels before/after (``lufs_*``, ``true_peak_*_dbtp``,
-        ``peak_*_dbfs``), with the spectral restorer ``level_gain_db`` (its level head's gain, the
-        mean over chunks, applied before the levels stage) and ``predicted_lufs`` (the input's
-        loudness plus that gain: the original master's, as the model estimates it), ``loudness_gain_db``, ``headroom_gain_db``, ``chunks`` and the echo
-        stage's note; with ``images``, also ``"arrays"``: mels and controls for pictures and
-        parameter statistics. ``stages`` accumulates seconds per stage.
+        ``peak_*_dbfs``), ``loudness_gain_db``, ``headroom_gain_db``, the limiter's reductions,
+        ``target_lufs``, ``ceiling_dbtp``, ``applied`` (what was done, in words), ``chunks`` and the
+        echo stage's note (:func:`automaster.mastering.finishing.levels_info`); with the spectral
+        restorer ``level_gain_db`` (its level head's gain, the mean over chunks, applied before the
+        finishing stages, so the ``restore`` preset keeps that level) and ``predicted_lufs`` (the
+        input's loudness plus that gain: the original master's, as the model estimates it); with
+        ``images``, also ``"arrays"``: mels and controls for pictures and parameter statistics, and
+        ``"finish"``: the stages' records and curves for the report. ``stages`` accumulates seconds
+        per stage.
 
         Raises:
             ValueError: not ``(C, T)`` finite audio, or a bad sample rate.
@@ -291,7 +303,9 @@ class Masterer:
         stages["render"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        mastered, info = apply_levels(original, mastered, sr, self.cfg.target_lufs, self.cfg.true_peak_dbtp)
+        note = f"{inversion} inversion" + (f", echo removed ({echo['echo_delay_s'] * 1e3:.0f} ms)" if echo["echo_removed"] else "")
+        mastered, finished = finish(original, mastered, sr, self.finish_settings, restore_note=note)
+        info = levels_info(original, sr, finished)
         info["chunks"] = len(chunks)
         info.update(echo)
         if level_db is not None:
@@ -302,6 +316,7 @@ class Masterer:
         if images:
             t = time.perf_counter()
             info["arrays"] = self._image_arrays(original, audio, mastered, sr, chunks, controls)
+            info["arrays"]["finish"] = finished  # the stages' records and curves, for the report
             stages["analysis"] += time.perf_counter() - t
         return mastered, info
 
@@ -319,3 +334,19 @@ class Masterer:
         if "params" in controls:
             arrays["params_norm"] = controls["params_report"]
         return arrays
+
+
+def load_reference(path: str) -> ToneProfile:
+    """The tone profile of a reference track (``--reference``), read whole at its own rate.
+
+    Raises:
+        MasteringError: the file cannot be read, or it is silent.
+    """
+    try:
+        audio, sr = read_audio(path)
+    except (AudioError, FileError, OSError) as exc:
+        raise MasteringError(f"--reference {path!r}: {exc}") from None
+    profile = tone_profile(audio, sr)
+    if not np.isfinite(profile.lufs):
+        raise MasteringError(f"--reference {path!r} is silent: nothing to match")
+    return profile

@@ -4,7 +4,8 @@ Every audio file under ``input_dir`` (recursive; WAV/FLAC/OGG/MP3/AIFF) is maste
 :class:`MasterProcessor` (one loaded model per worker, around
 :class:`automaster.mastering.Masterer`), run by the batch skeleton (:mod:`.batch`): in-process
 for a handful of files, else on a Ray actor pool. Outputs mirror the input's relative paths under
-``audio/``, ``spectrograms/``, ``parameters/`` and ``debug/``, plus ``summary.json``; an item's
+``audio/``, ``spectrograms/``, ``parameters/``, ``debug/`` and ``report/`` (each file's mastering
+report, :mod:`automaster.mastering.report`), plus ``summary.json``; an item's
 files appear together or not at all; a re-run with the same settings resumes, with others it is
 refused unless ``overwrite``. Output names are unique by construction (:func:`plan_output_names`).
 """
@@ -28,6 +29,7 @@ from automaster.config import BatchConfig, ConfigError, MasterConfig
 from automaster.corpus import audio_files
 from automaster.dsp.limiter import MASTER_MAX_GAIN_DB
 from automaster.mastering import STAGES, Masterer, MasteringError, parameter_stats
+from automaster.mastering.report import build_report, estimates, report_files
 from automaster.pipelines.batch import JobSpec, RunOptions, excluded_outputs, run_job
 
 log = logging.getLogger(__name__)
@@ -78,20 +80,26 @@ class MasterProcessor:
         stages["decode"] += time.perf_counter() - t
         mastered, levels = self.masterer.master_audio(audio, sr, images=True, stages=stages)
         arrays = levels.pop("arrays")
+        finished = arrays.pop("finish")
 
         t = time.perf_counter()
         out_rel = item["out_rel"]
         write_audio(staging.path(f"{AUDIO_DIR}/{out_rel}"), mastered, sr, subtype="PCM_24")
         for folder, png in images(self.masterer.audio_cfg, arrays).items():
             Path(staging.path(f"{folder}/{out_rel}.png")).write_bytes(png)
+        stats = None
         if "params_norm" in arrays:
             stats = parameter_stats(arrays["params_norm"], self.masterer.chain_policy())
             Path(staging.path(f"{PARAMS_DIR}/{out_rel}.json")).write_text(json.dumps(stats, indent=2))
+        m = self.masterer
+        report = build_report(out_rel, audio, mastered, sr, finished, estimates(levels, stats), m.reference, m.settings())
+        for rel, data in report_files(out_rel, report).items():
+            Path(staging.path(rel)).write_bytes(data)
         stages["writes"] += time.perf_counter() - t
         return {
             **levels, "output": f"{AUDIO_DIR}/{out_rel}", "sample_rate": sr, "channels": int(audio.shape[0]),
             "duration_s": audio.shape[1] / sr, "input_format": f"{info.format}/{info.subtype}",
-            "notes": level_notes(audio, levels, self.masterer.cfg.target_lufs),
+            "notes": level_notes(audio, levels, levels["target_lufs"]),
             **{f"stage_{k}_s": v for k, v in stages.items()},
         }
 
@@ -288,18 +296,18 @@ def _summarise(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
 
 
 def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
-    """The processed files as a text table: LUFS in -> out, true peak out, applied stages."""
+    """The processed files as a text table: LUFS in -> out, true peak out, what was applied (the
+    echo stage, then :func:`automaster.mastering.finishing.levels_info`'s ``applied``)."""
     rows = [f for f in summary["files"] if f["status"] in ("ok", "skipped")][:limit]
     if not rows:
         return ""
     width = min(max(len(storage.display(f["rel_path"])) for f in rows), 48)
-    lines = [f"  {'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  stages"]
+    lines = [f"  {'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  applied"]
     for f in rows:
         lufs = f"{_fmt(f.get('lufs_before'))} -> {_fmt(f.get('lufs_after'))}"
-        stages = ", ".join(s for s, on in (("echo", f.get("echo_removed")), ("loudness", f.get("loudness_gain_db")),
-                                           ("headroom", f.get("headroom_gain_db"))) if on)
+        applied = ", ".join(a for a in ("echo removed" if f.get("echo_removed") else "", f.get("applied") or "") if a)
         lines.append(f"  {storage.display(f['rel_path'])[:width]:<{width}}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
-                     f"  {stages or '-'}")
+                     f"  {applied or '-'}")
     return "\n".join(lines)
 
 

@@ -1,6 +1,6 @@
-"""A mastering report per file (``report/<file>.json`` + ``report/<file>.png``) and the end-of-job table.
+"""A mastering report per file: ``report/<file>.json`` and ``report/<file>.png``.
 
-The JSON holds the levels in and out, each stage's record (:mod:`automaster.finishing`), the
+The JSON holds the levels in and out, each stage's record (:mod:`automaster.mastering.finishing`), the
 echo and reverb estimates, the tone match, and the curves the figure draws. The PNG has six
 panels, each with its axes in units and input/output labels:
 
@@ -42,25 +42,6 @@ def _json_list(x: np.ndarray, digits: int = 2) -> list[float | None]:
     return [_finite(round(float(v), digits)) for v in np.asarray(x, dtype=np.float64)]
 
 
-def short_term_loudness(audio: np.ndarray, sample_rate: int, window_s: float = SHORT_TERM_S,
-                        hop_s: float = CURVE_HOP_S) -> tuple[np.ndarray, np.ndarray]:
-    """``(times_s, lufs)``: BS.1770 loudness of ``window_s`` windows every ``hop_s`` (window
-    centres; ``-inf`` for silent windows). Shorter audio gives one window over all of it."""
-    x = np.atleast_2d(np.asarray(audio, dtype=np.float64))
-    sos5 = meter._k_weighting_sos(sample_rate)  # (stages, 5): b0, b1, b2, a1, a2
-    sos = np.concatenate([sos5[:, :3], np.ones((sos5.shape[0], 1)), sos5[:, 3:]], axis=1)
-    k = scipy.signal.sosfilt(sos, x, axis=-1)
-    power = (meter._channel_weights(x.shape[0])[:, None] * k**2).sum(axis=0)
-    cum = np.concatenate([[0.0], np.cumsum(power)])
-    win = min(int(round(window_s * sample_rate)), x.shape[-1])
-    hop = max(1, int(round(hop_s * sample_rate)))
-    starts = np.arange(0, x.shape[-1] - win + 1, hop)
-    mean = (cum[starts + win] - cum[starts]) / max(win, 1)
-    with np.errstate(divide="ignore"):
-        lufs = -0.691 + 10.0 * np.log10(mean)
-    return (starts + win / 2) / sample_rate, lufs
-
-
 def peak_curve_dbtp(audio: np.ndarray, sample_rate: int, hop_s: float = CURVE_HOP_S) -> tuple[np.ndarray, np.ndarray]:
     """``(times_s, dBTP)``: the 4x-oversampled peak of each ``hop_s`` window (all channels)."""
     x = np.atleast_2d(np.asarray(audio, dtype=np.float32))
@@ -80,12 +61,12 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
     """The JSON-ready report of one file (the PNG is drawn from it by :func:`report_png`)."""
     sr = int(sample_rate)
     before, after = tone_profile(original, sr), tone_profile(output, sr)
-    t_in, st_in = short_term_loudness(original, sr)
-    t_out, st_out = short_term_loudness(output, sr)
+    t_in, st_in = meter.short_term_loudness(original, sr, SHORT_TERM_S, CURVE_HOP_S)
+    t_out, st_out = meter.short_term_loudness(output, sr, SHORT_TERM_S, CURVE_HOP_S)
     tp_t, tp_in = peak_curve_dbtp(original, sr)
     _, tp_out = peak_curve_dbtp(output, sr)
     gr = np.asarray(finish_report.get("gain_reduction_db", np.zeros(0)), dtype=np.float64)
-    from automaster.finishing import GAIN_REDUCTION_HOP_S
+    from automaster.mastering.finishing import GAIN_REDUCTION_HOP_S
 
     report: dict[str, Any] = {
         "file": name, "sample_rate": sr, "channels": int(np.atleast_2d(original).shape[0]),
@@ -95,7 +76,7 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
         "true_peak_out_dbtp": _finite(meter.true_peak_dbtp(output, sr)),
         "target_lufs": finish_report.get("target_lufs"), "ceiling_dbtp": finish_report.get("ceiling_dbtp"),
         "loudness_gain_db": finish_report.get("loudness_gain_db"), "headroom_gain_db": finish_report.get("headroom_gain_db"),
-        "max_gain_reduction_db": finish_report.get("max_gain_reduction_db"), "amount": finish_report.get("amount"),
+        "limiter_max_reduction_db": finish_report.get("limiter_max_reduction_db"), "amount": finish_report.get("amount"),
         "width_in_db": _finite(before.width_db), "width_out_db": _finite(after.width_db),
         "stages": finish_report.get("stages", []), "estimates": estimates or {}, "tone": finish_report.get("tone"),
         "spectrum": {"grid_hz": GRID_HZ.round(2).tolist(), "input_db": _json_list(before.mid_db),
@@ -105,11 +86,28 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
         "gain_reduction_curve_db": {"hop_s": GAIN_REDUCTION_HOP_S, "values": _json_list(gr, 3)},
     }
     if reference is not None:
-        report["spectrum"]["reference_db"] = _json_list(reference.mid_db)
+        # Drawn at the output's loudness: the tone is what should match, not the level.
+        shift = after.lufs - reference.lufs if math.isfinite(after.lufs) and math.isfinite(reference.lufs) else 0.0
+        report["spectrum"]["reference_db"] = _json_list(reference.mid_db + shift)
         report["reference"] = {"lufs": _finite(reference.lufs), "width_db": _finite(reference.width_db),
                                "tone_error_in_db": _finite(tone_error_db(before, reference)),
                                "tone_error_out_db": _finite(tone_error_db(after, reference))}
     return report
+
+
+def estimates(info: dict[str, Any], param_stats: dict[str, Any] | None = None) -> dict[str, float]:
+    """The echo and reverb estimates of one file for the report: the echo stage's measurement
+    (``echo_delay_s``, ``echo_gain``, and whether it was removed) and the reverb the chain applied
+    (``reverb_rt60_s``, ``reverb_wet``, from :func:`automaster.mastering.policy.parameter_stats`)."""
+    out: dict[str, Any] = {k: info[k] for k in ("echo_delay_s", "echo_gain") if info.get(k) is not None}
+    if "echo_removed" in info:
+        out["echo_removed"] = bool(info["echo_removed"])
+    for name in ("reverb_rt60_s", "reverb_wet"):
+        p = (param_stats or {}).get("params", {}).get(name)
+        if p is not None and p.get("applied") is not None:
+            out[name] = p["applied"]
+            out[f"{name}_source"] = p.get("source", "forecast")
+    return out
 
 
 def _arr(values: list[float | None], floor: float = float("nan")) -> np.ndarray:
@@ -122,7 +120,7 @@ def _plot_spectrum(ax, r: dict[str, Any]) -> None:
     ax.semilogx(f, _arr(s["input_db"]), label="input", color="tab:blue")
     ax.semilogx(f, _arr(s["output_db"]), label="output", color="tab:orange")
     if "reference_db" in s:
-        ax.semilogx(f, _arr(s["reference_db"]), label="reference", color="tab:green", linestyle="--")
+        ax.semilogx(f, _arr(s["reference_db"]), label="reference (at the output's loudness)", color="tab:green", linestyle="--")
     ax.set(title="Long-term spectrum (mid, 1/3-octave smoothed)", xlabel="frequency (Hz)", ylabel="power density (dBFS/Hz)", xlim=(20, 20000))
 
 
@@ -153,7 +151,7 @@ def _plot_gain_reduction(ax, r: dict[str, Any]) -> None:
     c = r["gain_reduction_curve_db"]
     gr = _arr(c["values"], 0.0)
     ax.plot(np.arange(gr.size) * c["hop_s"], gr, color="tab:red", label="output: limiter gain")
-    ax.set(title=f"Limiter gain reduction (max {r.get('max_gain_reduction_db') or 0.0:.2f} dB)",
+    ax.set(title=f"Limiter gain reduction (max {r.get('limiter_max_reduction_db') or 0.0:.2f} dB)",
            xlabel="time (s)", ylabel="gain (dB)", ylim=(min(-1.0, float(gr.min(initial=0.0)) - 0.5), 0.5))
 
 
@@ -214,20 +212,3 @@ def write_report(out_root: str, out_rel: str, report: dict[str, Any]) -> tuple[s
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
-
-
-def summary_table(rows: list[dict[str, Any]]) -> str:
-    """The end-of-job table: file, LUFS in -> out, true peak out, what was applied (or the error).
-
-    Each row: ``file``, ``status``, and ``lufs_in``/``lufs_out``/``true_peak_out_dbtp``/
-    ``applied`` (ok) or ``reason`` (error).
-    """
-    width = max([4] + [len(r["file"]) for r in rows])
-    lines = [f"{'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  applied", "-" * (width + 44)]
-    for r in rows:
-        if r.get("status", "ok") != "ok":
-            lines.append(f"{r['file']:<{width}}  {'error':>16}  {'':>6}  {r.get('reason', '')}")
-            continue
-        levels = f"{_fmt(r.get('lufs_in'))} -> {_fmt(r.get('lufs_out'))}"
-        lines.append(f"{r['file']:<{width}}  {levels:>16}  {_fmt(r.get('true_peak_out_dbtp')):>6}  {r.get('applied', '')}")
-    return "\n".join(lines)

@@ -1,4 +1,5 @@
-"""Loudness presets of ``automaster master --preset`` and how the level options combine.
+"""How the level options combine: ``--preset`` (the table, :data:`automaster.config.PRESETS`),
+``--target-lufs``, ``--true-peak`` and a reference's loudness.
 
 | preset | loudness | true-peak ceiling |
 |---|---|---|
@@ -17,29 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from automaster.config import DEFAULT_PRESET, PRESETS, Preset
 
-@dataclass(frozen=True)
-class Preset:
-    """A delivery level: ``target_lufs`` (None: keep the restored level) and ``ceiling_dbtp`` (None: none)."""
-
-    name: str
-    target_lufs: float | None
-    ceiling_dbtp: float | None
-    description: str
-
-
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        Preset("restore", None, -1.0, "the level of the restored master (the model's estimate when it has one)"),
-        Preset("streaming", -14.0, -1.0, "Spotify, YouTube, Tidal, Amazon: -14 LUFS"),
-        Preset("apple", -16.0, -1.0, "Apple Music (Sound Check): -16 LUFS"),
-        Preset("club", -9.0, -2.0, "loud masters; -2 dBTP as Spotify asks above -14 LUFS"),
-        Preset("broadcast", -23.0, -1.0, "EBU R128 broadcast: -23 LUFS"),
-        Preset("none", None, None, "no loudness stage and no limiter (nothing above 0 dBFS is written)"),
-    )
-}
-DEFAULT_PRESET = "restore"
+__all__ = ["DEFAULT_PRESET", "PRESETS", "Levels", "Preset", "check_preset", "resolve_levels"]
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The per-file mastering report (JSON + PNG) and the end-of-job table."""
+"""The per-file mastering report (JSON + PNG)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from automaster import report as R
+from automaster.mastering import report as R
 from automaster.audio import read_audio
-from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp
+from automaster.dsp.loudness import integrated_loudness, short_term_loudness, true_peak_dbtp
 from automaster.dsp.tone import tone_profile
-from automaster.finishing import FinishSettings, finish
+from automaster.mastering.finishing import FinishSettings, finish
 from tests.conftest import DATA
 
 MUSIC = DATA / "music"
@@ -46,7 +46,7 @@ def test_short_term_loudness_of_a_steady_tone_is_its_integrated_loudness():
     sr = 48000
     t = np.arange(10 * sr) / sr
     tone = (0.1 * np.sin(2 * np.pi * 997 * t)).astype(np.float32)[None]
-    times, lufs = R.short_term_loudness(tone, sr)
+    times, lufs = short_term_loudness(tone, sr)
     assert times[0] == pytest.approx(1.5) and np.diff(times)[0] == pytest.approx(0.1)
     np.testing.assert_allclose(lufs, integrated_loudness(tone, sr), atol=0.05)
 
@@ -55,15 +55,6 @@ def test_peak_curve_reaches_the_true_peak(mastered):
     _, _, out, sr = mastered
     _, peaks = R.peak_curve_dbtp(out, sr)
     assert peaks.max() == pytest.approx(true_peak_dbtp(out, sr), abs=0.05)
-
-
-def test_summary_table_lists_levels_and_errors():
-    rows = [{"file": "a.flac", "lufs_in": -20.04, "lufs_out": -14.0, "true_peak_out_dbtp": -1.02, "applied": "restore, loudness"},
-            {"file": "broken.mp3", "status": "error", "reason": "no audio frames"}]
-    lines = R.summary_table(rows).splitlines()
-    assert lines[0].split() == ["file", "LUFS", "in", "->", "out", "dBTP", "applied"]
-    assert "-20.0 -> -14.0" in lines[2] and "-1.0" in lines[2] and lines[2].endswith("restore, loudness")
-    assert "error" in lines[3] and lines[3].endswith("no audio frames")
 
 
 def test_silence_report_has_no_levels(tmp_path):

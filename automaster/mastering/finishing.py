@@ -10,7 +10,7 @@ with what it did and the loudness (LUFS) and true peak (dBTP) after it:
 1. ``restore``: the restoration (done before; recorded here with its levels).
 2. ``reference``: :func:`automaster.dsp.tone.match_tone` when a reference is given.
 3. ``amount``: ``amount * processed + (1 - amount) * original``; ``amount == 0`` is the input.
-4. ``loudness``: a static gain to the target (:mod:`automaster.presets`); the ``restore`` preset
+4. ``loudness``: a static gain to the target (:mod:`automaster.mastering.presets`); the ``restore`` preset
    keeps the level, or applies ``level_gain_db`` (the restoration model's estimate of the
    original master's level) when given, scaled by ``amount``. A gain above ``MAX_GAIN_DB`` is
    refused with a note (the ceiling still applies). A target too loud for the limiter alone
@@ -33,10 +33,11 @@ import numpy as np
 import scipy.signal
 
 from automaster.dsp import loudness as meter
+from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, master_loudness, true_peak_limit
 from automaster.dsp.tone import ToneProfile, match_tone
-from automaster.presets import Levels, resolve_levels
+from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none, peak_dbfs
+from automaster.mastering.presets import Levels, resolve_levels
 
-HEADROOM_PEAK_DBFS = -0.1
 MAX_GAIN_DB = 30.0  # a loudness gain beyond this is refused (a near-silent file or a wrong target)
 LOUDNESS_TOLERANCE_LU = 0.15  # a loudness stage this far off its target gets a second aim
 GAIN_REDUCTION_HOP_S = 0.01
@@ -64,17 +65,9 @@ class FinishSettings:
         return resolve_levels(self.preset, self.target_lufs, self.true_peak_dbtp, ref_lufs)
 
 
-def _finite(x: float | None) -> float | None:
-    return None if x is None or not math.isfinite(x) else float(x)
-
-
 def _measure(audio: np.ndarray, sr: int) -> dict[str, float | None]:
-    return {"lufs": _finite(meter.integrated_loudness(audio, sr)), "true_peak_dbtp": _finite(meter.true_peak_dbtp(audio, sr))}
-
-
-def _peak_dbfs(audio: np.ndarray) -> float | None:
-    peak = float(np.abs(audio).max()) if audio.size else 0.0
-    return 20.0 * math.log10(peak) if peak > 0 else None
+    return {"lufs": finite_or_none(meter.integrated_loudness(audio, sr)),
+            "true_peak_dbtp": finite_or_none(meter.true_peak_dbtp(audio, sr))}
 
 
 def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, hop_s: float = GAIN_REDUCTION_HOP_S) -> np.ndarray:
@@ -97,7 +90,7 @@ def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, h
 
 
 def _stage(name: str, applied: bool, note: str, audio: np.ndarray, sr: int, **extra: Any) -> dict[str, Any]:
-    return {"stage": name, "applied": applied, "note": note, **_measure(audio, sr), "peak_dbfs": _peak_dbfs(audio), **extra}
+    return {"stage": name, "applied": applied, "note": note, **_measure(audio, sr), "peak_dbfs": peak_dbfs(audio), **extra}
 
 
 def _loudness_stage(y: np.ndarray, sr: int, levels: Levels, gain_db: float | None) -> tuple[float | None, str]:
@@ -137,11 +130,11 @@ def _saturate_to(y: np.ndarray, sr: int, target: float, ceiling: float) -> tuple
     for _ in range(SATURATION_STEPS):
         drive = hi if best is None else 0.5 * (lo + hi)  # the loudest first: is the target reachable?
         clipped = soft_clip(y, drive, ceiling)
-        out = meter.true_peak_limit(clipped, sr, ceiling)
+        out = true_peak_limit(clipped, sr, ceiling)
         error = target - meter.integrated_loudness(out, sr)
         if best is None or abs(error) < best[0]:
             best = (abs(error), out, clipped, drive)
-        if abs(error) <= meter.MASTER_LOUDNESS_AIM_LU or (drive == hi and error > 0):
+        if abs(error) <= MASTER_LOUDNESS_AIM_LU or (drive == hi and error > 0):
             break
         lo, hi = (drive, hi) if error > 0 else (lo, drive)
     _, out, clipped, drive = best
@@ -157,12 +150,12 @@ def _loudness_and_limit(y: np.ndarray, sr: int, target: float | None, ceiling: f
 
     Returns ``(output, the limiter's input, gain_db, clipper drive_db or None)``.
     """
-    out, stats = meter.master_loudness(y, sr, target, ceiling)
+    out, stats = master_loudness(y, sr, target, ceiling)
     gain = float(stats["gain_db"]) if math.isfinite(stats["gain_db"]) else 0.0
     miss = None if target is None or ceiling is None else target - stats["lufs_after"]
     if miss is None or not math.isfinite(miss) or abs(miss) <= LOUDNESS_TOLERANCE_LU:
         return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None
-    out2, stats2 = meter.master_loudness(y, sr, target + miss, ceiling)
+    out2, stats2 = master_loudness(y, sr, target + miss, ceiling)
     if abs(target - stats2["lufs_after"]) < abs(miss):
         out, stats, miss = out2, stats2, target - stats2["lufs_after"]
         gain = float(stats["gain_db"])
@@ -172,15 +165,75 @@ def _loudness_and_limit(y: np.ndarray, sr: int, target: float | None, ceiling: f
     return out, clipped, drive, drive
 
 
+def _reference_stage(y: np.ndarray, sr: int, settings: FinishSettings, report: dict[str, Any]) -> np.ndarray:
+    if settings.reference is None or settings.amount == 0:
+        report["stages"].append(_stage("reference", False, "no reference" if settings.amount > 0 else "amount 0", y, sr))
+        return y
+    y, tone = match_tone(y, sr, settings.reference)
+    report["tone"] = tone
+    note = tone.get("note") or (f"mid EQ {tone['mid_eq_db'][0]:+.1f}..{tone['mid_eq_db'][1]:+.1f} dB, "
+                                f"side EQ {tone['side_eq_db'][0]:+.1f}..{tone['side_eq_db'][1]:+.1f} dB")
+    report["stages"].append(_stage("reference", bool(tone["applied"]), note, y, sr))
+    return y
+
+
+def _amount_stage(y: np.ndarray, original: np.ndarray, sr: int, amount: float, report: dict[str, Any]) -> np.ndarray:
+    if amount == 0.0:
+        y = original.copy()  # exactly the input
+    elif amount < 1.0:
+        y = (np.float32(amount) * y + np.float32(1.0 - amount) * original).astype(np.float32)
+    report["stages"].append(_stage("amount", amount < 1.0, f"{amount:.2f} processed + {1 - amount:.2f} input", y, sr))
+    return y
+
+
+def _level_stages(y: np.ndarray, sr: int, levels: Levels, level_gain_db: float | None, report: dict[str, Any]) -> np.ndarray:
+    """The loudness stage and the limiter (records both)."""
+    stages, ceiling = report["stages"], levels.ceiling_dbtp
+    target, note = _loudness_stage(y, sr, levels, level_gain_db)
+    report["target_lufs"] = target
+    if target is None and ceiling is None:
+        stages.append(_stage("loudness", False, note, y, sr))
+        stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr))
+        return y
+    out, pre_limit, gain, drive = _loudness_and_limit(y, sr, target, ceiling)
+    report["loudness_gain_db"], report["soft_clip_drive_db"] = gain, drive
+    if target is not None:
+        note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into a soft clipper (the limiter alone fell short)")
+    stages.append(_stage("loudness", target is not None, note, pre_limit, sr))
+    y = np.ascontiguousarray(out, dtype=np.float32)
+    gr = gain_reduction_db(pre_limit, y, sr) if ceiling is not None else np.zeros(0, np.float32)
+    report["gain_reduction_db"] = gr
+    report["limiter_max_reduction_db"] = max(0.0, float(-gr.min())) if gr.size else 0.0
+    report["limiter_mean_reduction_db"] = max(0.0, float(-gr.mean())) if gr.size else 0.0
+    note = "no ceiling" if ceiling is None else (
+        f"ceiling {ceiling:.1f} dBTP ({levels.ceiling_from}), max gain reduction {report['limiter_max_reduction_db']:.2f} dB")
+    stages.append(_stage("limiter", ceiling is not None and report["limiter_max_reduction_db"] > 0, note, y, sr))
+    return y
+
+
+def _ceiling_stage(y: np.ndarray, sr: int, report: dict[str, Any]) -> np.ndarray:
+    peak = abs_max(y)
+    if peak <= 1.0:
+        report["stages"].append(_stage("ceiling", False, "no sample above 0 dBFS", y, sr))
+        return y
+    g = 10.0 ** (HEADROOM_PEAK_DBFS / 20.0) / peak
+    y = y * np.float32(g)
+    report["headroom_gain_db"] = 20.0 * math.log10(g)
+    report["stages"].append(_stage("ceiling", True, f"peaked above 0 dBFS: {report['headroom_gain_db']:+.2f} dB", y, sr))
+    return y
+
+
 def finish(
     original: np.ndarray, restored: np.ndarray, sample_rate: int, settings: FinishSettings,
     level_gain_db: float | None = None, restore_note: str = "restoration",
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run the stages after restoration; returns ``(audio (C, T) float32, report)``.
 
-    ``report``: ``stages`` (list of per-stage records), ``target_lufs``, ``ceiling_dbtp``,
-    ``gain_reduction_db`` (curve, ``GAIN_REDUCTION_HOP_S`` apart), ``max_gain_reduction_db``,
-    ``loudness_gain_db``, ``headroom_gain_db``, and ``tone`` (the reference match's info).
+    ``report``: ``stages`` (per stage: ``stage``, ``applied``, ``note``, and ``lufs``,
+    ``true_peak_dbtp``, ``peak_dbfs`` after it), ``target_lufs``, ``ceiling_dbtp``, ``amount``,
+    ``loudness_gain_db``, ``soft_clip_drive_db``, ``gain_reduction_db`` (curve,
+    ``GAIN_REDUCTION_HOP_S`` apart), ``limiter_max_reduction_db``, ``limiter_mean_reduction_db``,
+    ``headroom_gain_db``, ``tone`` (the reference match's info) and ``applied`` (in words).
     """
     sr = int(sample_rate)
     original = np.ascontiguousarray(original, dtype=np.float32)
@@ -188,56 +241,16 @@ def finish(
     if original.shape != y.shape:
         raise ValueError(f"original and restored differ in shape: {original.shape} vs {y.shape}")
     levels = settings.levels()
-    report: dict[str, Any] = {"stages": [], "target_lufs": None, "ceiling_dbtp": levels.ceiling_dbtp,
-                              "loudness_gain_db": 0.0, "headroom_gain_db": 0.0, "max_gain_reduction_db": 0.0,
-                              "gain_reduction_db": np.zeros(0, np.float32), "tone": None, "amount": settings.amount}
-    stages = report["stages"]
-    stages.append(_stage("restore", settings.amount > 0, restore_note, y, sr))
-
-    if settings.reference is not None and settings.amount > 0:
-        y, tone = match_tone(y, sr, settings.reference)
-        report["tone"] = tone
-        note = tone.get("note") or (f"mid EQ {tone['mid_eq_db'][0]:+.1f}..{tone['mid_eq_db'][1]:+.1f} dB, "
-                                    f"side EQ {tone['side_eq_db'][0]:+.1f}..{tone['side_eq_db'][1]:+.1f} dB")
-        stages.append(_stage("reference", bool(tone["applied"]), note, y, sr))
-    else:
-        stages.append(_stage("reference", False, "no reference" if settings.amount > 0 else "amount 0", y, sr))
-
-    a = settings.amount
-    if a == 0.0:
-        y = original.copy()
-    elif a < 1.0:
-        y = (np.float32(a) * y + np.float32(1.0 - a) * original).astype(np.float32)
-    stages.append(_stage("amount", a < 1.0, f"{a:.2f} processed + {1 - a:.2f} input", y, sr))
-
-    target, note = _loudness_stage(y, sr, levels, None if level_gain_db is None else a * level_gain_db)
-    report["target_lufs"] = target
-    if target is not None or levels.ceiling_dbtp is not None:
-        out, pre_limit, gain, drive = _loudness_and_limit(y, sr, target, levels.ceiling_dbtp)
-        report["loudness_gain_db"] = gain
-        report["soft_clip_drive_db"] = drive
-        if target is not None:
-            note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into a soft clipper (the limiter alone fell short)")
-        stages.append(_stage("loudness", target is not None, note, pre_limit, sr))
-        y = np.ascontiguousarray(out, dtype=np.float32)
-        gr = gain_reduction_db(pre_limit, y, sr) if levels.ceiling_dbtp is not None else np.zeros(0, np.float32)
-        report["gain_reduction_db"] = gr
-        report["max_gain_reduction_db"] = max(0.0, float(-gr.min())) if gr.size else 0.0
-        limiter_note = (f"ceiling {levels.ceiling_dbtp:.1f} dBTP ({levels.ceiling_from}), "
-                        f"max gain reduction {report['max_gain_reduction_db']:.2f} dB") if levels.ceiling_dbtp is not None else "no ceiling"
-        stages.append(_stage("limiter", levels.ceiling_dbtp is not None and report["max_gain_reduction_db"] > 0, limiter_note, y, sr))
-    else:
-        stages.append(_stage("loudness", False, note, y, sr))
-        stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr))
-
-    peak = float(np.abs(y).max()) if y.size else 0.0
-    if peak > 1.0:
-        g = 10.0 ** (HEADROOM_PEAK_DBFS / 20.0) / peak
-        y = y * np.float32(g)
-        report["headroom_gain_db"] = 20.0 * math.log10(g)
-        stages.append(_stage("ceiling", True, f"peaked above 0 dBFS: {report['headroom_gain_db']:+.2f} dB", y, sr))
-    else:
-        stages.append(_stage("ceiling", False, "no sample above 0 dBFS", y, sr))
+    report: dict[str, Any] = {
+        "stages": [], "target_lufs": None, "ceiling_dbtp": levels.ceiling_dbtp, "amount": settings.amount,
+        "loudness_gain_db": 0.0, "soft_clip_drive_db": None, "gain_reduction_db": np.zeros(0, np.float32),
+        "limiter_max_reduction_db": 0.0, "limiter_mean_reduction_db": 0.0, "headroom_gain_db": 0.0, "tone": None,
+    }
+    report["stages"].append(_stage("restore", settings.amount > 0, restore_note, y, sr))
+    y = _reference_stage(y, sr, settings, report)
+    y = _amount_stage(y, original, sr, settings.amount, report)
+    y = _level_stages(y, sr, levels, None if level_gain_db is None else settings.amount * level_gain_db, report)
+    y = _ceiling_stage(y, sr, report)
     report["applied"] = _applied(report)
     return y, report
 
@@ -253,7 +266,7 @@ def _applied(report: dict[str, Any]) -> str:
     if "loudness" in done:
         parts.append(f"{report['loudness_gain_db']:+.1f} dB" + (" soft clip" if report.get("soft_clip_drive_db") is not None else ""))
     if "limiter" in done:
-        parts.append(f"limiter {report['max_gain_reduction_db']:.1f} dB")
+        parts.append(f"limiter {report['limiter_max_reduction_db']:.1f} dB")
     if "ceiling" in done:
         parts.append(f"trim {report['headroom_gain_db']:+.1f} dB")
     return ", ".join(parts) or "nothing (input unchanged)"
@@ -267,9 +280,10 @@ def levels_info(original: np.ndarray, sample_rate: int, report: dict[str, Any]) 
     loud = next(s for s in report["stages"] if s["stage"] == "loudness")
     before = _measure(original, sample_rate)
     return {
-        "lufs_before": before["lufs"], "true_peak_before_dbtp": before["true_peak_dbtp"], "peak_before_dbfs": _peak_dbfs(original),
+        "lufs_before": before["lufs"], "true_peak_before_dbtp": before["true_peak_dbtp"], "peak_before_dbfs": peak_dbfs(original),
         "lufs_after": last["lufs"], "true_peak_after_dbtp": last["true_peak_dbtp"], "peak_after_dbfs": last["peak_dbfs"],
         "loudness_gain_db": report["loudness_gain_db"], "headroom_gain_db": report["headroom_gain_db"],
         "loudness_note": loud["note"], "target_lufs": report["target_lufs"], "ceiling_dbtp": report["ceiling_dbtp"],
-        "max_gain_reduction_db": report["max_gain_reduction_db"], "applied": report["applied"],
+        "limiter_max_reduction_db": report["limiter_max_reduction_db"],
+        "limiter_mean_reduction_db": report["limiter_mean_reduction_db"], "applied": report["applied"],
     }
