@@ -75,7 +75,7 @@ STARTUP = {
     "matchering": "import matchering",
     "de-limiter": ("import sys, types; m = types.ModuleType('torchaudio'); m.transforms = types.ModuleType('t'); "
                    "sys.modules['torchaudio'] = m; from music_de_limiter import load_pretrained_model; load_pretrained_model('cpu')"),
-    "normalise+limit": "import pyloudnorm; from automaster.dsp.loudness import true_peak_limit",
+    "normalise+limit": "import pyloudnorm; from automaster.dsp.limiter import true_peak_limit",
 }
 
 
