@@ -38,7 +38,7 @@ from automaster.dsp.tone import ToneProfile, match_tone
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none, peak_dbfs
 from automaster.mastering.presets import Levels, resolve_levels
 
-MAX_GAIN_DB = 30.0  # a loudness gain beyond this is refused (a near-silent file or a wrong target)
+MAX_GAIN_DB = 24.0  # a loudness gain beyond this is refused (a near-silent file or a wrong target)
 LOUDNESS_TOLERANCE_LU = 0.15  # a loudness stage this far off its target gets a second aim
 GAIN_REDUCTION_HOP_S = 0.01
 MAX_DRIVE_DB = 12.0  # soft-clipper drive searched this far either side of plain normalisation's gain
@@ -272,10 +272,19 @@ def _applied(report: dict[str, Any]) -> str:
     return ", ".join(parts) or "nothing (input unchanged)"
 
 
+def _warning(report: dict[str, Any], note: str) -> str:
+    """The loudness stage's note when a user should read it (silence, a refused gain, the soft
+    clipper), else ``""``."""
+    if note.startswith(("silent", "refused")) or report.get("soft_clip_drive_db") is not None:
+        return note
+    return ""
+
+
 def levels_info(original: np.ndarray, sample_rate: int, report: dict[str, Any]) -> dict[str, Any]:
     """Flat levels of a :func:`finish` run for summaries: ``lufs_before/after``,
     ``true_peak_before/after_dbtp``, ``peak_before/after_dbfs``, the gains, target, ceiling,
-    largest gain reduction, the loudness stage's note and ``applied``."""
+    largest gain reduction, ``loudness_note`` (the loudness stage's note when it is a warning:
+    silence, a refused gain, the soft clipper; else empty) and ``applied``."""
     last = report["stages"][-1]
     loud = next(s for s in report["stages"] if s["stage"] == "loudness")
     before = _measure(original, sample_rate)
@@ -283,7 +292,7 @@ def levels_info(original: np.ndarray, sample_rate: int, report: dict[str, Any]) 
         "lufs_before": before["lufs"], "true_peak_before_dbtp": before["true_peak_dbtp"], "peak_before_dbfs": peak_dbfs(original),
         "lufs_after": last["lufs"], "true_peak_after_dbtp": last["true_peak_dbtp"], "peak_after_dbfs": last["peak_dbfs"],
         "loudness_gain_db": report["loudness_gain_db"], "headroom_gain_db": report["headroom_gain_db"],
-        "loudness_note": loud["note"], "target_lufs": report["target_lufs"], "ceiling_dbtp": report["ceiling_dbtp"],
+        "loudness_note": _warning(report, loud["note"]), "target_lufs": report["target_lufs"], "ceiling_dbtp": report["ceiling_dbtp"],
         "limiter_max_reduction_db": report["limiter_max_reduction_db"],
         "limiter_mean_reduction_db": report["limiter_mean_reduction_db"], "applied": report["applied"],
     }

@@ -118,7 +118,7 @@ def test_silence_stays_silence(preset):
 
 def test_a_gain_beyond_the_limit_is_refused():
     rng = np.random.default_rng(0)
-    hiss = (3e-3 * rng.standard_normal((2, 44100 * 3))).astype(np.float32)  # about -45 LUFS: club needs > +30 dB
+    hiss = (3e-3 * rng.standard_normal((2, 44100 * 3))).astype(np.float32)  # about -45 LUFS: club needs > +24 dB
     out, report = finish(hiss, hiss, 44100, FinishSettings(preset="club"))
     loud = next(s for s in report["stages"] if s["stage"] == "loudness")
     assert loud["note"].startswith("refused") and not loud["applied"]
@@ -142,4 +142,8 @@ def test_levels_info_summarises_the_run(materials):
     assert info["lufs_after"] == pytest.approx(_lufs(out, sr), abs=0.01)
     assert info["lufs_before"] == pytest.approx(_lufs(audio, sr), abs=0.01)
     assert info["true_peak_after_dbtp"] <= -1.0 and info["target_lufs"] == -14.0
-    assert info["applied"].startswith("restore, amount 0.50, +")
+    assert info["applied"].startswith("restore, amount 0.50, +") and info["loudness_note"] == ""
+    rng = np.random.default_rng(0)
+    hiss = (3e-3 * rng.standard_normal((2, 44100 * 3))).astype(np.float32)
+    _, report = finish(hiss, hiss, 44100, FinishSettings(preset="club"))
+    assert levels_info(hiss, 44100, report)["loudness_note"].startswith("refused")
