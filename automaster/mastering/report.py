@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import scipy.signal
 
-from automaster import storage
 from automaster.dsp import loudness as meter
 from automaster.dsp.tone import GRID_HZ, ToneProfile, tone_error_db, tone_profile
 
@@ -201,13 +200,13 @@ def report_png(report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def write_report(out_root: str, out_rel: str, report: dict[str, Any]) -> tuple[str, str]:
-    """Write ``report/<out_rel>.json`` and ``.png`` under ``out_root``; returns both paths."""
-    json_path = storage.join(out_root, REPORT_DIR, out_rel + ".json")
-    png_path = storage.join(out_root, REPORT_DIR, out_rel + ".png")
-    storage.write_bytes_atomic(json_path, json.dumps(report, indent=1, allow_nan=False).encode())
-    storage.write_bytes_atomic(png_path, report_png(report))
-    return json_path, png_path
+def report_files(out_rel: str, report: dict[str, Any]) -> dict[str, bytes]:
+    """``{"report/<out_rel>.json": ..., "report/<out_rel>.png": ...}``: the files to write under
+    the job's output folder (the job stages and writes them like its other outputs)."""
+    return {
+        f"{REPORT_DIR}/{out_rel}.json": json.dumps(report, indent=1, allow_nan=False).encode(),
+        f"{REPORT_DIR}/{out_rel}.png": report_png(report),
+    }
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:

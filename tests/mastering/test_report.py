@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
@@ -28,17 +29,18 @@ def mastered():
     return R.build_report("d01.flac", audio, out, sr, fin, estimates, ref, {"preset": "streaming"}), audio, out, sr
 
 
-def test_report_files_exist_and_hold_the_figures(tmp_path, mastered):
+def test_report_files_hold_the_figures(mastered):
     report, _, _, _ = mastered
-    json_path, png_path = R.write_report(str(tmp_path), "a/d01.flac", report)
-    data = json.loads(open(json_path).read())
+    files = R.report_files("a/d01.flac", report)
+    assert set(files) == {"report/a/d01.flac.json", "report/a/d01.flac.png"}
+    data = json.loads(files["report/a/d01.flac.json"])
     for key in ("spectrum", "short_term_lufs", "true_peak_curve_dbtp", "gain_reduction_curve_db", "estimates", "stages", "reference"):
         assert key in data, key
     assert set(data["spectrum"]) == {"grid_hz", "input_db", "output_db", "reference_db"}
     assert [s["stage"] for s in data["stages"]] == ["restore", "reference", "amount", "loudness", "limiter", "ceiling"]
     assert data["reference"]["tone_error_out_db"] < data["reference"]["tone_error_in_db"]
     assert data["lufs_out"] == pytest.approx(-14.0, abs=0.3) and data["true_peak_out_dbtp"] <= -1.0
-    image = Image.open(png_path)
+    image = Image.open(io.BytesIO(files["report/a/d01.flac.png"]))
     assert image.format == "PNG" and image.size[0] > 1000 and image.size[1] > 600
 
 
@@ -57,10 +59,10 @@ def test_peak_curve_reaches_the_true_peak(mastered):
     assert peaks.max() == pytest.approx(true_peak_dbtp(out, sr), abs=0.05)
 
 
-def test_silence_report_has_no_levels(tmp_path):
+def test_silence_report_has_no_levels():
     silence = np.zeros((2, 44100), np.float32)
     out, fin = finish(silence, silence, 44100, FinishSettings())
     report = R.build_report("silence.wav", silence, out, 44100, fin)
     assert report["lufs_in"] is None and report["lufs_out"] is None
-    R.write_report(str(tmp_path), "silence.wav", report)  # JSON without NaN, a PNG all the same
-    assert (tmp_path / "report" / "silence.wav.png").stat().st_size > 0
+    files = R.report_files("silence.wav", report)  # JSON without NaN, a PNG all the same
+    assert json.loads(files["report/silence.wav.json"])["lufs_out"] is None and files["report/silence.wav.png"]
