@@ -10,8 +10,8 @@ with what it did and the loudness (LUFS) and true peak (dBTP) after it:
 1. ``restore``: the restoration (done before; recorded here with its levels).
 2. ``reference``: :func:`automaster.dsp.tone.match_tone` when a reference is given.
 3. ``amount``: ``amount * processed + (1 - amount) * original``; ``amount == 0`` is the input.
-4. ``loudness``: a static gain to the target (:mod:`automaster.mastering.presets`); the ``restore`` preset
-   keeps the level, or applies ``level_gain_db`` (the restoration model's estimate of the
+4. ``loudness``: a static gain to the target (:mod:`automaster.mastering.presets`); the
+   ``restore`` preset keeps the level, or applies ``level_gain_db`` (the restoration model's estimate of the
    original master's level) when given, scaled by ``amount``. A gain above ``MAX_GAIN_DB`` is
    refused with a note (the ceiling still applies). A target too loud for the limiter alone
    (dynamic music at a club level) is reached with a soft clipper before the limiter.
@@ -40,9 +40,9 @@ from automaster.mastering.presets import Levels, resolve_levels
 
 MAX_GAIN_DB = 24.0  # a loudness gain beyond this is refused (a near-silent file or a wrong target)
 LOUDNESS_TOLERANCE_LU = 0.15  # a loudness stage this far off its target gets a second aim
-GAIN_REDUCTION_HOP_S = 0.01
+GAIN_REDUCTION_HOP_S = 0.01  # resolution of the reported gain-reduction curve
 MAX_DRIVE_DB = 12.0  # soft-clipper drive searched this far either side of plain normalisation's gain
-SATURATION_STEPS = 12  # resolution of the reported gain-reduction curve
+SATURATION_STEPS = 12  # bisection steps of the soft clipper's drive
 
 
 @dataclass(frozen=True)
