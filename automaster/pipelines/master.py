@@ -263,7 +263,8 @@ def run_master(
     spec = JobSpec(
         job="master", out=out, settings={k: v for k, v in settings.items() if k != "model"}, processor=MasterProcessor,
         processor_kwargs={"model": model, "config": config, "device": device},
-        paths={"--model": model, "--input": input_dir, "--out": out}, model=model_file(model), device=device,
+        paths={"--model": model, "--input": input_dir, "--out": out, "--reference": config.reference},
+        model=model_file(model), device=device,
         experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
         params={"input": input_dir, "out": out, "gpu": gpu, "overwrite": overwrite, **settings},
     )
