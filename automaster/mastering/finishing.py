@@ -38,7 +38,7 @@ from automaster.dsp.tone import ToneProfile, match_tone
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none, peak_dbfs
 from automaster.mastering.presets import Levels, resolve_levels
 
-MAX_GAIN_DB = 24.0  # a loudness gain beyond this is refused (a near-silent file or a wrong target)
+MAX_GAIN_DB = 24.0  # a loudness gain above this is refused (a near-silent file or a wrong target)
 LOUDNESS_TOLERANCE_LU = 0.15  # a loudness stage this far off its target gets a second aim
 GAIN_REDUCTION_HOP_S = 0.01  # resolution of the reported gain-reduction curve
 MAX_DRIVE_DB = 12.0  # soft-clipper drive searched this far either side of plain normalisation's gain
@@ -106,8 +106,8 @@ def _loudness_stage(y: np.ndarray, sr: int, levels: Levels, gain_db: float | Non
         return None, "no loudness target"
     else:
         target, note = levels.target_lufs, f"{levels.target_lufs:.1f} LUFS ({levels.loudness_from})"
-    if abs(target - lufs) > MAX_GAIN_DB:
-        return None, f"refused: {target - lufs:+.1f} dB is beyond +-{MAX_GAIN_DB:.0f} dB (level kept)"
+    if target - lufs > MAX_GAIN_DB:  # turning down is always safe; raising this much is not
+        return None, f"refused: {target - lufs:+.1f} dB is beyond +{MAX_GAIN_DB:.0f} dB (level kept)"
     return target, note
 
 

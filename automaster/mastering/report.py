@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import scipy.signal
 
+from automaster import storage
 from automaster.dsp import loudness as meter
 from automaster.dsp.tone import GRID_HZ, ToneProfile, tone_error_db, tone_profile
 
@@ -68,7 +69,7 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
     from automaster.mastering.finishing import GAIN_REDUCTION_HOP_S
 
     report: dict[str, Any] = {
-        "file": name, "sample_rate": sr, "channels": int(np.atleast_2d(original).shape[0]),
+        "file": storage.display(name), "sample_rate": sr, "channels": int(np.atleast_2d(original).shape[0]),
         "duration_s": round(np.atleast_2d(original).shape[-1] / sr, 3), "settings": settings or {},
         "lufs_in": _finite(before.lufs), "lufs_out": _finite(after.lufs),
         "true_peak_in_dbtp": _finite(meter.true_peak_dbtp(original, sr)),

@@ -29,14 +29,14 @@ from automaster.config import BatchConfig, ConfigError, MasterConfig
 from automaster.corpus import audio_files
 from automaster.dsp.limiter import MASTER_MAX_GAIN_DB
 from automaster.mastering import STAGES, Masterer, MasteringError, parameter_stats
-from automaster.mastering.report import build_report, estimates, report_files
+from automaster.mastering.report import REPORT_DIR, build_report, estimates, report_files
 from automaster.pipelines.batch import JobSpec, RunOptions, excluded_outputs, run_job
 
 log = logging.getLogger(__name__)
 
 AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR = "audio", "spectrograms", "parameters", "debug"
 EXCERPT_S = 5.0
-OUTPUT_NAMES = (AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR)
+OUTPUT_NAMES = (AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR, REPORT_DIR)
 # Output format by input extension: what soundfile writes stays, MP3/AIFF become FLAC.
 _OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg", ".mp3": ".flac", ".aiff": ".flac", ".aif": ".flac"}
 _GAIN_IMAGE_DB = 12.0  # debug images map a mel gain of +-12 dB onto the colour range

@@ -23,7 +23,7 @@ def test_master_with_preset_reference_and_amount(ray_local, tmp_path, capsys):
                  str(REFERENCE_TRACK), "--amount", "0.7", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["ok"] == 3 and summary["settings"]["preset"] == "streaming"
+    assert summary["ok"] == 3
     table = capsys.readouterr().out
     for f in summary["files"]:
         audio, sr = read_audio(str(out / f["output"]))
@@ -31,6 +31,7 @@ def test_master_with_preset_reference_and_amount(ray_local, tmp_path, capsys):
         assert true_peak_dbtp(audio, sr) <= -1.0 + 1e-3  # 24-bit rounding
         report = json.loads((out / "report" / (f["output"][len("audio/"):] + ".json")).read_text())
         assert [s["stage"] for s in report["stages"]][:3] == ["restore", "reference", "amount"]
+        assert report["settings"]["preset"] == "streaming" and report["settings"]["amount"] == 0.7
         assert (out / "report" / (f["output"][len("audio/"):] + ".png")).is_file()
         assert f["rel_path"] in table and f["applied"] in table
     assert "LUFS in -> out" in table
