@@ -186,7 +186,7 @@ def test_concurrent_trials_always_leave_a_whole_cpu_for_reading_data(cpus, worke
 
 
 def test_a_search_killed_before_its_first_state_starts_again(tmp_path):
-    from automaster.pipelines.tune import _restorable
+    from automaster.pipelines.tune_state import restorable as _restorable
 
     assert not _restorable(str(tmp_path / "none"))
     (tmp_path / "tune").mkdir()
