@@ -17,7 +17,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -68,6 +68,22 @@ def params_text(track_id: str, variant: int, params: dict[str, torch.Tensor]) ->
     return "\n".join(lines) + "\n"
 
 
+class _Clean(NamedTuple):
+    """A track's clean excerpt as every variant uses it."""
+
+    x: torch.Tensor  # (1, T), scaled by input_gain
+    rms_db: float  # before the scaling
+    input_gain: float
+    n_frames: int
+    mel_db: np.ndarray  # (n_mels, F)
+    shared_spec: np.ndarray | None  # the STFT the chain's EQ reuses, when at its framing
+    wave: np.ndarray  # int16
+
+    @property
+    def input_gain_db(self) -> float:
+        return 20.0 * math.log10(self.input_gain)
+
+
 class TrackProcessor:
     """Turns one corpus row into dataset rows and files. Holds no Ray state (testable alone)."""
 
@@ -105,9 +121,22 @@ class TrackProcessor:
         return {"track_id": row["track_id"], "split": row["split"], **figures, **{f"stage_{k}_s": v for k, v in stages.items()}}
 
     def _process(self, row: dict[str, Any], stages: dict[str, float], staging: Any) -> dict[str, Any]:
-        cfg, dm, audio_cfg = self.config, self.config.demaster, self.config.audio
-        sr, track_id, path = audio_cfg.sample_rate, row["track_id"], row["path"]
+        dm, sr, track_id = self.config.demaster, self.config.audio.sample_rate, row["track_id"]
+        clean = self._decode(row["path"], stages)
+        rows = [self._variant(row, variant, clean, stages, staging) for variant in range(dm.variants)]
 
+        t = time.perf_counter()
+        if dm.write_audio:
+            write_audio(staging.path(f"{AUDIO_DIR}/{track_id}_original.wav"), clean.wave, sr, subtype="PCM_16")
+        # Staged last, so published last: the training reader lists dataset/ only.
+        _write(staging.path(f"{DATASET_DIR}/{track_id}.parquet"), parquet_bytes(rows))
+        stages["writes"] += time.perf_counter() - t
+        return {"variants": len(rows), "input_gain_db": clean.input_gain_db, "rms_db": clean.rms_db}
+
+    def _decode(self, path: str, stages: dict[str, float]) -> _Clean:
+        """The clean excerpt, checked for silence and scaled under the peak ceiling, with its mel."""
+        cfg, dm, audio_cfg = self.config, self.config.demaster, self.config.audio
+        sr = audio_cfg.sample_rate
         t = time.perf_counter()
         audio, _ = read_excerpt(path, dm.clip_seconds, sample_rate=sr, mono=True, min_seconds=dm.min_seconds)
         x = torch.from_numpy(np.ascontiguousarray(audio[:1]))  # (1, T)
@@ -126,76 +155,76 @@ class TrackProcessor:
         t = time.perf_counter()
         # One frame-major STFT of the clean clip serves its mel and (at the chain's own framing)
         # the chain's EQ.
-        spec_clean = stft_rows(x.numpy(), audio_cfg.n_fft, audio_cfg.hop_length)  # (1, F, bins)
-        mel_clean_db = mel_db_rows(spec_clean, sr, audio_cfg.n_mels)[0]  # (n_mels, F)
-        shared_spec = spec_clean if (audio_cfg.n_fft, audio_cfg.hop_length) == (N_FFT, HOP_LENGTH) else None
-        wave_clean = to_pcm16(x[0].numpy())
+        spec = stft_rows(x.numpy(), audio_cfg.n_fft, audio_cfg.hop_length)  # (1, F, bins)
+        mel_db = mel_db_rows(spec, sr, audio_cfg.n_mels)[0]  # (n_mels, F)
+        shared_spec = spec if (audio_cfg.n_fft, audio_cfg.hop_length) == (N_FFT, HOP_LENGTH) else None
+        wave = to_pcm16(x[0].numpy())
         stages["mels"] += time.perf_counter() - t
+        return _Clean(x, rms_db, input_gain, spec.shape[1], mel_db, shared_spec, wave)
 
-        rows = []
-        clean_name = f"{track_id}_original.wav"
-        for variant in range(dm.variants):
-            suffix = _variant_suffix(variant, dm.variants)
-            t = time.perf_counter()
-            gen = make_generator(dm.seed, track_id, variant)
-            n_frames = spec_clean.shape[1]
-            params = draw_params(n_frames, gen, cfg.degrade, clip_rms_db=rms_db + 20 * math.log10(input_gain))
-            result = degrade(x[None], sr, params, gen, cfg.degrade, stft_rows_clean=shared_spec)
-            y = result.audio[0]  # (1, T)
-            stages["effects"] += time.perf_counter() - t
-
-            t = time.perf_counter()
-            mel_y_db = mel_db_rows(stft_rows(y.numpy(), audio_cfg.n_fft, audio_cfg.hop_length), sr, audio_cfg.n_mels)[0]
-            wave_y = to_pcm16(y[0].numpy())
-            stages["mels"] += time.perf_counter() - t
-
-            t = time.perf_counter()
-            png = mel_pair_png(mel_clean_db, mel_y_db, audio_cfg.db_min, audio_cfg.db_max) if dm.write_png else None
-            stages["png"] += time.perf_counter() - t
-
-            t = time.perf_counter()
-            degraded_name = f"{track_id}_degraded{suffix}.wav"
-            if dm.write_audio:  # the int16 as they are
-                write_audio(staging.path(f"{AUDIO_DIR}/{degraded_name}"), wave_y, sr, subtype="PCM_16")
-            if png is not None:
-                _write(staging.path(f"{PNG_DIR}/{track_id}{suffix}.png"), png)
-            if dm.write_txt:
-                text = params_text(track_id, variant, result.params).encode()
-                _write(staging.path(f"{TXT_DIR}/{track_id}{suffix}.txt"), text)
-            stages["writes"] += time.perf_counter() - t
-
-            record = {
-                "track_id": track_id,
-                "variant": variant,
-                "split": row["split"],
-                "genre": row["genre"],
-                "source_path": storage.display(path),  # Parquet strings are UTF-8
-                "seed": seed_for(dm.seed, track_id, variant),
-                "sample_rate": sr,
-                "n_samples": int(x.shape[-1]),
-                "n_mels": audio_cfg.n_mels,
-                "n_frames": int(mel_clean_db.shape[-1]),
-                "input_gain_db": 20.0 * math.log10(input_gain),
-                "rms_db": rms_db,
-                "mel_original_db": mel_clean_db,
-                "mel_degraded_db": mel_y_db,
-                "wave_original": wave_clean,
-                "wave_degraded": wave_y,
-                "audio_original": f"{AUDIO_DIR}/{clean_name}",
-                "audio_degraded": f"{AUDIO_DIR}/{degraded_name}",
-            }
-            for spec in PARAMS:
-                value = result.params[spec.name].detach().reshape(-1).cpu().numpy().astype(np.float32)
-                record[spec.name] = value if spec.per_frame else float(value[0])
-            rows.append(record)
+    def _variant(self, row: dict[str, Any], variant: int, clean: _Clean, stages: dict[str, float], staging: Any) -> dict[str, Any]:
+        """One degraded variant: draw its parameters, apply the chain, stage its files; its dataset row."""
+        cfg, dm, audio_cfg = self.config, self.config.demaster, self.config.audio
+        sr, track_id = audio_cfg.sample_rate, row["track_id"]
+        suffix = _variant_suffix(variant, dm.variants)
+        t = time.perf_counter()
+        gen = make_generator(dm.seed, track_id, variant)
+        params = draw_params(clean.n_frames, gen, cfg.degrade, clip_rms_db=clean.rms_db + clean.input_gain_db)
+        result = degrade(clean.x[None], sr, params, gen, cfg.degrade, stft_rows_clean=clean.shared_spec)
+        y = result.audio[0]  # (1, T)
+        stages["effects"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        if dm.write_audio:
-            write_audio(staging.path(f"{AUDIO_DIR}/{clean_name}"), wave_clean, sr, subtype="PCM_16")
-        # Staged last, so published last: the training reader lists dataset/ only.
-        _write(staging.path(f"{DATASET_DIR}/{track_id}.parquet"), parquet_bytes(rows))
+        mel_y_db = mel_db_rows(stft_rows(y.numpy(), audio_cfg.n_fft, audio_cfg.hop_length), sr, audio_cfg.n_mels)[0]
+        wave_y = to_pcm16(y[0].numpy())
+        stages["mels"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        png = mel_pair_png(clean.mel_db, mel_y_db, audio_cfg.db_min, audio_cfg.db_max) if dm.write_png else None
+        stages["png"] += time.perf_counter() - t
+
+        t = time.perf_counter()
+        degraded_name = f"{track_id}_degraded{suffix}.wav"
+        if dm.write_audio:  # the int16 as they are
+            write_audio(staging.path(f"{AUDIO_DIR}/{degraded_name}"), wave_y, sr, subtype="PCM_16")
+        if png is not None:
+            _write(staging.path(f"{PNG_DIR}/{track_id}{suffix}.png"), png)
+        if dm.write_txt:
+            text = params_text(track_id, variant, result.params).encode()
+            _write(staging.path(f"{TXT_DIR}/{track_id}{suffix}.txt"), text)
         stages["writes"] += time.perf_counter() - t
-        return {"variants": len(rows), "input_gain_db": 20.0 * math.log10(input_gain), "rms_db": rms_db}
+        return self._record(row, variant, clean, mel_y_db, wave_y, degraded_name, result.params)
+
+    def _record(
+        self, row: dict[str, Any], variant: int, clean: _Clean, mel_y_db: np.ndarray, wave_y: np.ndarray,
+        degraded_name: str, params: dict[str, torch.Tensor],
+    ) -> dict[str, Any]:  # fmt: skip
+        """A variant's dataset row: provenance, both mels and waves, and every drawn parameter."""
+        dm, audio_cfg, track_id = self.config.demaster, self.config.audio, row["track_id"]
+        record = {
+            "track_id": track_id,
+            "variant": variant,
+            "split": row["split"],
+            "genre": row["genre"],
+            "source_path": storage.display(row["path"]),  # Parquet strings are UTF-8
+            "seed": seed_for(dm.seed, track_id, variant),
+            "sample_rate": audio_cfg.sample_rate,
+            "n_samples": int(clean.x.shape[-1]),
+            "n_mels": audio_cfg.n_mels,
+            "n_frames": int(clean.mel_db.shape[-1]),
+            "input_gain_db": clean.input_gain_db,
+            "rms_db": clean.rms_db,
+            "mel_original_db": clean.mel_db,
+            "mel_degraded_db": mel_y_db,
+            "wave_original": clean.wave,
+            "wave_degraded": wave_y,
+            "audio_original": f"{AUDIO_DIR}/{track_id}_original.wav",
+            "audio_degraded": f"{AUDIO_DIR}/{degraded_name}",
+        }
+        for spec in PARAMS:
+            value = params[spec.name].detach().reshape(-1).cpu().numpy().astype(np.float32)
+            record[spec.name] = value if spec.per_frame else float(value[0])
+        return record
 
 
 def _write(path: str, data: bytes) -> None:

@@ -336,6 +336,31 @@ def run_evaluate(
         ValueError: bad arguments (split, limit).
         ConfigError: an output folder holding other settings' outputs, or in use.
     """
+    evaluation, mastering, rows, config = _plan(model, clean, evaluation, mastering, degraded_dir, split, limit)
+    device = "cuda" if gpu else "cpu"
+    spec = _job_spec(model, clean, out, degraded_dir, config, evaluation, mastering, device,
+                     experiment=experiment, run_name=run_name, tracking_uri=tracking_uri)  # fmt: skip
+    items = [{**r, "key": r["rel_path"], "duration_s": evaluation.clip_seconds, "degraded_dir": degraded_dir} for r in rows]
+    reports: dict[str, Any] = {}
+    run = RunOptions(workers=workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
+                     progress=progress, batch=batch)
+    try:
+        summary = run_job(spec, items, [], run, summarise=_report_writer(out, config, reports),
+                          log_run=lambda summary, results: _log_run(reports["metrics"], reports["files"]))
+    except ConfigError as exc:
+        if "GPU" in str(exc):
+            raise MasteringError(str(exc)) from None
+        raise
+    metrics = reports["metrics"]
+    metrics.update(out=out, summary=summary)
+    return metrics
+
+
+def _plan(
+    model: str, clean: str, evaluation: EvalConfig | None, mastering: MasterConfig | None, degraded_dir: str | None,
+    split: str | None, limit: int,
+) -> tuple[EvalConfig, MasterConfig, list[dict[str, str]], dict[str, Any]]:  # fmt: skip
+    """Check the settings and list the files, before Ray starts: (evaluation, mastering, rows, job config)."""
     evaluation = evaluation or EvalConfig()
     if degraded_dir is not None:
         evaluation = dataclasses.replace(evaluation, degrader=GIVEN)
@@ -356,19 +381,29 @@ def run_evaluate(
         "evaluate: %d files (%s %s, split %s), degrader %s, inversions %s",
         len(rows), listing["kind"], listing["root"], listing["split"], evaluation.degrader, ",".join(evaluation.inversions),
     )
+    return evaluation, mastering, rows, config
+
+
+def _job_spec(
+    model: str, clean: str, out: str, degraded_dir: str | None, config: dict[str, Any], evaluation: EvalConfig,
+    mastering: MasterConfig, device: str, *, experiment: str, run_name: str | None, tracking_uri: str | None,
+) -> JobSpec:  # fmt: skip
+    """The batch job: one :class:`EvaluateProcessor` per worker, ``config`` as its settings and MLflow params."""
     from automaster.pipelines.master import model_file
 
-    device = "cuda" if gpu else "cpu"
-    spec = JobSpec(
+    return JobSpec(
         job="evaluate", out=out, processor=EvaluateProcessor,
         settings={k: v for k, v in config.items() if k not in ("model", "clean", "degraded", "notes")},
         processor_kwargs={"model": model, "evaluation": evaluation, "mastering": mastering, "device": device},
         paths={"--model": model, "--clean": clean, "--degraded": degraded_dir, "--out": out}, model=model_file(model),
         device=device, experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
         params={k: v for k, v in config.items() if k != "notes"},
-    )
-    items = [{**r, "key": r["rel_path"], "duration_s": evaluation.clip_seconds, "degraded_dir": degraded_dir} for r in rows]
-    reports: dict[str, Any] = {}
+    )  # fmt: skip
+
+
+def _report_writer(out: str, config: dict[str, Any], reports: dict[str, Any]):
+    """The job's ``summarise`` step: ``metrics.json``, ``metrics.csv`` and ``parameters.csv`` under
+    ``out``; the metrics and the files' bytes also go into ``reports`` for the MLflow run."""
 
     def write_reports(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
         config["workers"] = summary["workers"]
@@ -383,21 +418,11 @@ def run_evaluate(
             storage.write_bytes_atomic(storage.join(out, name), data)
         reports.update(metrics=metrics, files=files)
 
-    run = RunOptions(workers=workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
-                     progress=progress, batch=batch)
-    try:
-        summary = run_job(spec, items, [], run, summarise=write_reports,
-                          log_run=lambda summary, results: _log_run(reports["metrics"], reports["files"]))
-    except ConfigError as exc:
-        if "GPU" in str(exc):
-            raise MasteringError(str(exc)) from None
-        raise
-    metrics = reports["metrics"]
-    metrics.update(out=out, summary=summary)
-    return metrics
+    return write_reports
 
 
 def _log_run(metrics: dict[str, Any], files: dict[str, bytes]) -> None:
+    """The run's metrics (each inversion's means, the forecast errors) and report files to MLflow."""
     import mlflow
 
     from automaster.pipelines import tracking
