@@ -343,8 +343,8 @@ def _restored_tuner(search: _Search, trainable, parent):
     import mlflow
     from ray import tune
 
-    log.info("resuming the search in %s with the settings it started with (another --run-name starts a new one)",
-             search.experiment_path)  # fmt: skip
+    log.warning("resuming the search in %s with the settings it started with (another --run-name starts a new one)",
+               search.experiment_path)  # fmt: skip
     mlflow.set_tag("automaster.resumed", str(int(parent.data.tags.get("automaster.resumed", "0")) + 1))
     return tune.Tuner.restore(search.experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
 
