@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from automaster.config import DEGRADERS, INVERSIONS, ConfigError, EvalConfig, MasterConfig, load_config
+from automaster.config import DEGRADERS, INVERSIONS, Config, ConfigError, EvalConfig, MasterConfig, load_config
 
 log = logging.getLogger("automaster")
 
@@ -170,6 +170,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.mode:
         sets.append(f"model.mode={args.mode}")
     config = load_config(args.config, sets + args.set)
+    _announce_training(config, _location(args.out))
     summary = run_train(
         _location(args.data, must_exist=True),
         _location(args.out),
@@ -178,14 +179,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
         experiment=args.experiment or "automaster-train",
         run_name=args.run_name,
         ray_address=args.ray_address,
+        verbose=args.verbose,
     )
     best = summary["best_metrics"]
     print(
         f"train: {summary['run_name']} done in {summary['wall_s']:.0f} s; best {summary['monitor']} = "
         f"{best.get(summary['monitor'], float('nan')):.3f} (identity {best.get('val/mel_l1_db_identity', float('nan')):.3f})\n"
-        f"  model:  {summary['model']}\n  MLflow: run {summary['mlflow_run_id']} at {summary['tracking_uri']}"
+        f"  model:  {summary['model']}\n  MLflow: run {summary['mlflow_run_id']} at {summary['tracking_uri']}\n"
+        f"  log:    {summary['log_file']}"
     )
     return EXIT_OK
+
+
+def _announce_training(config: Config, out: str) -> None:
+    """One console line before a training run, which says nothing until it ends."""
+    from automaster.pipelines.batch import job_log_file
+
+    tc = config.train
+    length = f"{tc.steps} steps" if tc.steps > 0 else f"{tc.epochs} epochs"
+    print(f"train: {length} on {tc.workers} Ray Train worker(s); logs: {job_log_file(out, 'train')}",
+          file=sys.stderr, flush=True)
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -210,7 +223,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         str(music), str(out / "paired"), config, tracking_uri=args.tracking_uri, ray_address=args.ray_address, verbose=args.verbose
     )
     print(f"demaster: {demaster['ok']} ok, {demaster['failed']} failed -> {out / 'paired'} (summary.json, output_audio/, output_spectrograms/)")
-    train = run_train(str(out / "paired"), str(out / "train"), config, tracking_uri=args.tracking_uri, ray_address=args.ray_address, run_name=args.run_name)
+    _announce_training(config, str(out / "train"))
+    train = run_train(str(out / "paired"), str(out / "train"), config, tracking_uri=args.tracking_uri, ray_address=args.ray_address,
+                      run_name=args.run_name, verbose=args.verbose)
     best = train["best_metrics"]
     print(
         f"train: val mel L1 {best.get('val/mel_l1_db', float('nan')):.2f} dB "

@@ -88,10 +88,15 @@ class RunOptions:
 
 
 def log_file_for(spec: JobSpec) -> str:
+    """The log file of ``spec``'s job (:func:`job_log_file`)."""
+    return job_log_file(spec.out, spec.job)
+
+
+def job_log_file(out: str, job: str) -> str:
     """``<out>/logs/<job>.log`` for a local output folder, else ``./automaster-logs/<job>.log``."""
-    if storage.is_local(spec.out):
-        return os.path.join(storage.local_path(spec.out), LOG_DIR, f"{spec.job}.log")
-    return os.path.abspath(os.path.join("automaster-logs", f"{spec.job}.log"))
+    if storage.is_local(out):
+        return os.path.join(storage.local_path(out), LOG_DIR, f"{job}.log")
+    return os.path.abspath(os.path.join("automaster-logs", f"{job}.log"))
 
 
 # ------------------------------------------------------------------------------- the job

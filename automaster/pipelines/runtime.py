@@ -111,6 +111,17 @@ def loggers_to_root(names: tuple[str, ...]) -> None:
         logger.propagate = True
 
 
+def quiet_ray_data(verbose: bool) -> None:
+    """Ray Data without its progress bars and through the root logger (a job's log file) unless
+    ``verbose``; call in the driver and in each worker (Ray Data configures its logger on import)."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
+    if not verbose:
+        loggers_to_root(("ray.data",))
+        logging.getLogger("ray.data").setLevel(logging.INFO)  # its config logs everything from DEBUG up
+
+
 def _free_port(preferred: int) -> int:
     """``preferred`` if nothing listens there on 127.0.0.1, else a free port."""
     import socket

@@ -79,6 +79,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from automaster.training.loop import LAST_DIR, train
     from automaster.training.sources import data_source, source_kind
 
+    from automaster.pipelines.runners import route_logs
+    from automaster.pipelines.runtime import quiet_ray_data
+
+    verbose = loop_config.get("verbose", True)
+    if loop_config.get("log_file"):
+        route_logs(loop_config["log_file"], verbose, console=False)
+    quiet_ray_data(verbose)
     config = from_dict(loop_config["config"])
     tc = config.train
     ctx = ray.train.get_context()
@@ -230,11 +237,14 @@ def build_trainer(
     tracking_uri: str | None,
     callbacks: list | None = None,
     data: str | None = None,
+    log_file: str | None = None,
+    verbose: bool = True,
 ):
     """The ``TorchTrainer`` of one training run (``run_train`` and every Tune trial).
 
     ``train_ds`` is ``None`` with fresh damage: each worker then reads the originals of the
-    demaster output ``data`` itself.
+    demaster output ``data`` itself. ``log_file``: where the workers log (a path every node
+    sees); ``verbose``: keep Ray Data's progress bars and the libraries' console logs.
     """
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -247,6 +257,8 @@ def build_trainer(
         "param_means": means,
         "data": data,
         "threads_per_worker": max(1, int(cpu_per_worker)),
+        "log_file": log_file,
+        "verbose": verbose,
     }
     return TorchTrainer(
         train_loop_per_worker,
@@ -285,18 +297,28 @@ def run_train(
     experiment: str = "automaster-train",
     run_name: str | None = None,
     ray_address: str | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
-    """Train on the demaster output ``data``; checkpoints and the final model go under ``out``."""
+    """Train on the demaster output ``data``; checkpoints and the final model go under ``out``.
+
+    Ray's, Ray Data's and MLflow's logs and the workers' output go to ``<out>/logs/train.log``
+    (:func:`automaster.pipelines.batch.job_log_file`), not the console, unless ``verbose``.
+    """
     import mlflow
 
     from automaster.pipelines import runtime, tracking
+    from automaster.pipelines.batch import job_log_file
+    from automaster.pipelines.runners import route_logs
 
     read_meta(data)
     tc = config.train
     if tc.workers < 1:
         raise ValueError(f"train.workers must be >= 1, got {tc.workers}")
     run_name = run_name or f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-    runtime.init_ray(ray_address)
+    log_file = job_log_file(out, "train")
+    route_logs(log_file, verbose)
+    runtime.init_ray(ray_address, log_to_driver=verbose)
+    runtime.quiet_ray_data(verbose)
     runtime.check_paths_visible({"--data": data, "--out": out})
     if tc.use_gpu and runtime.cluster_gpus() < tc.workers:
         raise ValueError(f"--gpu with {tc.workers} workers needs {tc.workers} GPUs; the cluster has {runtime.cluster_gpus()}")
@@ -316,9 +338,14 @@ def run_train(
         trainer = build_trainer(
             config, train_ds, val_ds, means, name=run_name, storage_path=storage_path,
             cpu_per_worker=cpu_per_worker, mlflow_run_id=run.info.run_id, tracking_uri=uri, data=data,
+            log_file=log_file if storage.is_local(out) else None, verbose=verbose,
         )  # fmt: skip
         t0 = time.time()
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # the reason is in the exception; the workers' logs are in the file
+            exc.add_note(f"training logs: {log_file}")
+            raise
         wall = time.time() - t0
 
     best = result.get_best_checkpoint(metric=monitor_metric(config), mode="min") or result.checkpoint
@@ -338,6 +365,7 @@ def run_train(
         "wall_s": wall,
         "rows": counts,
         "workers": tc.workers,
+        "log_file": log_file,
     }
     storage.write_bytes_atomic(storage.join(out, "train_summary.json"), tracking.dumps(summary).encode())
     with mlflow.start_run(run_id=run.info.run_id):
