@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -55,6 +58,29 @@ def test_training_logs_every_epoch_and_leaves_a_loadable_model(paired, tmp_path,
     assert out["mel"].shape == (1, 1, 128, 50) and out["params"].shape[-1] == 50
     best = summary["best_metrics"]
     assert best["val/mel_l1_db"] > 0 and best["val/mel_l1_db_identity"] > 0
+
+
+def _cli_train(paired, out: Path, *flags: str) -> list[str]:
+    """``automaster train`` in a fresh process (its own local Ray): its console, line by line."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("RAY_ADDRESS", None)
+    sets = [arg for s in [*TINY, "train.epochs=1"] for arg in ("--set", s)]
+    cmd = [sys.executable, "-m", "automaster.cli", "train", "--data", str(paired), "--out", str(out),
+           "--tracking-uri", f"sqlite:///{out}.db", *sets, *flags]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (proc.stdout + proc.stderr).splitlines()
+
+
+def test_training_console_is_short_and_verbose_shows_the_workers(paired, tmp_path):
+    quiet = _cli_train(paired, tmp_path / "quiet")
+    assert len(quiet) <= 8, "\n".join(quiet)
+    assert not any("pid=" in line for line in quiet), "\n".join(quiet)
+    log_file = tmp_path / "quiet" / "logs" / "train.log"
+    assert any(str(log_file) in line for line in quiet) and "ray.data" in log_file.read_text()
+    verbose = _cli_train(paired, tmp_path / "verbose", "-v")
+    assert any("(RayTrainWorker pid=" in line for line in verbose), "\n".join(verbose[-40:])
 
 
 def test_worker_failure_resumes_from_checkpoint_and_rerun_continues(paired, tmp_path):
