@@ -11,9 +11,10 @@ with what it did and the loudness (LUFS) and true peak (dBTP) after it:
 2. ``reference``: :func:`automaster.dsp.tone.match_tone` when a reference is given.
 3. ``amount``: ``amount * processed + (1 - amount) * original``; ``amount == 0`` is the input.
 4. ``loudness``: a static gain to the target (:mod:`automaster.mastering.presets`); the
-   ``restore`` preset keeps the level, or applies ``level_gain_db`` (the restoration model's estimate of the
-   original master's level) when given, scaled by ``amount``. A gain above ``MAX_GAIN_DB`` is
-   refused with a note (the ceiling still applies). A target too loud for the limiter alone
+   ``restore`` preset keeps the level, or applies ``level_gain_db`` (the restoration model's
+   estimate of the original master's level) when given, scaled by ``amount`` (0 dB leaves the
+   audio untouched); other presets ignore it. A gain above ``MAX_GAIN_DB`` is refused with a
+   note (the ceiling still applies). A target too loud for the limiter alone
    (dynamic music at a club level) is reached with a soft clipper before the limiter.
 5. ``limiter``: the true-peak limiter at the ceiling (BS.1770 4x meter); reports its largest
    gain reduction and a gain-reduction curve.
@@ -101,6 +102,8 @@ def _loudness_stage(y: np.ndarray, sr: int, levels: Levels, gain_db: float | Non
     if levels.use_level_gain:
         if gain_db is None:
             return None, "restore: kept the restored level"
+        if gain_db == 0.0:  # no gain (or amount 0): the same path as none, so the audio is untouched
+            return None, "restore: the model's level estimate, +0.0 dB (level kept)"
         target, note = lufs + gain_db, f"restore: the model's level estimate, {gain_db:+.1f} dB"
     elif levels.target_lufs is None:
         return None, "no loudness target"

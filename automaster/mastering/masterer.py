@@ -14,7 +14,8 @@ the whole track, so every chunk is repaired with the same settings.
 
 The spectral restorer (``model.mode = "spectral"``) renders ``mask`` only: it reads the chunk's
 waveform, its gain per STFT bin and frame is applied like the U-Net's mel gain, and its level
-head's gain (averaged over the chunks) is applied to the whole track before the finishing stages.
+head's gain (averaged over the chunks) goes to the loudness stage, which applies it, scaled by
+``amount``, with the ``restore`` preset (a LUFS target, a reference's loudness or ``none`` wins).
 """
 
 from __future__ import annotations
@@ -259,9 +260,9 @@ class Masterer:
         ``peak_*_dbfs``), ``loudness_gain_db``, ``headroom_gain_db``, the limiter's reductions,
         ``target_lufs``, ``ceiling_dbtp``, ``applied`` (what was done, in words), ``chunks`` and the
         echo stage's note (:func:`automaster.mastering.finishing.levels_info`); with the spectral
-        restorer ``level_gain_db`` (its level head's gain, the mean over chunks, applied before the
-        finishing stages, so the ``restore`` preset keeps that level) and ``predicted_lufs`` (the
-        input's loudness plus that gain: the original master's, as the model estimates it); with
+        restorer ``level_gain_db`` (its level head's gain, the mean over chunks; the ``restore``
+        preset's loudness stage applies it times ``amount``) and ``predicted_lufs`` (the input's
+        loudness plus that gain: the original master's, as the model estimates it); with
         ``images``, also ``"arrays"``: mels and controls for pictures and parameter statistics, and
         ``"finish"``: the stages' records and curves for the report. ``stages`` accumulates seconds
         per stage.
@@ -295,16 +296,14 @@ class Masterer:
 
         t = time.perf_counter()
         mastered = self._synthesise(audio, sr, chunks, controls, inversion)
-        level_db = controls.get("level_db")
-        if level_db is not None:  # the restorer's level head: back to the original master's loudness
-            mastered *= np.float32(10.0 ** (level_db / 20.0))
         if not all_finite(mastered):
             raise FileError(f"the {inversion} inversion produced NaN/Inf samples")
         stages["render"] += time.perf_counter() - t
 
         t = time.perf_counter()
         note = f"{inversion} inversion" + (f", echo removed ({echo['echo_delay_s'] * 1e3:.0f} ms)" if echo["echo_removed"] else "")
-        mastered, finished = finish(original, mastered, sr, self.finish_settings, restore_note=note)
+        level_db = controls.get("level_db")  # the restorer's level head: the loudness stage applies it
+        mastered, finished = finish(original, mastered, sr, self.finish_settings, level_gain_db=level_db, restore_note=note)
         info = levels_info(original, sr, finished)
         info["chunks"] = len(chunks)
         info.update(echo)

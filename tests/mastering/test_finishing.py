@@ -75,6 +75,17 @@ def test_restore_keeps_the_level_unless_the_model_gives_one(materials):
     assert "model" in report["stages"][3]["note"]
 
 
+def test_a_zero_level_gain_is_bit_identical_to_none(materials):
+    audio, sr = materials["stereo"]
+    hot = audio * np.float32(10 ** (6 / 20) / np.abs(audio).max())  # the limiter works, a target would be re-aimed
+    kept, _ = finish(hot, hot, sr, FinishSettings())
+    zero, report = finish(hot, hot, sr, FinishSettings(), level_gain_db=0.0)
+    assert np.array_equal(zero, kept)
+    assert report["target_lufs"] is None and "level kept" in report["stages"][3]["note"]
+    muted, _ = finish(hot, hot, sr, FinishSettings(amount=0.0), level_gain_db=6.0)  # amount 0 scales it to 0 dB
+    assert np.array_equal(muted, finish(hot, hot, sr, FinishSettings(amount=0.0))[0])
+
+
 def test_amount_zero_preset_none_returns_the_input(materials):
     audio, sr = materials["stereo"]
     restored = audio[:, ::-1].copy()  # anything else
