@@ -1,0 +1,57 @@
+"""``automaster <command>``: thin entry points that parse arguments and call one function.
+
+A user's mistake (bad argument, missing folder, unknown config key) prints one line and exits 2;
+a job that ran exits 0 even when some tracks failed (they are in its summary), 1 when nothing
+could be processed. One module per command (its ``add_parser`` and ``run``); what they share is
+in :mod:`.common` and, for ``master`` and ``evaluate``, :mod:`.repair`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Sequence
+
+from automaster.cli import compare, demaster, demo, evaluate, master, train, tune
+from automaster.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, setup_logging
+from automaster.cli.repair import default_inversion
+from automaster.config import ConfigError
+
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "default_inversion", "main"]
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    demaster.add_parser, train.add_parser, demo.add_parser, master.add_parser, evaluate.add_parser, tune.add_parser,
+    compare.add_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``automaster`` parser with every command of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="automaster", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command; a user's mistake is one line on stderr and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    try:
+        return args.func(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"automaster {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line (a search says how to resume), no traceback
+        detail = str(exc) or "interrupted; finished outputs are kept and a re-run of the same command resumes"
+        print(f"automaster {args.command}: {detail}", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from automaster.corpus import CorpusError
+
+        if isinstance(exc, CorpusError):
+            print(f"automaster {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise

@@ -1,0 +1,126 @@
+"""What every ``automaster`` command shares: exit codes, the usage error, logging, the common
+flags and the checks of paths given on the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+log = logging.getLogger("automaster")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root (bundled music, shipped models)
+
+
+class UsageError(ValueError):
+    """A user's mistake on the command line."""
+
+
+def setup_logging(verbose: bool) -> None:
+    """The console shows warnings and errors (everything with ``-v``); a batch job adds its log
+    file, which gets everything from INFO up."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.setLevel(logging.WARNING)
+    for noisy in ("urllib3", "matplotlib", "numba", "alembic", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """``--config``, ``--set`` and the MLflow, Ray and verbosity flags."""
+    p.add_argument("--config", help="TOML/YAML/JSON config file")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value (repeatable)")
+    add_tracking(p)
+
+
+def add_tracking(p: argparse.ArgumentParser, experiment_help: str = "MLflow experiment name") -> None:
+    """``--experiment``, ``--run-name``, ``--tracking-uri``, ``--ray-address`` and ``-v``."""
+    p.add_argument("--experiment", help=experiment_help)
+    p.add_argument("--run-name", help="MLflow run name")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///<cwd>/mlflow.db)")
+    p.add_argument("--ray-address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local loopback Ray)")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def job_options(args: argparse.Namespace, experiment: str) -> dict[str, Any]:
+    """The keyword arguments a job takes from the common flags (``experiment``: the default
+    MLflow experiment)."""
+    return {"tracking_uri": args.tracking_uri, "experiment": args.experiment or experiment, "run_name": args.run_name,
+            "ray_address": args.ray_address, "verbose": args.verbose}
+
+
+def add_batch_options(p: argparse.ArgumentParser) -> None:
+    """The options every batch job (demaster, master, evaluate) shares."""
+    p.add_argument("--ray", action=argparse.BooleanOptionalAction, default=None,
+                   help="run on Ray (--ray) or in this process (--no-ray); default: in-process for a handful of "
+                   "items (batch.local_max_items, 4) without --ray-address, else Ray")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo every item, also when --out holds outputs made with other settings")
+
+
+def add_workers(p: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--gpu`` of the batch jobs that run one model per actor."""
+    p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
+    p.add_argument("--gpu", action="store_true", help="one GPU per actor")
+
+
+def print_summary(job: str, summary: dict, extra: str = "") -> None:
+    """A batch job's end-of-run lines (:func:`automaster.pipelines.batch.format_summary`)."""
+    from automaster.pipelines.batch import format_summary
+
+    print(format_summary(job, summary, extra))
+
+
+def overrides(args: argparse.Namespace, section: str, names: Sequence[str]) -> list[str]:
+    """``section.name=value`` config overrides of the flags given (``None``: not given)."""
+    out = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            out.append(f"{section}.{name}={value}")
+    return out
+
+
+def location(value: str, must_exist: bool = False, flag: str = "") -> str:
+    """An absolute local path (or a URI unchanged); in a submitted job relative paths are refused."""
+    from automaster.pipelines.runtime import in_ray_job
+
+    if "://" in value:
+        return value
+    path = Path(value).expanduser()
+    if not path.is_absolute() and in_ray_job() and _cwd_is_ray_working_dir():
+        raise UsageError(
+            f"{value!r} is a relative path inside a submitted Ray job, whose working directory is a "
+            "temporary copy; pass an absolute path or a URI (s3://, gs://)"
+        )
+    path = path.resolve()
+    if must_exist and not path.exists():
+        raise UsageError(f"{flag + ' ' if flag else ''}{value!r} does not exist")
+    return str(path)
+
+
+def out_location(value: str, flag: str = "--out") -> str:
+    """:func:`location` for an output folder: an existing file there is a usage error."""
+    where = location(value)
+    if "://" not in where and Path(where).exists() and not Path(where).is_dir():
+        raise UsageError(f"{flag} {value}: exists and is not a folder")
+    return where
+
+
+def check_workers(workers: int | None) -> None:
+    """``--workers``: ``None`` (not given) or ``>= 0``."""
+    if workers is not None and workers < 0:
+        raise UsageError(f"--workers {workers}: must be >= 0 (0: one per CPU, or per GPU with --gpu)")
+
+
+def _cwd_is_ray_working_dir() -> bool:
+    return "runtime_resources" in str(Path.cwd())

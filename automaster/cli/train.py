@@ -1,0 +1,57 @@
+"""``automaster train``: the U-Net + LSTM cascade on a demastered dataset, with Ray Train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from automaster.cli.common import EXIT_OK, add_common, job_options, location, overrides
+from automaster.config import Config, load_config
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the U-Net + LSTM cascade on a demastered dataset with Ray Train")
+    p.add_argument("--data", required=True, help="a `demaster --out` folder or URI")
+    p.add_argument("--out", required=True, help="where checkpoints, Ray results and the final model/ go")
+    p.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
+    p.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
+    p.add_argument("--epochs", type=int, help="epochs (default 10)")
+    p.add_argument("--mode", choices=["restore", "params", "cascade"], help="model mode (default cascade)")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from automaster.pipelines.train import run_train
+
+    sets = overrides(args, "train", ["workers", "epochs"])
+    if args.gpu:
+        sets.append("train.use_gpu=true")
+    if args.mode:
+        sets.append(f"model.mode={args.mode}")
+    config = load_config(args.config, sets + args.set)
+    announce_training(config, location(args.out))
+    summary = run_train(
+        location(args.data, must_exist=True),
+        location(args.out),
+        config,
+        **job_options(args, "automaster-train"),
+    )
+    best = summary["best_metrics"]
+    print(
+        f"train: {summary['run_name']} done in {summary['wall_s']:.0f} s; best {summary['monitor']} = "
+        f"{best.get(summary['monitor'], float('nan')):.3f} (identity {best.get('val/mel_l1_db_identity', float('nan')):.3f})\n"
+        f"  model:  {summary['model']}\n  MLflow: run {summary['mlflow_run_id']} at {summary['tracking_uri']}\n"
+        f"  log:    {summary['log_file']}"
+    )
+    return EXIT_OK
+
+
+def announce_training(config: Config, out: str) -> None:
+    """One console line before a training run, which says nothing until it ends."""
+    from automaster.pipelines.batch import job_log_file
+
+    tc = config.train
+    length = f"{tc.steps} steps" if tc.steps > 0 else f"{tc.epochs} epochs"
+    print(f"train: {length} on {tc.workers} Ray Train worker(s); logs: {job_log_file(out, 'train')}",
+          file=sys.stderr, flush=True)
