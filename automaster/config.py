@@ -225,7 +225,9 @@ class MasterConfig:
     ``echo_removal`` measures the strongest echo from the audio's cepstrum and undoes it when its
     gain is at least ``min_echo_gain``. ``max_forecast_error``: the chain applies a forecast
     parameter only when its validation MAE is at most this share of the predict-the-mean
-    baseline's (None: every forecast).
+    baseline's (None: every forecast). ``level_model``: a checkpoint with a level head (the
+    spectral restorer's) that estimates the original master's loudness for the ``restore`` preset
+    when the restoration model has no level head of its own (None: keep the restored level).
     """
 
     inversion: str = "chain"
@@ -244,6 +246,7 @@ class MasterConfig:
     echo_removal: bool = True
     min_echo_gain: float = 0.15
     max_forecast_error: float | None = 0.8
+    level_model: str | None = None
 
     def __post_init__(self) -> None:
         if self.inversion not in INVERSIONS:

@@ -4,6 +4,7 @@ model they use when none is given."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from automaster.cli.common import CHECKOUT, UsageError
@@ -26,6 +27,10 @@ def add_repair_options(p: argparse.ArgumentParser, init_phase_help: str, levels_
                    help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
                    f"of the predict-the-mean baseline's (default {MASTER_DEFAULTS.max_forecast_error:g}; others stay "
                    "neutral); 'inf': apply every forecast")
+    p.add_argument("--level-model", metavar="CHECKPOINT|none",
+                   help="a checkpoint whose level head estimates the original master's loudness for the restore "
+                   "preset when --model has none (default: models/spectral of the checkout); 'none': keep the "
+                   "restored level")
 
 
 def master_config(args: argparse.Namespace, **fields: Any) -> MasterConfig:
@@ -34,7 +39,7 @@ def master_config(args: argparse.Namespace, **fields: Any) -> MasterConfig:
         return MasterConfig(
             iterations=args.iterations, init_phase=args.init_phase, target_lufs=args.target_lufs,
             true_peak_dbtp=args.true_peak, echo_removal=args.echo_removal,
-            max_forecast_error=args.max_forecast_error, **fields,
+            max_forecast_error=args.max_forecast_error, level_model=level_model_or_shipped(args.level_model), **fields,
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
@@ -48,6 +53,19 @@ def model_or_shipped(model: str | None) -> str:
     if not shipped.exists():
         raise UsageError(f"no --model given and no shipped model at {shipped}; pass --model <checkpoint dir or model.pt>")
     return str(shipped)
+
+
+def level_model_or_shipped(level_model: str | None) -> str | None:
+    """``--level-model``: None for ``none``, the checkout's ``models/spectral`` when not given
+    (None if the checkout has none), else the path, which must exist."""
+    if level_model is None:
+        shipped = CHECKOUT / "models" / "spectral"
+        return str(shipped) if shipped.exists() else None
+    if level_model.lower() == "none":
+        return None
+    if not Path(level_model).exists():
+        raise UsageError(f"--level-model {level_model!r} does not exist; pass a checkpoint directory or 'none'")
+    return level_model
 
 
 def default_inversion(model: str) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -34,12 +35,13 @@ from torch import nn
 from automaster.audio import AudioError, FileError, read_audio
 from automaster.config import INVERSIONS, ConfigError, MasterConfig
 from automaster.dsp.constants import MODEL_RATE
+from automaster.dsp.loudness import integrated_loudness
 from automaster.dsp.tone import ToneProfile, tone_profile
 from automaster.effects.params import unstack
 from automaster.mastering.chunks import Chunk, fit_frames, plan_chunks, resample, window
 from automaster.mastering.inversions import mel_db, render
 from automaster.mastering.finishing import FinishSettings, finish, levels_info
-from automaster.mastering.levels import HEADROOM_PEAK_DBFS, all_finite
+from automaster.mastering.levels import HEADROOM_PEAK_DBFS, all_finite, finite_or_none
 from automaster.mastering.policy import apply_chain_policy, chain_policy, forecast_errors, remove_echo
 from automaster.model.batches import normalize_mel
 from automaster.model.checkpoint import load_model_cached
@@ -113,6 +115,7 @@ class Masterer:
         if self.audio_cfg.sample_rate != MODEL_RATE:
             raise MasteringError(f"the model's analysis rate must be {MODEL_RATE} Hz, got {self.audio_cfg.sample_rate}")
         self.check_inversion(self.cfg.inversion)
+        self.level_model = self._load_level_model()
         self.forecast_skill = forecast_errors(self.meta)
         self._policy = chain_policy(self.forecast_skill, self.cfg.echo_removal, self.cfg.max_forecast_error)
         self.reference = load_reference(self.cfg.reference) if self.cfg.reference else None
@@ -120,6 +123,22 @@ class Masterer:
             preset=self.cfg.preset, target_lufs=self.cfg.target_lufs, true_peak_dbtp=self.cfg.true_peak_dbtp,
             amount=self.cfg.amount, reference=self.reference,
         )
+
+    def _load_level_model(self) -> nn.Module | None:
+        """The model whose level head sets the ``restore`` preset's level: the restorer itself
+        when it has one (the spectral restorer), else ``config.level_model`` (None: none)."""
+        if self.mode == SPECTRAL or not self.cfg.level_model:
+            return None
+        path = self.cfg.level_model
+        try:
+            model, _, _ = load_model_cached(path, map_location=self.device)
+        except (OSError, ValueError) as exc:
+            raise MasteringError(f"level model {path!r}: {exc}") from None
+        if model.mode != SPECTRAL:
+            raise MasteringError(
+                f"level model {path!r} has no level head (model mode {model.mode!r}); use a spectral checkpoint such as models/spectral"
+            )
+        return model
 
     @property
     def inversion(self) -> str:
@@ -155,6 +174,7 @@ class Masterer:
         """What the outputs depend on (for summaries and MLflow)."""
         return {
             "model": self.model_path, "model_mode": self.mode, **dataclasses.asdict(self.cfg),
+            "level_model": self.cfg.level_model if self.level_model is not None else None,
             "headroom_peak_dbfs": HEADROOM_PEAK_DBFS,
         }
 
@@ -207,6 +227,8 @@ class Masterer:
                 outputs["level_db"] = out["level_db"].expand(nf)  # per chunk, stitched like the rest
             elif inversion is not None:
                 outputs.update({k: v[0] for k, v in self._run_model(mel, inversion).items()})
+            if inversion is not None and self.level_model is not None:  # another model's level head
+                outputs["level_db"] = self.level_model(y[None], outputs=("level_db",))["level_db"].expand(nf)
             w = window(c.f0, nf, c.frame_in, c.frame_out, equal_power=False)
             for key, value in outputs.items():
                 value = value.float().cpu().numpy()
@@ -302,14 +324,21 @@ class Masterer:
 
         t = time.perf_counter()
         note = f"{inversion} inversion" + (f", echo removed ({echo['echo_delay_s'] * 1e3:.0f} ms)" if echo["echo_removed"] else "")
-        level_db = controls.get("level_db")  # the restorer's level head: the loudness stage applies it
-        mastered, finished = finish(original, mastered, sr, self.finish_settings, level_gain_db=level_db, restore_note=note)
+        level_db = controls.get("level_db")
+        predicted_lufs = restore_gain = None
+        if level_db is not None:  # the level head: the original master's loudness, which the loudness stage restores
+            predicted_lufs = finite_or_none(integrated_loudness(audio, sr))
+            restored_lufs = integrated_loudness(mastered, sr)
+            if predicted_lufs is not None and math.isfinite(restored_lufs):
+                predicted_lufs += level_db
+                restore_gain = predicted_lufs - restored_lufs
+        mastered, finished = finish(original, mastered, sr, self.finish_settings, level_gain_db=restore_gain, restore_note=note)
         info = levels_info(original, sr, finished)
         info["chunks"] = len(chunks)
         info.update(echo)
         if level_db is not None:
             info["level_gain_db"] = level_db
-            info["predicted_lufs"] = None if info["lufs_before"] is None else info["lufs_before"] + level_db
+            info["predicted_lufs"] = predicted_lufs
         stages["loudness"] += time.perf_counter() - t
 
         if images:

@@ -53,6 +53,23 @@ def stft_mono(wave: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP_LENGTH) -> 
     return spec, spec.mean(dim=1)  # the STFT is linear: the downmix's STFT is the mean
 
 
+def level_features(mag_db: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
+    """What the level head reads ``(B, 2 * 32 + 2)``: the mean and spread over frames of the mono
+    log magnitude ``(B, 1024, F)`` (dB) in 32 bands, and the input's RMS and peak in dBFS (the
+    damage normalises peaks, so their gap carries the level), all over ``_DB_SCALE``."""
+    bands = mag_db.reshape(mag_db.shape[0], _LEVEL_BANDS, -1, mag_db.shape[-1]).mean(dim=2) / _DB_SCALE
+    mono = wave.mean(dim=1)  # (B, T)
+    rms_db = 10.0 * torch.log10(mono.pow(2).mean(dim=-1) + 1e-10)
+    peak_db = 20.0 * torch.log10(mono.abs().amax(dim=-1) + 1e-5)
+    stats = torch.stack([rms_db, peak_db], dim=1) / _DB_SCALE
+    return torch.cat([bands.mean(dim=-1), bands.std(dim=-1, unbiased=False), stats], dim=1)
+
+
+def mono_log_magnitude(mono_spec: torch.Tensor) -> torch.Tensor:
+    """The mono STFT ``(B, K, F)`` -> its log magnitude in dB below Nyquist ``(B, 1024, F)``."""
+    return 20.0 * torch.log10(mono_spec.abs()[:, :_BINS] + _DB_EPS)
+
+
 class _ResBlock(nn.Module):
     """Two 3x3 convolutions (time dilation ``dilation``) with a residual connection."""
 
@@ -139,7 +156,7 @@ class SpectralRestorer(nn.Module):
 
     def analyse(self, mono_spec: torch.Tensor, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         """Mono STFT ``(B, K, F)`` and the waveform ``(B, C, T)`` -> ``gain_db`` ``(B, K, F)``, ``level_db`` ``(B,)``."""
-        mag_db = 20.0 * torch.log10(mono_spec.abs()[:, :_BINS] + _DB_EPS)  # (B, 1024, F)
+        mag_db = mono_log_magnitude(mono_spec)  # (B, 1024, F)
         level_db = self._level(mag_db, wave)
         if not self.has_mask:
             return {"gain_db": torch.zeros_like(mono_spec.real), "level_db": level_db}
@@ -160,13 +177,7 @@ class SpectralRestorer(nn.Module):
 
     def _level(self, mag_db: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
         """``(B,)`` level gain in dB from the log magnitude ``(B, 1024, F)`` and the waveform."""
-        bands = mag_db.reshape(mag_db.shape[0], _LEVEL_BANDS, -1, mag_db.shape[-1]).mean(dim=2) / _DB_SCALE
-        mono = wave.mean(dim=1)  # (B, T)
-        rms_db = 10.0 * torch.log10(mono.pow(2).mean(dim=-1) + 1e-10)
-        peak_db = 20.0 * torch.log10(mono.abs().amax(dim=-1) + 1e-5)
-        stats = torch.stack([rms_db, peak_db], dim=1) / _DB_SCALE
-        features = torch.cat([bands.mean(dim=-1), bands.std(dim=-1, unbiased=False), stats], dim=1)
-        return _soft_bound(self.level_mlp(features)[:, 0], self.max_level_db)
+        return _soft_bound(self.level_mlp(level_features(mag_db, wave))[:, 0], self.max_level_db)
 
     def forward(self, wave: torch.Tensor, outputs: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Restore ``wave`` ``(B, C, T)``.
@@ -243,4 +254,6 @@ def level_gain_db(clean: torch.Tensor, degraded: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(ratio)
 
 
-__all__ = ["MODE", "SpectralLoss", "SpectralRestorer", "level_gain_db", "neg_si_sdr", "stft_mono"]
+__all__ = [
+    "MODE", "SpectralLoss", "SpectralRestorer", "level_features", "level_gain_db", "mono_log_magnitude", "neg_si_sdr", "stft_mono",
+]

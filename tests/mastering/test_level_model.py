@@ -1,0 +1,60 @@
+"""A level model (the spectral restorer's level head) sets the restore preset's level for a
+restorer without a level head of its own: the committed models/reference with models/spectral."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from automaster.audio import read_audio
+from automaster.cli import main
+from automaster.dsp.loudness import integrated_loudness
+from automaster.mastering import Masterer, MasteringError
+from tests.conftest import DATA, REPO
+
+REFERENCE, SPECTRAL = REPO / "models" / "reference", REPO / "models" / "spectral"
+
+
+@pytest.fixture(scope="module")
+def quiet_clip() -> tuple[np.ndarray, int]:
+    """A real clip turned 12 dB down: far below any master's loudness."""
+    audio, sr = read_audio(DATA / "fma" / "fma_small" / "000" / "000005.mp3", duration_s=8.0)
+    return (audio * np.float32(10 ** (-12 / 20))).astype(np.float32), sr
+
+
+def test_the_level_model_brings_the_chain_output_to_the_predicted_loudness(quiet_clip):
+    audio, sr = quiet_clip
+    mastered, info = Masterer(REFERENCE, "chain", echo_removal=False, level_model=str(SPECTRAL)).master_audio(audio, sr)
+    assert info["level_gain_db"] > 3.0  # it hears that a 12 dB cut is too quiet for a master
+    assert info["predicted_lufs"] == pytest.approx(integrated_loudness(audio, sr) + info["level_gain_db"], abs=1e-6)
+    assert integrated_loudness(mastered, sr) == pytest.approx(info["predicted_lufs"], abs=0.3)
+    assert info["true_peak_after_dbtp"] <= -0.95
+
+
+def test_without_a_level_model_the_restored_level_is_kept(quiet_clip):
+    audio, sr = quiet_clip
+    mastered, info = Masterer(REFERENCE, "chain", echo_removal=False).master_audio(audio, sr)
+    assert "level_gain_db" not in info and "predicted_lufs" not in info
+    assert integrated_loudness(mastered, sr) == pytest.approx(integrated_loudness(audio, sr), abs=0.5)
+
+
+def test_a_level_model_without_a_level_head_is_refused():
+    with pytest.raises(MasteringError, match="no level head"):
+        Masterer(REFERENCE, "chain", level_model=str(REFERENCE))
+
+
+def test_a_restorer_with_its_own_level_head_ignores_the_level_model(quiet_clip):
+    audio, sr = quiet_clip
+    own = Masterer(SPECTRAL, "mask", echo_removal=False).master_audio(audio, sr)
+    given = Masterer(SPECTRAL, "mask", echo_removal=False, level_model=str(REFERENCE)).master_audio(audio, sr)
+    np.testing.assert_array_equal(own[0], given[0])
+
+
+def test_a_missing_level_model_exits_2_in_one_line_before_anything_starts(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.mp3").write_bytes((DATA / "fma" / "fma_small" / "000" / "000005.mp3").read_bytes())
+    code = main(["master", "--input", str(folder), "--out", str(tmp_path / "out"), "--level-model", str(tmp_path / "nope")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--level-model" in err[0]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,50 @@
+"""The level head fitted offline (python -m automaster.training.level) on real clips damaged by
+both implementations: a checkpoint the mastering job takes as its level model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from automaster.audio import read_audio
+from automaster.mastering import Masterer
+from automaster.training.level import damage_crop, features_of, main
+from tests.conftest import DATA, REPO
+
+FMA = DATA / "fma"
+
+
+def test_a_fitted_head_is_a_level_model_and_reports_its_errors(tmp_path):
+    out = tmp_path / "level"
+    code = main(["--audio", str(FMA), "--out", str(out), "--crops-per-track", "2", "--val-crops-per-track", "2",
+                 "--seconds", "3", "--steps", "200"])
+    assert code == 0
+    report = json.loads((out / "level_fit.json").read_text())
+    for split in ("training", "validation"):
+        assert set(report[split]) == {"ours", "pedalboard"}
+    train = report["training"]["ours"]
+    assert train["n"] == 4  # 2 usable training clips (001666 has no audio, 001888 is 1.5 s) x 2 crops
+    assert train["head_lu"] < train["identity_lu"]  # it fits what it was given
+    examples = np.load(out / "level_examples.npz")
+    assert examples["training_x"].shape == (8, 66) and np.isfinite(examples["training_x"]).all()
+    audio, sr = read_audio(FMA / "fma_small" / "000" / "000005.mp3", duration_s=4.0)
+    _, info = Masterer(REPO / "models" / "reference", "chain", echo_removal=False, level_model=str(out / "model")).master_audio(audio, sr)
+    assert np.isfinite(info["level_gain_db"]) and np.isfinite(info["predicted_lufs"])
+
+
+def test_the_same_seed_gives_the_same_damage_and_features():
+    audio, _ = read_audio(FMA / "fma_small" / "000" / "000005.mp3", duration_s=3.0)
+    for damage in ("ours", "pedalboard"):
+        a, b = damage_crop(audio, damage, 3, "x:0"), damage_crop(audio, damage, 3, "x:0")
+        np.testing.assert_array_equal(features_of(a), features_of(b))
+        assert not np.array_equal(a, damage_crop(audio, damage, 4, "x:0"))
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--seconds", "1"], ["--workers", "0"]])
+def test_bad_arguments_exit_2(tmp_path, capsys, args):
+    assert main(["--audio", str(FMA), "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert not (tmp_path / "o").exists()
