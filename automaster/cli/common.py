@@ -73,6 +73,13 @@ def add_workers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
 
 
+def announce(job: str, what: str, out: str) -> None:
+    """One console line before a job that says nothing until it ends: what it does, where its log is."""
+    from automaster.pipelines.batch import job_log_file
+
+    print(f"{job}: {what}; logs: {job_log_file(out, job)}", file=sys.stderr, flush=True)
+
+
 def print_summary(job: str, summary: dict, extra: str = "") -> None:
     """A batch job's end-of-run lines (:func:`automaster.pipelines.batch.format_summary`)."""
     from automaster.pipelines.batch import format_summary

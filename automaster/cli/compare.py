@@ -8,6 +8,7 @@ from automaster.cli.common import EXIT_OK, UsageError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``automaster compare`` and its flags."""
     p = sub.add_parser("compare", help="MLflow runs side by side (params, metrics, duration); mlflow ui for the browser view")
     p.add_argument("--experiment", action="append", help="experiment name (repeatable; default: every experiment)")
     p.add_argument("--metric", action="append", help="metric column, the first sorts (repeatable; default: the validation metrics)")
@@ -19,6 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``automaster compare``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
     from automaster.pipelines.compare import CompareError, compare_runs, format_table
 
     try:

@@ -12,6 +12,7 @@ from automaster.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``automaster demaster`` and its flags."""
     p = sub.add_parser("demaster", help="corpus of music -> paired (clean, degraded) dataset (in-process or on Ray)")
     p.add_argument("--corpus", required=True, help="FMA root (fma_metadata/ + fma_small/...) or any folder of audio")
     p.add_argument("--out", required=True, help="output folder or URI")
@@ -27,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``automaster demaster``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
     from automaster.pipelines.demaster import run_demaster
 
     check_workers(args.workers)

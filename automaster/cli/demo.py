@@ -13,6 +13,7 @@ from automaster.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``automaster demo`` and its flags."""
     p = sub.add_parser("demo", help="demaster the bundled music, train a small model on it and master the music with it (local Ray, local MLflow)")
     p.add_argument("--out", default="results/demo", help="output folder (default results/demo)")
     p.add_argument("--epochs", type=int, default=2)
@@ -21,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``automaster demo``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
     from automaster.pipelines.demaster import run_demaster
     from automaster.pipelines.train import run_train
 

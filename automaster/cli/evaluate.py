@@ -15,6 +15,7 @@ EVAL_DEFAULTS = EvalConfig()  # the defaults the command shows and uses
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``automaster evaluate`` and its flags."""
     p = sub.add_parser("evaluate", help="how well a model undoes demastering, next to baselines (Ray, MLflow)")
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--clean", required=True, help="folder of clean masters (recursive) or an FMA root (its --split)")
@@ -51,6 +52,7 @@ def _evaluation(args: argparse.Namespace) -> EvalConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``automaster evaluate``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
     from automaster.mastering import MasteringError
     from automaster.model.checkpoint import CheckpointError
     from automaster.pipelines.evaluate import format_table, run_evaluate

@@ -30,6 +30,7 @@ def add_product_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``automaster master`` and its flags."""
     p = sub.add_parser("master", help="master every audio file of a folder with a trained model (in-process or on Ray)")
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
@@ -56,6 +57,7 @@ def _reference(value: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``automaster master``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
     from automaster.mastering import MasteringError
     from automaster.model.checkpoint import CheckpointError
     from automaster.pipelines.master import check_levels, run_master, summary_table

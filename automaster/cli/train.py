@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from automaster.cli.common import EXIT_OK, add_common, job_options, location, overrides
+from automaster.cli.common import EXIT_OK, add_common, announce, job_options, location, overrides
 from automaster.config import Config, load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``automaster train`` and its flags."""
     p = sub.add_parser("train", help="train the U-Net + LSTM cascade on a demastered dataset with Ray Train")
     p.add_argument("--data", required=True, help="a `demaster --out` folder or URI")
     p.add_argument("--out", required=True, help="where checkpoints, Ray results and the final model/ go")
@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``automaster train``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
     from automaster.pipelines.train import run_train
 
     sets = overrides(args, "train", ["workers", "epochs"])
@@ -30,13 +31,9 @@ def run(args: argparse.Namespace) -> int:
     if args.mode:
         sets.append(f"model.mode={args.mode}")
     config = load_config(args.config, sets + args.set)
-    announce_training(config, location(args.out))
-    summary = run_train(
-        location(args.data, must_exist=True),
-        location(args.out),
-        config,
-        **job_options(args, "automaster-train"),
-    )
+    data, out = location(args.data, must_exist=True, flag="--data"), location(args.out)
+    announce_training(config, out)
+    summary = run_train(data, out, config, **job_options(args, "automaster-train"))
     best = summary["best_metrics"]
     print(
         f"train: {summary['run_name']} done in {summary['wall_s']:.0f} s; best {summary['monitor']} = "
@@ -49,9 +46,6 @@ def run(args: argparse.Namespace) -> int:
 
 def announce_training(config: Config, out: str) -> None:
     """One console line before a training run, which says nothing until it ends."""
-    from automaster.pipelines.batch import job_log_file
-
     tc = config.train
     length = f"{tc.steps} steps" if tc.steps > 0 else f"{tc.epochs} epochs"
-    print(f"train: {length} on {tc.workers} Ray Train worker(s); logs: {job_log_file(out, 'train')}",
-          file=sys.stderr, flush=True)
+    announce("train", f"{length} on {tc.workers} Ray Train worker(s)", out)
