@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from automaster.cli.common import EXIT_OK, UsageError, add_common, location, overrides
+from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, job_options, location, overrides
 from automaster.config import load_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    """``automaster tune`` and its flags."""
     p = sub.add_parser("tune", help="Ray Tune search over the loss weights and learning rate (trials as MLflow child runs)")
     p.add_argument("--data", required=True, help="a `demaster --out` folder or URI")
     p.add_argument("--out", required=True, help="where Tune's state, trial checkpoints, best_config.json and model/ go")
@@ -20,20 +21,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from automaster.pipelines.tune import run_tune
+    """Run ``automaster tune``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
+    from automaster.pipelines.tune import check_search, run_tune
 
     sets = overrides(args, "tune", ["samples", "epochs", "workers_per_trial"])
     config = load_config(args.config, sets + args.set)
+    data, out = location(args.data, must_exist=True, flag="--data"), location(args.out)
     try:
-        summary = run_tune(
-            location(args.data, must_exist=True),
-            location(args.out),
-            config,
-            tracking_uri=args.tracking_uri,
-            experiment=args.experiment or "automaster-tune",
-            run_name=args.run_name,
-            ray_address=args.ray_address,
-        )
+        check_search(config)  # a bad setting: one line, before the announcement and Ray
+        tc = config.tune
+        announce("tune", f"{tc.samples} trials of up to {tc.epochs or config.train.epochs} epochs, "
+                 f"{tc.workers_per_trial} Ray Train worker(s) each", out)
+        summary = run_tune(data, out, config, **job_options(args, "automaster-tune"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     print(_summary_lines(summary))

@@ -228,3 +228,28 @@ def route_logs(log_file: str | None, verbose: bool, console: bool = True) -> Non
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 if not any(isinstance(f, _ConsoleFilter) for f in h.filters):
                     h.addFilter(_ConsoleFilter())
+
+
+@contextlib.contextmanager
+def stdout_to_log_file(log_file: str, verbose: bool) -> Iterator[None]:
+    """This process's stdout into ``log_file`` (appended) unless ``verbose``: for libraries that
+    print their progress whatever the logging setup (Ray Tune's experiment table, trial lines
+    and status tables)."""
+    if verbose or not storage.is_local(log_file):
+        yield
+        return
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    with (open(log_file, "a", encoding="utf-8", errors="backslashreplace", buffering=1) as file,  # line by line
+          contextlib.redirect_stdout(file)):
+        yield
+
+
+@contextlib.contextmanager
+def log_file_named_on_failure(log_file: str, what: str) -> Iterator[None]:
+    """An exception raised inside names ``log_file`` in a note (``training logs: ...``): the
+    reason is in the exception, the workers' output in the file."""
+    try:
+        yield
+    except Exception as exc:
+        exc.add_note(f"{what} logs: {log_file}")
+        raise

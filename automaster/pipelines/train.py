@@ -308,7 +308,7 @@ def run_train(
 
     from automaster.pipelines import runtime, tracking
     from automaster.pipelines.batch import job_log_file
-    from automaster.pipelines.runners import route_logs
+    from automaster.pipelines.runners import log_file_named_on_failure, route_logs
 
     read_meta(data)
     tc = config.train
@@ -341,11 +341,8 @@ def run_train(
             log_file=log_file if storage.is_local(out) else None, verbose=verbose,
         )  # fmt: skip
         t0 = time.time()
-        try:
+        with log_file_named_on_failure(log_file, "training"):
             result = trainer.fit()
-        except Exception as exc:  # the reason is in the exception; the workers' logs are in the file
-            exc.add_note(f"training logs: {log_file}")
-            raise
         wall = time.time() - t0
 
     best = result.get_best_checkpoint(metric=monitor_metric(config), mode="min") or result.checkpoint

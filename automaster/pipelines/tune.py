@@ -13,7 +13,8 @@ trial (named after the trial id) that rank 0 of the trial's trainer logs every e
 parent gets the summary, the best configuration (``best_config.json``) and the best model.
 Outputs under ``out``: ``tune/<name>/`` (Tune's state: re-running the same command resumes),
 ``trials/<trial id>/`` (each trial's checkpoints), ``model/``, ``best_config.json``,
-``tune_summary.json``.
+``tune_summary.json``, ``logs/tune.log`` (Ray's, Ray Data's, Ray Tune's and MLflow's logs and
+the workers' output, which stay off the console unless ``verbose``).
 
 Interrupting and resuming: Ctrl-C (SIGINT) makes Tune save its state and stop the trials; the job
 then ends the parent run as KILLED and exits with :class:`SearchInterrupted`, writing no best
@@ -37,6 +38,7 @@ from typing import Any
 
 from automaster import storage
 from automaster.config import Config, from_dict, save_config
+from automaster.pipelines.runners import log_file_named_on_failure, stdout_to_log_file
 from automaster.pipelines.train import (
     MODEL_DIR,
     _export_model,
@@ -107,6 +109,10 @@ def tune_trial(params: dict[str, Any], setup: dict[str, Any], train_ds=None, val
     """One Tune trial: an MLflow child run, then a TorchTrainer that reports every epoch to Tune."""
     from ray import tune
 
+    from automaster.pipelines.runners import route_logs
+
+    if setup.get("log_file"):  # the trial's own logs (MLflow's) to the job's log file, as its workers'
+        route_logs(setup["log_file"], setup["verbose"], console=False)
     trial_id = tune.get_context().get_trial_id()
     config = apply_params(from_dict(setup["config"]), params)
     run_id = child_run(setup, trial_id, config, params)
@@ -114,7 +120,8 @@ def tune_trial(params: dict[str, Any], setup: dict[str, Any], train_ds=None, val
     trainer = build_trainer(
         config, train_ds, val_ds, setup["means"], name=trial_id, storage_path=setup["trials_path"],
         cpu_per_worker=setup["cpu_per_worker"], mlflow_run_id=run_id, tracking_uri=setup["tracking_uri"],
-        callbacks=[_epoch_report_callback()], data=setup.get("data"),
+        callbacks=[_epoch_report_callback()], data=setup.get("data"), log_file=setup.get("log_file"),
+        verbose=setup.get("verbose", True),
     )  # fmt: skip
     trainer.fit()
 
@@ -139,14 +146,15 @@ def _epoch_report_callback():
 # ----------------------------------------------------------------------------- driver side
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
     """``runtime.init_ray`` with the dashboard: a trial that ASHA stops kills its trainer's
     controller; Ray Train then frees the workers' placement group from a detached cleaner that
     finds dead controllers through the State API, which the dashboard serves. Without it every
-    stopped trial leaks its CPUs and the search stalls."""
+    stopped trial leaks its CPUs and the search stalls. ``log_to_driver``: the workers' output on
+    this console."""
     from automaster.pipelines import runtime
 
-    runtime.init_ray(address, num_cpus, dashboard=True)
+    runtime.init_ray(address, num_cpus, dashboard=True, log_to_driver=log_to_driver)
     if not _state_api_ok():
         raise ValueError(
             "this Ray has no dashboard (State API): trials stopped early would leak their placement groups. "
@@ -170,7 +178,8 @@ def _state_api_ok(wait_s: float = 30.0) -> bool:
             time.sleep(1.0)
 
 
-def _check(config: Config) -> None:
+def check_search(config: Config) -> None:
+    """``ValueError`` naming the first bad ``tune.*`` setting (run before anything starts)."""
     tc = config.tune
     for name in ("samples", "workers_per_trial", "grace_period"):
         if getattr(tc, name) < 1:
@@ -228,6 +237,8 @@ class _Search:
     tune_path: str
     trials_path: str
     experiment_path: str
+    log_file: str  # <out>/logs/tune.log: what stays off the console unless verbose
+    verbose: bool
     train_ds: Any
     val_ds: Any
     counts: Any
@@ -243,17 +254,21 @@ def run_tune(
     experiment: str = "automaster-tune",
     run_name: str | None = None,
     ray_address: str | None = None,
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Search λ1-λ3 and the learning rate on ``data``; the best config and model go under ``out``.
 
     Re-running with the same ``out`` and ``run_name`` (default ``"tune"``) resumes the search:
     finished trials are kept, unfinished and errored ones continue from their checkpoints.
+    Ray's, Ray Data's, Ray Tune's and MLflow's logs and the workers' output go to
+    ``<out>/logs/tune.log`` (:func:`automaster.pipelines.batch.job_log_file`), not the console,
+    unless ``verbose``; a failure names that file.
     """
     import mlflow
 
     from automaster.pipelines import tracking
 
-    search = _setup(data, out, config, run_name or "tune", ray_address)
+    search = _setup(data, out, config, run_name or "tune", ray_address, verbose)
     uri = tracking.configure(tracking_uri, experiment)
     experiment_id = mlflow.get_experiment_by_name(experiment).experiment_id
     resume = restorable(search.experiment_path)
@@ -265,12 +280,14 @@ def run_tune(
         trainable = _trainable(search, data, uri, experiment_id, parent.info.run_id)
         t0 = time.time()
         tuner = _restored_tuner(search, trainable, parent) if resume else _new_tuner(search, trainable)
-        grid = tuner.fit()
-        wall = time.time() - t0
-        _raise_if_interrupted(grid, search, resume)
-        trials = trial_rows(grid, search.monitor, search.epochs, search.trials_path, SEARCHED)
-        close_child_runs(uri, experiment_id, parent.info.run_id, trials, search.epochs, search.monitor)
-        best = _best_trial(trials, search.monitor)
+        with log_file_named_on_failure(search.log_file, "tuning"):
+            with stdout_to_log_file(search.log_file, search.verbose):  # Ray Tune's tables and trial lines
+                grid = tuner.fit()
+            wall = time.time() - t0
+            _raise_if_interrupted(grid, search, resume)
+            trials = trial_rows(grid, search.monitor, search.epochs, search.trials_path, SEARCHED)
+            close_child_runs(uri, experiment_id, parent.info.run_id, trials, search.epochs, search.monitor)
+            best = _best_trial(trials, search.monitor)
         model_dir = _export_best_model(best, out)
         summary = _summary(search, best, trials, wall, model_dir, out,
                            run_id=parent.info.run_id, tracking_uri=uri, experiment=experiment)  # fmt: skip
@@ -278,11 +295,13 @@ def run_tune(
     return summary
 
 
-def _setup(data: str, out: str, config: Config, name: str, ray_address: str | None) -> _Search:
-    """Check the config, start (or join) Ray, plan the trials' resources and read the data."""
+def _setup(data: str, out: str, config: Config, name: str, ray_address: str | None, verbose: bool) -> _Search:
+    """Check the config, route the logs, start (or join) Ray, plan the trials' resources and read the data."""
     from automaster.pipelines import runtime
+    from automaster.pipelines.batch import job_log_file
+    from automaster.pipelines.runners import route_logs
 
-    _check(config)
+    check_search(config)
     tc = config.tune
     epochs = tc.epochs or config.train.epochs
     base = config.replace(train=dataclasses.replace(config.train, epochs=epochs, workers=tc.workers_per_trial))
@@ -290,7 +309,10 @@ def _setup(data: str, out: str, config: Config, name: str, ray_address: str | No
     if monitor != "val/mel_l1_db":
         log.warning("tuning on %s: make sure it does not depend on the loss weights being searched", monitor)
 
-    init_ray(ray_address)
+    log_file = job_log_file(out, "tune")
+    route_logs(log_file, verbose)
+    init_ray(ray_address, log_to_driver=verbose)
+    runtime.quiet_ray_data(verbose)
     runtime.check_paths_visible({"--data": data, "--out": out})
     concurrent, cpu_per_worker = plan_resources(base, runtime.cluster_cpus(), runtime.cluster_gpus())
     train_ds, val_ds, counts, _, means = prepare_data(data, base)
@@ -299,7 +321,7 @@ def _setup(data: str, out: str, config: Config, name: str, ray_address: str | No
         name=name, config=config, base=base, epochs=epochs, monitor=monitor, space=search_space(base),
         concurrent=concurrent, cpu_per_worker=cpu_per_worker, tune_path=tune_path,
         trials_path=local_storage_path(storage.join(out, "trials")), experiment_path=storage.join(tune_path, name),
-        train_ds=train_ds, val_ds=val_ds, counts=counts, means=means,
+        log_file=log_file, verbose=verbose, train_ds=train_ds, val_ds=val_ds, counts=counts, means=means,
     )  # fmt: skip
 
 
@@ -333,6 +355,8 @@ def _trainable(search: _Search, data: str, tracking_uri: str, experiment_id: str
         "data": data,
         "trials_path": search.trials_path,
         "cpu_per_worker": search.cpu_per_worker,
+        "log_file": search.log_file if storage.is_local(search.trials_path) else None,  # a path the workers see
+        "verbose": search.verbose,
     }
     bound = tune.with_parameters(tune_trial, setup=setup, train_ds=search.train_ds, val_ds=search.val_ds)
     return tune.with_resources(bound, {"cpu": TRIAL_CPU})
@@ -384,7 +408,7 @@ def _raise_if_interrupted(grid, search: _Search, resume: bool) -> None:
         mlflow.end_run("KILLED")
         raise SearchInterrupted(
             f"the search stopped with {unfinished} of {len(grid)} trials unfinished ({samples} planned); "
-            f"its state is in {search.experiment_path}: run the same command again to resume it"
+            f"its state is in {search.experiment_path}: run the same command again to resume it (logs: {search.log_file})"
         )
 
 

@@ -215,6 +215,32 @@ def test_trials_of_two_train_workers_each(paired, tmp_path, ray_tune):
     assert ray_tune.available_resources().get("CPU", 0) == pytest.approx(2.0)
 
 
+def _cli_tune(paired: Path, out: Path, *flags: str) -> list[str]:
+    """``python jobs/tune.py`` (one trial of one epoch) in a fresh process with its own local Ray:
+    its console, line by line."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_") and k != "MLFLOW_TRACKING_URI"}
+    env.update(PYTHONPATH=str(REPO), RAY_USAGE_STATS_ENABLED="0", MLFLOW_DISABLE_TELEMETRY="true")
+    cmd = [sys.executable, "jobs/tune.py", "--data", str(paired), "--out", str(out), "--samples", "1", "--epochs", "1",
+           "--tracking-uri", f"sqlite:///{out}.db", *[a for s in TINY for a in ("--set", s)], *flags]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return (proc.stdout + proc.stderr).splitlines()
+
+
+def test_tune_console_is_short_and_verbose_shows_ray_tune_and_the_workers(paired, tmp_path):
+    quiet = _cli_tune(paired, tmp_path / "quiet")
+    assert len(quiet) <= 8, "\n".join(quiet)
+    assert not any("pid=" in line or "Trial status" in line for line in quiet), "\n".join(quiet)
+    assert sum(line.startswith(("tune: 1 trials of", "tune: 1 trials in")) for line in quiet) == 2  # before, summary
+    log_file = tmp_path / "quiet" / "logs" / "tune.log"
+    assert any(str(log_file) in line for line in quiet), "\n".join(quiet)
+    text = log_file.read_text()
+    assert "Configuration for experiment" in text and "ray.data" in text  # Ray Tune's table, Ray Data's logs
+    verbose = _cli_tune(paired, tmp_path / "verbose", "-v")
+    assert any("Configuration for experiment" in line for line in verbose), "\n".join(verbose[-40:])
+    assert any("(RayTrainWorker pid=" in line for line in verbose), "\n".join(verbose[-40:])
+
+
 # ----------------------------------------------------------------------------- interrupted, then resumed
 
 # one trial at a time and no early stopping: which trial is where when the job is stopped is known;
