@@ -283,7 +283,7 @@ def _job_config(
         "inversions": list(evaluation.inversions), "iterations": mastering.iterations, "init_phase": mastering.init_phase,
         "momentum": mastering.momentum, "target_lufs": mastering.target_lufs, "true_peak_dbtp": mastering.true_peak_dbtp,
         "peak_ceiling": evaluation.peak_ceiling, "echo_removal": mastering.echo_removal,
-        "max_forecast_error": mastering.max_forecast_error,
+        "max_forecast_error": mastering.max_forecast_error, "level_model": model_settings.get("level_model"),
         "true_params": {
             "ours": "all (our degrader records them)", "pedalboard": "mapped ones (automaster.pedalboard_damage)",
             GIVEN: "none",

@@ -2,14 +2,15 @@
 
 The level head reads only statistics of its input (:func:`automaster.model.spectral.level_features`),
 not the trunk, so its training set can be computed once: crops of clean songs are damaged afresh
-(our chain, and pedalboard's when it is installed: two implementations, so the head learns the
-level of the original master, not one chain's habits), and each gives its features and its target,
+(our chain and pedalboard's: two implementations, so the head learns the level of the original
+master, not one chain's habits; and none, so a clip that already sounds mastered keeps its
+level), and each gives its features and its target,
 the loudness gap ``LUFS(clean) - LUFS(damaged)`` in LU (what ``automaster evaluate`` scores). Then
 the head is fitted in seconds. Compared with fitting it through the waveform losses, this sees
 hundreds of songs instead of a few minutes of them in the same CPU time.
 
     python -m automaster.training.level --audio CORPUS [--audio CORPUS ...] --out DIR
-        [--crops-per-track 4] [--seconds 12] [--damages ours pedalboard] [--workers 2]
+        [--crops-per-track 6] [--seconds 15] [--damages ours pedalboard] [--workers 2] [--config FILE]
 
 Example ``(track, crop, damage)`` is drawn from generators seeded by ``(seed, track_id, crop)``;
 the training split of every corpus trains, the validation split of every corpus validates, the
@@ -34,13 +35,13 @@ import torch
 from torch import nn
 
 from automaster.audio import AudioError, FileError, audio_info, read_audio
-from automaster.config import Config, DegradeConfig, from_dict
+from automaster.config import ConfigError, DegradeConfig, load_config
 from automaster.degrade import degrade, draw_params, make_generator, seed_for
 from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE
 from automaster.dsp.loudness import integrated_loudness
 from automaster.model.spectral import SpectralRestorer, level_features, mono_log_magnitude, stft_mono
 
-DAMAGES = ("ours", "pedalboard")
+DAMAGES = ("ours", "pedalboard", "none")  # none: the clean master itself (its level is right)
 _QUIET_LUFS = -50.0  # a clean crop quieter than this is not a master: skipped
 
 
@@ -62,7 +63,10 @@ def _rms_db(audio: np.ndarray) -> float:
 
 
 def damage_crop(clean: np.ndarray, damage: str, seed: int, key: str) -> np.ndarray:
-    """``clean`` ``(C, T)`` damaged by our chain or pedalboard's, drawn from ``(seed, key)``."""
+    """``clean`` ``(C, T)`` damaged by our chain or pedalboard's, drawn from ``(seed, key)``, or
+    itself (``none``)."""
+    if damage == "none":
+        return clean
     if damage == "ours":
         cfg = DegradeConfig()
         gen = make_generator(seed, key)
@@ -104,9 +108,12 @@ def make_example(job: Job) -> tuple[np.ndarray, float, float] | None:
     return features_of(damaged), clean_lufs - lufs, lufs
 
 
-def plan_jobs(tracks: list[Any], crops_per_track: int, seconds: float, damages: tuple[str, ...], seed: int) -> list[Job]:
+def plan_jobs(
+    tracks: list[Any], crops_per_track: int, seconds: float, damages: tuple[str, ...], seed: int, clean_share: float = 1.0,
+) -> list[Job]:
     """Crop offsets for every track (uniform over the song, seeded by ``(seed, track_id)``), each
-    crop damaged by every one of ``damages``."""
+    crop damaged by every one of ``damages``; ``none`` (the clean crop) for a ``clean_share`` of
+    the crops only (drawn from a generator of its own, so the offsets do not depend on it)."""
     jobs = []
     for track in tracks:
         try:
@@ -116,9 +123,12 @@ def plan_jobs(tracks: list[Any], crops_per_track: int, seconds: float, damages: 
         if duration < seconds:
             continue
         rng = np.random.default_rng(seed_for(seed, f"level:{track.track_id}"))
+        clean_rng = np.random.default_rng(seed_for(seed, f"level-none:{track.track_id}"))
         for crop in range(crops_per_track):
             offset = float(rng.uniform(0.0, duration - seconds))
-            jobs += [Job(track.path, track.track_id, crop, offset, seconds, damage, seed) for damage in damages]
+            with_clean = clean_rng.uniform() < clean_share
+            jobs += [Job(track.path, track.track_id, crop, offset, seconds, damage, seed)
+                     for damage in damages if damage != "none" or with_clean]
     return jobs
 
 
@@ -188,15 +198,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m automaster.training.level", description=__doc__.splitlines()[0])
     p.add_argument("--audio", action="append", required=True, metavar="FOLDER", help="clean corpus (repeatable)")
     p.add_argument("--out", required=True)
-    p.add_argument("--crops-per-track", type=int, default=4)
-    p.add_argument("--val-crops-per-track", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=12.0)
+    p.add_argument("--crops-per-track", type=int, default=6)
+    p.add_argument("--val-crops-per-track", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--damages", nargs="+", default=list(DAMAGES), choices=DAMAGES)
+    p.add_argument("--clean-share", type=float, default=0.25,
+                   help="share of the crops that are also examples undamaged (damage 'none', target 0 LU)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", help="the model's config (default: the spectral model's, level head alone)")
+    p.add_argument("--config", help="a TOML/YAML/JSON config (its [model] section; the level head alone is kept)")
     return p.parse_args(argv)
 
 
@@ -209,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.crops_per_track < 1 or args.seconds < 3 or args.workers < 1 or args.steps < 1:
         return _fail("--crops-per-track, --workers and --steps must be >= 1 and --seconds >= 3")
+    if not 0.0 <= args.clean_share <= 1.0:
+        return _fail(f"--clean-share must be in [0, 1], got {args.clean_share:g}")
     if "pedalboard" in args.damages:
         from automaster.pedalboard_damage import _pedalboard
 
@@ -216,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             _pedalboard()
         except Exception as exc:  # noqa: BLE001 - the message says what to install
             return _fail(f"--damages pedalboard: {exc}")
+    try:
+        config = load_config(args.config, ["model.mode=spectral", "model.spectral_width=0"])
+    except ConfigError as exc:
+        return _fail(str(exc))
     from automaster.corpus import CorpusError, scan_corpus
     from automaster.model.checkpoint import save_checkpoint
 
@@ -228,11 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for split, crops in (("training", args.crops_per_track), ("validation", args.val_crops_per_track)):
         tracks = [t for scan in scans for t in scan.tracks if t.split == split]
-        jobs = plan_jobs(tracks, crops, args.seconds, damages, args.seed if split == "training" else args.seed + 7919)
+        share = args.clean_share if split == "training" else 1.0  # validation: every crop clean too
+        jobs = plan_jobs(tracks, crops, args.seconds, damages, args.seed if split == "training" else args.seed + 7919, share)
         sets[split] = make_examples(jobs, args.workers)
         print(f"{split}: {len(sets[split]['y'])} examples from {len(tracks)} tracks ({time.time() - t0:.0f} s)", flush=True)
-    config = Config() if args.config is None else from_dict(json.loads(Path(args.config).read_text()))
-    config = from_dict({**config.to_dict(), "model": {**config.to_dict()["model"], "mode": "spectral", "spectral_width": 0}})
     model = SpectralRestorer.from_config(config)
     train, val = sets["training"], sets["validation"]
     losses = fit_head(model, train["x"], train["y"], args.steps, args.lr, args.seed)

@@ -10,7 +10,8 @@ import pytest
 
 from automaster.audio import read_audio
 from automaster.mastering import Masterer
-from automaster.training.level import damage_crop, features_of, main
+from automaster.corpus import scan_corpus
+from automaster.training.level import damage_crop, features_of, main, plan_jobs
 from tests.conftest import DATA, REPO
 
 FMA = DATA / "fma"
@@ -19,16 +20,16 @@ FMA = DATA / "fma"
 def test_a_fitted_head_is_a_level_model_and_reports_its_errors(tmp_path):
     out = tmp_path / "level"
     code = main(["--audio", str(FMA), "--out", str(out), "--crops-per-track", "2", "--val-crops-per-track", "2",
-                 "--seconds", "3", "--steps", "200"])
+                 "--seconds", "3", "--steps", "200", "--clean-share", "1"])
     assert code == 0
     report = json.loads((out / "level_fit.json").read_text())
     for split in ("training", "validation"):
-        assert set(report[split]) == {"ours", "pedalboard"}
+        assert set(report[split]) == {"ours", "pedalboard", "none"}
     train = report["training"]["ours"]
     assert train["n"] == 4  # 2 usable training clips (001666 has no audio, 001888 is 1.5 s) x 2 crops
     assert train["head_lu"] < train["identity_lu"]  # it fits what it was given
     examples = np.load(out / "level_examples.npz")
-    assert examples["training_x"].shape == (8, 66) and np.isfinite(examples["training_x"]).all()
+    assert examples["training_x"].shape == (12, 66) and np.isfinite(examples["training_x"]).all()
     audio, sr = read_audio(FMA / "fma_small" / "000" / "000005.mp3", duration_s=4.0)
     _, info = Masterer(REPO / "models" / "reference", "chain", echo_removal=False, level_model=str(out / "model")).master_audio(audio, sr)
     assert np.isfinite(info["level_gain_db"]) and np.isfinite(info["predicted_lufs"])
@@ -42,7 +43,16 @@ def test_the_same_seed_gives_the_same_damage_and_features():
         assert not np.array_equal(a, damage_crop(audio, damage, 4, "x:0"))
 
 
-@pytest.mark.parametrize("args", [["--steps", "0"], ["--seconds", "1"], ["--workers", "0"]])
+def test_the_clean_share_adds_undamaged_crops_without_moving_the_others():
+    tracks = scan_corpus(FMA).tracks
+    plans = {share: plan_jobs(tracks, 8, 3.0, ("ours", "pedalboard", "none"), 5, share) for share in (0.0, 0.5, 1.0)}
+    damaged = {share: [(j.track_id, j.offset_s, j.damage) for j in jobs if j.damage != "none"] for share, jobs in plans.items()}
+    assert damaged[0.0] == damaged[0.5] == damaged[1.0] and len(damaged[0.0]) == 2 * 8 * 5  # 5 clips of >= 3 s (the silent one is dropped later)
+    clean = {share: sum(j.damage == "none" for j in jobs) for share, jobs in plans.items()}
+    assert clean[0.0] == 0 and clean[1.0] == 8 * 5 and 0 < clean[0.5] < 8 * 5
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--seconds", "1"], ["--workers", "0"], ["--clean-share", "2"]])
 def test_bad_arguments_exit_2(tmp_path, capsys, args):
     assert main(["--audio", str(FMA), "--out", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
