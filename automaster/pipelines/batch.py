@@ -143,12 +143,15 @@ def prepare(spec: JobSpec, options: RunOptions) -> tuple[OutputFolder, dict[str,
     folder.acquire_lock(spec.job)
     try:
         swept = folder.sweep()
-        model_hash = None
-        if spec.model is not None:
-            from automaster.pipelines.outfolder import file_sha256
+        from automaster.pipelines.outfolder import file_sha256
 
-            model_hash = file_sha256(spec.model)
-        folder.check_manifest(make_manifest(spec.job, spec.settings, model_hash), options.overwrite)
+        model_hash = None if spec.model is None else file_sha256(spec.model)
+        settings = dict(spec.settings)
+        if settings.get("level_model"):  # the level model's weights change the outputs too
+            from automaster.model.checkpoint import checkpoint_paths
+
+            settings["level_model_sha256"] = file_sha256(str(checkpoint_paths(settings["level_model"])[0]))
+        folder.check_manifest(make_manifest(spec.job, settings, model_hash), options.overwrite)
         records = {} if options.overwrite else folder.records()
     except BaseException:
         folder.release_lock()

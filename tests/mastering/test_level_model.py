@@ -58,3 +58,25 @@ def test_a_missing_level_model_exits_2_in_one_line_before_anything_starts(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--level-model" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_remembers_the_level_model_weights(tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.mp3").write_bytes((DATA / "fma" / "fma_small" / "000" / "000005.mp3").read_bytes())
+    level = tmp_path / "level"
+    shutil.copytree(SPECTRAL, level)
+    args = ["master", "--input", str(folder), "--out", str(tmp_path / "out"), "--level-model", str(level),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    assert main(args) == 0
+    capsys.readouterr()
+    payload = torch.load(level / "model.pt", weights_only=True)
+    payload["model"]["level_mlp.4.bias"] = payload["model"]["level_mlp.4.bias"] + 1.0  # other weights, same path
+    torch.save(payload, level / "model.pt")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "level_model_sha256" in err[0]
