@@ -58,3 +58,17 @@ def test_bad_arguments_exit_2(tmp_path, capsys, args):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:")
     assert not (tmp_path / "o").exists()
+
+
+def test_the_shipped_level_model_and_its_committed_evaluation():
+    """The model card's claim, from the committed evaluation of the default path (echo stage +
+    this level model): on our damage it beats the input on MR-STFT, mel L1 and loudness error."""
+    shipped = REPO / "models" / "spectral"
+    assert (shipped / "model.pt").stat().st_size <= 25 * 1024 * 1024
+    fit = json.loads((shipped / "level_fit.json").read_text())["validation"]
+    assert fit["ours"]["head_lu"] < fit["ours"]["identity_lu"] and fit["pedalboard"]["head_lu"] < fit["pedalboard"]["identity_lu"]
+    metrics = json.loads((shipped / "metrics.json").read_text())
+    assert metrics["ours"]["config"]["level_model"].endswith("models/spectral")
+    paths = {name: {k: v["mean"] for k, v in inv["metrics"].items()} for name, inv in metrics["ours"]["inversions"].items()}
+    for measure in ("mrstft", "mel_l1_db", "loudness_err_lu"):
+        assert paths["chain"][measure] < paths["identity"][measure], measure
