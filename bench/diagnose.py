@@ -84,7 +84,7 @@ def _table(means: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=str(REPO.parent.parent / "shared" / "data" / "fma_mini"))
+    parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "fma_mini"))
     parser.add_argument("--split", default="test")
     parser.add_argument("--clips", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)

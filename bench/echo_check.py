@@ -103,7 +103,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=str(REPO.parent.parent / "shared" / "data" / "fma_mini"))
+    parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "fma_mini"))
     parser.add_argument("--split", default="test")
     parser.add_argument("--ours-seeds", type=int, nargs="*", default=[1, 2, 3, 4])
     parser.add_argument("--pedalboard-seeds", type=int, nargs="*", default=[1, 2, 3])
