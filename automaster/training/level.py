@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("--crops-per-track, --workers and --steps must be >= 1 and --seconds >= 3")
     if not 0.0 <= args.clean_share <= 1.0:
         return _fail(f"--clean-share must be in [0, 1], got {args.clean_share:g}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        return _fail(f"--out {args.out!r} is a file, not a folder")
     if "pedalboard" in args.damages:
         from automaster.pedalboard_damage import _pedalboard
 
@@ -248,7 +250,10 @@ def main(argv: list[str] | None = None) -> int:
         tracks = [t for scan in scans for t in scan.tracks if t.split == split]
         share = args.clean_share if split == "training" else 1.0  # validation: every crop clean too
         jobs = plan_jobs(tracks, crops, args.seconds, damages, args.seed if split == "training" else args.seed + 7919, share)
-        sets[split] = make_examples(jobs, args.workers)
+        try:
+            sets[split] = make_examples(jobs, args.workers)
+        except ValueError as exc:
+            return _fail(f"--audio: the {split} split of {', '.join(args.audio)} ({len(tracks)} tracks): {exc}")
         print(f"{split}: {len(sets[split]['y'])} examples from {len(tracks)} tracks ({time.time() - t0:.0f} s)", flush=True)
     model = SpectralRestorer.from_config(config)
     train, val = sets["training"], sets["validation"]

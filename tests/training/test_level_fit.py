@@ -60,6 +60,15 @@ def test_bad_arguments_exit_2(tmp_path, capsys, args):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_corpus_without_a_usable_split_or_an_out_file_exits_2(tmp_path, capsys):
+    assert main(["--audio", str(DATA / "music"), "--out", str(tmp_path / "o"), "--seconds", "3", "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "validation split" in err[0]  # the music folder's hash split has no validation track
+    (tmp_path / "file").write_text("x")
+    assert main(["--audio", str(FMA), "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
 def test_the_shipped_level_model_and_its_committed_evaluation():
     """The model card's claim, from the committed evaluation of the default path (echo stage +
     this level model): on our damage it beats the input on MR-STFT, mel L1 and loudness error."""
