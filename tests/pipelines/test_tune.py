@@ -426,8 +426,10 @@ def test_a_crashed_then_interrupted_search_resumes_where_it_stopped(paired, tmp_
         assert all(m.timestamp < crashed_ms for m in epoch1), epoch1
     # ... and it was finished and kept when the search was interrupted: the last run trained none of it
     assert all(m.timestamp < interrupted_ms for m in history[first]), history[first]
-    # the trial stopped by Ctrl-C ran again, each of its epochs once
-    assert [m.step for m in sorted(history[second], key=lambda m: m.timestamp)] == [0, 1], history[second]
+    # the trial stopped by Ctrl-C ran again from its last checkpoint: its epochs in order, each once,
+    # except the one epoch Ctrl-C may cut between logging its metrics and registering its checkpoint
+    steps = [m.step for m in sorted(history[second], key=lambda m: m.timestamp)]
+    assert sorted(set(steps)) == [0, 1] and steps == sorted(steps) and len(steps) <= 3, history[second]
     # the summary ranks what MLflow holds (an epoch trained again after the crash counts once, as retrained)
     logged = {t: min({m.step: m.value for m in sorted(history[t], key=lambda m: m.timestamp)}.values()) for t in ids}
     assert summary["best_trial"] == min(logged, key=logged.get)
