@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from automaster.config import DegradeConfig
+from automaster.dsp.constants import HOP_LENGTH
 from automaster.effects.chain import apply_chain
 from automaster.effects.params import BY_NAME, PARAMS
 
@@ -119,3 +120,23 @@ def degrade(
         wet = wet * torch.pow(10.0, gain_db / 20.0).view(-1, 1, 1)
     params["output_gain_db"] = gain_db
     return Degraded(audio=wet, params=params)
+
+
+def clip_rms_db(audio: np.ndarray) -> float:
+    """A clip's RMS level in dBFS (floored at -240): what :func:`draw_params` sets thresholds from."""
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
+    return 20.0 * math.log10(max(rms, 1e-12))
+
+
+def degrade_clip(
+    clean: np.ndarray, sample_rate: int, seed: int, key: str, config: DegradeConfig = DegradeConfig()
+) -> Degraded:
+    """One clip ``(C, T)`` damaged with parameters drawn from ``(seed, key)`` at the model's hop
+    (what the evaluate job and the level fit do); ``audio`` and ``params`` keep the batch axis.
+
+    Raises:
+        ValueError: the draw needs more headroom than ``output_gain_db``'s range allows.
+    """
+    gen = make_generator(seed, key)
+    params = draw_params(1 + clean.shape[-1] // HOP_LENGTH, gen, config, clip_rms_db=clip_rms_db(clean))
+    return degrade(torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))[None], sample_rate, params, gen, config)

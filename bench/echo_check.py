@@ -32,8 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from automaster.audio import read_excerpt  # noqa: E402
-from automaster.config import DegradeConfig  # noqa: E402
-from automaster.degrade import degrade, draw_params, make_generator  # noqa: E402
+from automaster.degrade import degrade_clip  # noqa: E402
 from automaster.dsp.cepstrum import estimate_echo  # noqa: E402
 from automaster.dsp.constants import MODEL_RATE  # noqa: E402
 from automaster.dsp.metrics import si_sdr  # noqa: E402
@@ -41,7 +40,7 @@ from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time  # n
 from automaster.effects.params import BY_NAME  # noqa: E402
 from automaster.mastering.policy import MIN_ECHO_GAIN, remove_echo  # noqa: E402
 from automaster.pedalboard_damage import pedalboard_degrade  # noqa: E402
-from automaster.pipelines.evaluate import _rms_db, list_clean  # noqa: E402
+from automaster.pipelines.evaluate import list_clean  # noqa: E402
 
 DELAY_TOLERANCE_S = 0.003
 
@@ -65,10 +64,7 @@ def damaged_versions(clean: np.ndarray, track_id: str, ours: list[int], pedalboa
     """Yield ``(kind, seed, audio, true delay or None, true gain)``."""
     yield "clean", 0, clean, None, 0.0
     for seed in ours:
-        gen = make_generator(seed, track_id)
-        cfg = DegradeConfig()
-        params = draw_params(1 + clean.shape[-1] // 512, gen, cfg, clip_rms_db=_rms_db(clean))
-        r = degrade(torch.from_numpy(clean)[None], MODEL_RATE, params, gen, cfg)
+        r = degrade_clip(clean, MODEL_RATE, seed, track_id)
         yield "ours", seed, r.audio[0].numpy(), float(r.params["echo_delay_s"][0]), float(r.params["echo_gain"][0])
     for seed in pedalboard:
         d = pedalboard_degrade(clean, MODEL_RATE, seed, track_id)

@@ -177,7 +177,11 @@ class SpectralRestorer(nn.Module):
 
     def _level(self, mag_db: torch.Tensor, wave: torch.Tensor) -> torch.Tensor:
         """``(B,)`` level gain in dB from the log magnitude ``(B, 1024, F)`` and the waveform."""
-        return _soft_bound(self.level_mlp(level_features(mag_db, wave))[:, 0], self.max_level_db)
+        return self.level_from_features(level_features(mag_db, wave))
+
+    def level_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B,)`` level gain in dB from :func:`level_features` ``(B, 66)``."""
+        return _soft_bound(self.level_mlp(features)[:, 0], self.max_level_db)
 
     def forward(self, wave: torch.Tensor, outputs: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
         """Restore ``wave`` ``(B, C, T)``.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from typing import Any
 
@@ -28,6 +27,7 @@ import torch
 from automaster import storage
 from automaster.audio import FileError, is_audio_file, read_excerpt
 from automaster.config import GIVEN, INVERSIONS, BatchConfig, ConfigError, EvalConfig, MasterConfig
+from automaster.degrade import clip_rms_db
 from automaster.dsp.constants import MODEL_RATE
 from automaster.dsp.loudness import integrated_loudness
 from automaster.evaluation import baselines
@@ -41,11 +41,6 @@ log = logging.getLogger(__name__)
 # Inversions whose output keeps the input's phase (sample-aligned with the clean file): SI-SDR is
 # meaningful for these only. Griffin-Lim invents a phase.
 ALIGNED = frozenset({"identity", "identity_loudness", "oracle_chain", "chain", "mask"})
-
-
-def _rms_db(audio: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
-    return 20.0 * math.log10(max(rms, 1e-12))
 
 
 class Evaluator:
@@ -90,14 +85,10 @@ class Evaluator:
         cfg = self.cfg
         if cfg.degrader == "ours":
             from automaster.config import DegradeConfig
-            from automaster.degrade import degrade, draw_params, make_generator
+            from automaster.degrade import degrade_clip
 
-            degrade_cfg = DegradeConfig(peak_ceiling=cfg.peak_ceiling)
-            gen = make_generator(cfg.seed, row["track_id"])
-            n_frames = 1 + clean.shape[-1] // self.audio_cfg.hop_length
-            params = draw_params(n_frames, gen, degrade_cfg, clip_rms_db=_rms_db(clean))
             try:
-                result = degrade(torch.from_numpy(clean)[None], MODEL_RATE, params, gen, degrade_cfg)
+                result = degrade_clip(clean, MODEL_RATE, cfg.seed, row["track_id"], DegradeConfig(peak_ceiling=cfg.peak_ceiling))
             except ValueError as exc:  # a headroom beyond the table's range
                 raise FileError(f"cannot degrade: {exc}") from None
             truth = {k: v[0].numpy() for k, v in result.params.items()}
@@ -123,8 +114,9 @@ class Evaluator:
                 raise FileError(f"clean has {clean.shape[0]} channels, degraded {degraded.shape[0]} (use --mono)")
             n = min(clean.shape[-1], degraded.shape[-1])
             clean, degraded = clean[:, :n], degraded[:, :n]
-        if _rms_db(clean) < cfg.silence_db:
-            raise FileError(f"silent (RMS {_rms_db(clean):.1f} dBFS < {cfg.silence_db:g} dBFS)")
+        level_db = clip_rms_db(clean)
+        if level_db < cfg.silence_db:
+            raise FileError(f"silent (RMS {level_db:.1f} dBFS < {cfg.silence_db:g} dBFS)")
         if cfg.degrader == GIVEN:
             return clean, degraded, {}, "none"
         # Decoded MP3/Vorbis often peaks above 0 dBFS: scale the reference down rather than clip it.

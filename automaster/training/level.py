@@ -35,9 +35,9 @@ import torch
 from torch import nn
 
 from automaster.audio import AudioError, FileError, audio_info, read_audio
-from automaster.config import ConfigError, DegradeConfig, load_config
-from automaster.degrade import degrade, draw_params, make_generator, seed_for
-from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE
+from automaster.config import ConfigError, load_config
+from automaster.degrade import degrade_clip, seed_for
+from automaster.dsp.constants import MODEL_RATE
 from automaster.dsp.loudness import integrated_loudness
 from automaster.model.spectral import SpectralRestorer, level_features, mono_log_magnitude, stft_mono
 
@@ -58,20 +58,13 @@ class Job:
     seed: int
 
 
-def _rms_db(audio: np.ndarray) -> float:
-    return 10.0 * math.log10(float(np.mean(np.square(audio, dtype=np.float64))) + 1e-20)
-
-
 def damage_crop(clean: np.ndarray, damage: str, seed: int, key: str) -> np.ndarray:
     """``clean`` ``(C, T)`` damaged by our chain or pedalboard's, drawn from ``(seed, key)``, or
     itself (``none``)."""
     if damage == "none":
         return clean
     if damage == "ours":
-        cfg = DegradeConfig()
-        gen = make_generator(seed, key)
-        params = draw_params(1 + clean.shape[-1] // HOP_LENGTH, gen, cfg, clip_rms_db=_rms_db(clean))
-        return degrade(torch.from_numpy(clean)[None], MODEL_RATE, params, gen, cfg).audio[0].numpy()
+        return degrade_clip(clean, MODEL_RATE, seed, key).audio[0].numpy()
     from automaster.pedalboard_damage import pedalboard_degrade
 
     return pedalboard_degrade(clean, MODEL_RATE, seed, key).audio
@@ -163,7 +156,7 @@ def fit_head(model: SpectralRestorer, x: np.ndarray, y: np.ndarray, steps: int, 
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.02)
     losses = []
     for _ in range(steps):
-        pred = model.max_level_db * torch.tanh(head(xs)[:, 0] / model.max_level_db)
+        pred = model.level_from_features(xs)
         loss = (pred - ys).abs().mean()
         opt.zero_grad()
         loss.backward()
@@ -175,8 +168,7 @@ def fit_head(model: SpectralRestorer, x: np.ndarray, y: np.ndarray, steps: int, 
 
 def predict(model: SpectralRestorer, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        raw = model.level_mlp(torch.from_numpy(x))[:, 0]
-        return (model.max_level_db * torch.tanh(raw / model.max_level_db)).numpy()
+        return model.level_from_features(torch.from_numpy(x)).numpy()
 
 
 def errors(pred: np.ndarray, data: dict[str, np.ndarray], constant_lufs: float) -> dict[str, dict[str, float]]:
