@@ -106,6 +106,26 @@ class LossConfig:
     log_zero_terms: bool = True
 
 
+# The effects of the demastering chain that can be drawn alone (automaster.effects.params; the
+# headroom gain always applies).
+DAMAGE_EFFECTS = ("eq", "compressor", "reverb", "echo")
+
+
+def parse_effects(text: str) -> tuple[str, ...]:
+    """``"reverb, compressor"`` -> ``("compressor", "reverb")`` in chain order; ``""``/``"all"``: every effect.
+
+    Raises:
+        ValueError: an unknown name, or none.
+    """
+    if text.strip().lower() in ("", "all"):
+        return DAMAGE_EFFECTS
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = sorted(set(names) - set(DAMAGE_EFFECTS))
+    if unknown or not names:
+        raise ValueError(f"expected a comma-separated subset of {', '.join(DAMAGE_EFFECTS)} (or all), got {text!r}")
+    return tuple(e for e in DAMAGE_EFFECTS if e in names)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training loop and Ray Train scaling."""
@@ -151,9 +171,25 @@ class TrainConfig:
     # seconds kept in memory per track (0: all), and held-out validation crops (--audio).
     crop_seconds: float = 0.0
     damage_scale: float = 1.0
+    # Fresh damage by these effects only, comma-separated (eq, compressor, reverb, echo; the rest
+    # neutral, the headroom gain as always); "" or "all": the whole chain. Validation is damaged
+    # the same way, so a model is measured on the damage it learns to undo.
+    damage_effects: str = ""
     max_track_seconds: float = 0.0
     val_crops: int = 32
     val_crop_seconds: float = 10.0
+    # Ray-free core: stop after this many minutes of training (validate and checkpoint there, as
+    # at the last step; a later run with the same --out resumes); 0: no limit. For a GPU lent by
+    # the minute.
+    max_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        try:
+            parse_effects(self.damage_effects)
+        except ValueError as exc:
+            raise ConfigError(f"train.damage_effects: {exc}") from None
+        if self.max_minutes < 0:
+            raise ConfigError(f"train.max_minutes must be >= 0, got {self.max_minutes}")
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from automaster.config import DegradeConfig
+from automaster.config import DAMAGE_EFFECTS, DegradeConfig
 from automaster.dsp.constants import HOP_LENGTH
 from automaster.effects.chain import apply_chain
-from automaster.effects.params import BY_NAME, PARAMS
+from automaster.effects.params import BY_NAME, PARAMS, neutral_params
 
 # Compressor thresholds are drawn relative to the clip's own RMS level, so every clip is really
 # compressed (an absolute threshold above a quiet track's level would do nothing).
@@ -84,6 +84,19 @@ def draw_params(
         out["comp_threshold_db"] = (clip_rms_db - below).clamp(spec.low, spec.high)
     out["output_gain_db"] = torch.zeros(1)
     return out
+
+
+def only_effects(params: dict[str, torch.Tensor], effects: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """``params`` (one clip's draw) with every effect outside ``effects`` set to its neutral values
+    (:func:`automaster.effects.params.neutral_params`): the chain then applies those effects alone.
+    The draw itself is unchanged, so a restricted example keeps the crop and the values of the
+    whole chain's."""
+    if set(effects) >= set(DAMAGE_EFFECTS):
+        return params
+    first = next(iter(params.values()))
+    n_frames = max(v.shape[-1] for k, v in params.items() if BY_NAME[k].per_frame)
+    neutral = neutral_params(first.shape[0], n_frames, device=first.device)
+    return {k: (v if BY_NAME[k].effect in effects or BY_NAME[k].effect not in DAMAGE_EFFECTS else neutral[k]) for k, v in params.items()}
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Throughput of the Ray-free training core: crops/s on one device, one process.
 
-    python bench/bench_core.py --audio ../shared/data/fma_mini --steps 20 [--device cuda] [--threads 1]
+    python bench/bench_core.py --audio ../shared/data/fma_mini --steps 20 [--device cuda] [--threads 1] [--set k=v ...]
 
 Configurations (each a fresh model, the same fresh-damage source, batch ``--batch``):
 
@@ -43,7 +43,7 @@ def bench(name: str, bank, args) -> dict:
     from automaster.training.sources import _fresh_source
 
     sets = [*CONFIGS[name], f"train.batch_size={args.batch}", f"train.crop_seconds={args.crop_seconds}",
-            f"train.steps_per_epoch={args.steps + 1}"]  # fmt: skip
+            f"train.steps_per_epoch={args.steps + 1}", *(args.set if name != "data" else [])]  # fmt: skip
     config = load_config(overrides=sets)
     source = _fresh_source(bank, [], config, {})
     device = torch.device(args.device)
@@ -88,6 +88,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--only", nargs="*", default=list(CONFIGS))
     p.add_argument("--limit", type=int, default=20, help="tracks decoded into the bank")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override for every model configuration")
     args = p.parse_args()
     import torch
 

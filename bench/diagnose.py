@@ -36,10 +36,10 @@ sys.path.insert(0, str(REPO))
 
 from automaster.audio import read_excerpt  # noqa: E402
 from automaster.config import AudioConfig, DegradeConfig  # noqa: E402
-from automaster.degrade import clip_rms_db, degrade, draw_params, make_generator  # noqa: E402
+from automaster.degrade import clip_rms_db, degrade, draw_params, make_generator, only_effects  # noqa: E402
 from automaster.dsp.constants import MODEL_RATE  # noqa: E402
 from automaster.dsp.loudness import integrated_loudness  # noqa: E402
-from automaster.effects.params import BY_NAME, PARAMS, neutral_params  # noqa: E402
+from automaster.effects.params import BY_NAME  # noqa: E402
 from automaster.evaluation.baselines import identity_loudness, oracle_chain  # noqa: E402
 from automaster.evaluation.metrics import Reference  # noqa: E402
 from automaster.pipelines.evaluate import list_clean  # noqa: E402
@@ -54,10 +54,7 @@ def damage_one(clean: np.ndarray, track_id: str, seed: int, damage: str, hop: in
     gen = make_generator(seed, track_id)
     n_frames = 1 + clean.shape[-1] // hop
     drawn = draw_params(n_frames, gen, DegradeConfig(), clip_rms_db=clip_rms_db(clean))
-    params = neutral_params(1, n_frames)
-    for spec in PARAMS:
-        if spec.effect == damage:
-            params[spec.name] = drawn[spec.name]
+    params = only_effects(drawn, (damage,) if damage != "level" else ())
     result = degrade(torch.from_numpy(clean)[None], MODEL_RATE, params, gen)
     audio, truth = result.audio, dict(result.params)
     if damage == "level":

@@ -9,6 +9,8 @@ of the batch (CUDA when there is one).
 
 ``damage_scale`` < 1 narrows the thesis distribution: each parameter with a neutral value is drawn
 in that share of its normalised range around the neutral value (1: the thesis's draw unchanged).
+``damage_effects`` keeps some effects of the chain and makes the others neutral (the draw is the
+same, so each example keeps its crop): a model can be trained on the damage it can undo.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from automaster.config import Config
-from automaster.degrade import degrade, draw_params, make_generator
+from automaster.config import Config, parse_effects
+from automaster.degrade import degrade, draw_params, make_generator, only_effects
 from automaster.effects.params import BY_NAME, PARAMS, stack
 from automaster.model.spectral import level_gain_db
 from automaster.training.bank import SAMPLE_RATE, ClipBank
@@ -62,6 +64,7 @@ class FreshDamage:
         self.bank, self.crop_samples, self.config = bank, int(crop_samples), config
         self.seed, self.tag = int(seed), tag
         self.n_frames = self.crop_samples // config.audio.hop_length
+        self.effects = parse_effects(config.train.damage_effects)
         self._cum = np.cumsum(bank.lengths) / float(bank.lengths.sum())
 
     def _crop(self, gen: torch.Generator) -> np.ndarray:
@@ -83,7 +86,7 @@ class FreshDamage:
         x = self._crop(gen)
         rms_db = 10.0 * math.log10(float(np.mean(np.square(x, dtype=np.float64))) + 1e-12)
         params = draw_params(self.n_frames + 1, gen, self.config.degrade, clip_rms_db=rms_db)
-        return x, narrow(params, self.config.train.damage_scale), gen
+        return x, only_effects(narrow(params, self.config.train.damage_scale), self.effects), gen
 
     def batch(self, epoch: int, indices: list[int], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
         """Examples ``indices`` of ``epoch``, damaged on ``device``.

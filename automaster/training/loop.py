@@ -107,6 +107,16 @@ def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
 
 
+def _agree_any(flag: bool) -> bool:
+    """``flag`` on any rank (every rank must stop at the same step, or DDP's all-reduce hangs)."""
+    distributed, dist = _distributed()
+    if not distributed:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def _sum_over_ranks(totals: dict[str, tuple[float, int]], keys: list[str]) -> dict[str, tuple[float, int]]:
     """Every rank's ``(sum, count)`` per metric of ``keys`` (the same list everywhere), added up."""
     on, dist = _distributed()
@@ -224,6 +234,8 @@ def train(
             scheduler.step(val_metrics.get(monitor, float("nan")))
         metrics = {**train_metrics, **val_metrics, "step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
                    "perf/crops_per_s": window.crops_per_s(world)}  # fmt: skip
+        if device.type == "cuda":  # the peak since the run started, this rank's device
+            metrics["perf/max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         state["history"].append({k: v for k, v in metrics.items() if k.startswith(("train/", "val/")) or k == "step"})
         improved = val_metrics.get(monitor, math.inf) < state["best"]
         state["best"] = min(state["best"], val_metrics.get(monitor, math.inf))
@@ -250,8 +262,12 @@ def train(
             if rank == 0 and step % _LOG_EVERY == 0:
                 log.info("step %d: train/loss %.4g (mean since the last validation), %.2f crops/s",
                          step, window.sums["loss"] / window.steps, window.crops_per_s(world))  # fmt: skip
-            if tc.val_every > 0 and step % tc.val_every == 0 or step >= steps:
+            timed_out = tc.max_minutes > 0 and _agree_any(time.perf_counter() - t_start >= 60.0 * tc.max_minutes)
+            if tc.val_every > 0 and step % tc.val_every == 0 or step >= steps or timed_out:
                 checkpoint(i, epoch_done=False)
+            if timed_out:
+                log.info("stopping at step %d: train.max_minutes (%g) reached", step, tc.max_minutes)
+                steps = step
             if step >= steps:
                 break
         if tc.val_every <= 0 and window.steps:

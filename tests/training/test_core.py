@@ -79,6 +79,19 @@ def test_spectral_training_without_ray_or_mlflow_resumes_and_restores_a_file(tmp
         masterer.check_inversion("chain")
 
 
+def test_max_minutes_stops_at_a_validated_checkpoint_that_a_later_run_resumes(tmp_path):
+    out = tmp_path / "out"
+    # a limit of ~0 s: the first step reaches it; the run validates and checkpoints there
+    done = _run("--audio", str(FMA), "--out", str(out), "--steps", "50", *FAST, *SPECTRAL,
+                "--set", "train.max_minutes=0.00001", "--set", "train.damage_effects=reverb,compressor")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train.max_minutes (1e-05) reached" in done.stderr
+    assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [1]
+    again = _run("--audio", str(FMA), "--out", str(out), "--steps", "2", *FAST, *SPECTRAL)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [1, 2]
+
+
 def test_the_thesis_cascade_trains_through_the_same_core_and_masters_a_file(tmp_path):
     from automaster.mastering import Masterer
 
@@ -98,6 +111,8 @@ def test_the_thesis_cascade_trains_through_the_same_core_and_masters_a_file(tmp_
         (["--audio", str(FMA), "--steps", "0"], "--steps must be >= 1"),
         (["--audio", str(FMA), "--set", "train.nosuch=1"], "unknown key"),
         (["--audio", str(FMA), "--set", "train.source=pairs"], "--audio: train.source='pairs' needs --data"),
+        (["--audio", str(FMA), "--set", "train.max_minutes=-1"], "train.max_minutes must be >= 0"),
+        (["--audio", str(FMA), "--set", "train.damage_effects=chorus"], "train.damage_effects: expected"),
     ],
 )
 def test_user_mistakes_exit_2_with_one_line(tmp_path, capsys, args, message):

@@ -70,3 +70,29 @@ def test_validation_rows_have_the_dataset_row_format(bank):
     assert row["mel_original_db"].shape == (128, row["n_frames"]) and row["wave_degraded"].shape == (CROP,)
     assert row["echo_delay_s"] > 0 and row["eq_low_gain_db"].shape == (row["n_frames"],)
     assert not np.array_equal(rows[0]["wave_original"], rows[1]["wave_original"])
+
+
+def test_damage_effects_keeps_those_effects_and_makes_the_rest_neutral(bank):
+    whole = _fresh(bank).draw(0, 0)
+    reverb = _fresh(bank, 0, "train.damage_effects=reverb").draw(0, 0)
+    assert np.array_equal(whole[0], reverb[0])  # the same crop: only the other effects change
+    p = reverb[1]
+    assert torch.equal(p["reverb_wet"], whole[1]["reverb_wet"]) and p["reverb_wet"].item() > 0
+    assert p["comp_ratio"].item() == 1.0 and p["echo_gain"].item() == 0.0
+    assert p["eq_low_gain_db"].abs().max() == 0 and p["eq_high_gain_db"].shape == whole[1]["eq_high_gain_db"].shape
+    batch = _fresh(bank, 0, "train.damage_effects=reverb").batch(0, [0])
+    raw = batch["params"][0]  # normalised, in table order: echo gain's neutral 0 is 0 normalised
+    from automaster.effects.params import PARAMS
+
+    assert raw[[s.name for s in PARAMS].index("echo_gain")].abs().max() == 0
+    # the whole chain by name equals the default
+    every = _fresh(bank, 0, "train.damage_effects=eq,compressor,reverb,echo").batch(0, [0, 1])
+    assert torch.equal(every["wave_degraded"], _fresh(bank).batch(0, [0, 1])["wave_degraded"])
+
+
+@pytest.mark.parametrize("bad", ["delay", "reverb,chorus", ","])
+def test_an_unknown_damage_effect_is_a_config_error(bad):
+    from automaster.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.damage_effects: expected a comma-separated subset of eq, compressor"):
+        load_config(overrides=[f"train.damage_effects={bad}"])
