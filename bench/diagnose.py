@@ -71,7 +71,35 @@ def _masterers(models: list[str], inversions: list[str]) -> dict[str, object]:
     return {f"{Path(m).name}:{inv}": Masterer(m, inversion=inv) for m in models for inv in inversions}
 
 
-def _table(means: dict[str, dict[str, dict[str, float]]]) -> str:
+def measure_rows(reference: Reference, outputs: dict[str, np.ndarray], track_id: str, damage: str) -> list[dict]:
+    """One row per output path: its measures against the clean clip (sample-aligned)."""
+    rows = []
+    for path, out in outputs.items():
+        measured = reference.measure(np.asarray(out, dtype=np.float32), aligned=True)
+        rows.append({"track_id": track_id, "damage": damage, "path": path, **{k: measured[k] for k in MEASURES}})
+    return rows
+
+
+def report(args: argparse.Namespace, clips: int, results: list[dict]) -> None:
+    """Write the settings, means and rows to ``args.out`` (JSON) and print the means' table."""
+    means = mean_by_damage(results)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    Path(args.out).write_text(json.dumps({"settings": settings, "clips": clips, "means": means, "rows": results}, indent=1))
+    print(table(means))
+
+
+def mean_by_damage(results: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{damage: {path: {measure: mean over the clips}}}`` from per-clip rows."""
+    lists: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for r in results:
+        entry = lists.setdefault(r["damage"], {}).setdefault(r["path"], {k: [] for k in MEASURES})
+        for k in MEASURES:
+            entry[k].append(r[k])
+    return {d: {p: {k: float(np.mean(v)) for k, v in m.items()} for p, m in paths.items()} for d, paths in lists.items()}
+
+
+def table(means: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = ["| damage | path | SI-SDR dB | MR-STFT | mel L1 dB |", "|---|---|---|---|---|"]
     for damage, paths in means.items():
         for path, m in paths.items():
@@ -108,20 +136,9 @@ def main() -> None:
             }
             for name, masterer in masterers.items():
                 outputs[name] = masterer.master_audio(damaged, MODEL_RATE)[0]
-            for path, out in outputs.items():
-                measured = reference.measure(out, aligned=True)
-                results.append({"track_id": row["track_id"], "damage": damage, "path": path, **{k: measured[k] for k in MEASURES}})
+            results += measure_rows(reference, outputs, row["track_id"], damage)
         print(f"{row['track_id']} done", file=sys.stderr)
-    means: dict[str, dict[str, dict[str, float]]] = {}
-    for r in results:
-        means.setdefault(r["damage"], {}).setdefault(r["path"], {k: [] for k in MEASURES})
-        for k in MEASURES:
-            means[r["damage"]][r["path"]][k].append(r[k])
-    means = {d: {p: {k: float(np.mean(v)) for k, v in m.items()} for p, m in paths.items()} for d, paths in means.items()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k != "out"}
-    Path(args.out).write_text(json.dumps({"settings": settings, "clips": len(rows), "means": means, "rows": results}, indent=1))
-    print(_table(means))
+    report(args, len(rows), results)
 
 
 if __name__ == "__main__":

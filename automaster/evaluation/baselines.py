@@ -3,6 +3,9 @@
 * ``identity``: the degraded input, untouched;
 * ``identity_loudness``: the degraded input gain-matched to the clean loudness (an oracle: it
   knows the clean LUFS);
+* ``normalised``: plain loudness normalisation, what a user might do instead of restoring: the
+  degraded input brought to the ``streaming`` preset (-14 LUFS) under its -1 dBTP ceiling by the
+  mastering job's own loudness stage and limiter (not an oracle);
 * ``oracle_chain``: the inverse chain driven by the true parameters (the unknown ones neutral);
 * ``oracle_mel_griffinlim``: Griffin-Lim from the clean mel with the griffinlim inversion's
   settings: the ceiling of that inversion.
@@ -21,12 +24,15 @@ from automaster.dsp.loudness import loudness_gain_db
 from automaster.effects.chain import invert_chain
 from automaster.effects.params import PARAMS, neutral_params
 from automaster.evaluation.metrics import clip_mel_db
+from automaster.mastering.finishing import FinishSettings, finish
 from automaster.mastering.inversions import griffinlim_audio
 
-BASELINES = ("identity", "identity_loudness", "oracle_chain", "oracle_mel_griffinlim")
+NORMALISED_PRESET = "streaming"
+BASELINES = ("identity", "identity_loudness", "normalised", "oracle_chain", "oracle_mel_griffinlim")
 DESCRIPTIONS = {
     "identity": "the degraded input, untouched",
     "identity_loudness": "the degraded input gain-matched to the clean loudness (oracle: knows the clean LUFS)",
+    "normalised": "plain loudness normalisation: the degraded input at -14 LUFS under -1 dBTP (the streaming preset)",
     "oracle_chain": "the inverse chain driven by the true parameters (oracle)",
     "oracle_mel_griffinlim": "Griffin-Lim from the clean mel, the griffinlim inversion's settings (its ceiling)",
 }
@@ -35,6 +41,12 @@ DESCRIPTIONS = {
 def identity_loudness(degraded: np.ndarray, clean_lufs: float) -> np.ndarray:
     """``degraded`` gain-matched to ``clean_lufs`` (0 dB for silence)."""
     return degraded * np.float32(10.0 ** (loudness_gain_db(degraded, MODEL_RATE, clean_lufs) / 20.0))
+
+
+def normalised(degraded: np.ndarray) -> np.ndarray:
+    """``degraded`` ``(C, T)`` through the mastering job's finishing stages with the ``streaming``
+    preset and no restoration: -14 LUFS, the true-peak limiter at -1 dBTP."""
+    return finish(degraded, degraded, MODEL_RATE, FinishSettings(preset=NORMALISED_PRESET), restore_note="none")[0]
 
 
 def oracle_chain(degraded: np.ndarray, truth: dict[str, Any], hop_length: int) -> np.ndarray:

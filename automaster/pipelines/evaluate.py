@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 # Inversions whose output keeps the input's phase (sample-aligned with the clean file): SI-SDR is
 # meaningful for these only. Griffin-Lim invents a phase.
-ALIGNED = frozenset({"identity", "identity_loudness", "oracle_chain", "chain", "mask"})
+ALIGNED = frozenset({"identity", "identity_loudness", "normalised", "oracle_chain", "chain", "mask"})
 
 
 class Evaluator:
@@ -136,6 +136,7 @@ class Evaluator:
         outputs: dict[str, Any] = {
             "identity": lambda: degraded,
             "identity_loudness": lambda: baselines.identity_loudness(degraded, reference.lufs),
+            "normalised": lambda: baselines.normalised(degraded),
         }
         if truth:
             outputs["oracle_chain"] = lambda: baselines.oracle_chain(degraded, truth, self.audio_cfg.hop_length)
@@ -282,6 +283,7 @@ def _job_config(
         }[degrader],
         "notes": {
             "identity_loudness": "oracle-level: gain-matched with the clean file's loudness",
+            "normalised": "plain loudness normalisation (not an oracle): -14 LUFS, -1 dBTP, no restoration",
             "oracle_chain": {
                 "ours": "inverse chain with the true parameters",
                 "pedalboard": "inverse chain with the mapped true parameters, the others neutral (approximate oracle)",

@@ -20,6 +20,7 @@ from automaster.effects.params import PARAM_NAMES
 from automaster.pedalboard_damage import MAPPED_PARAMS
 from automaster.config import EvalConfig, MasterConfig
 from automaster.evaluation.baselines import BASELINES
+from automaster.dsp.loudness import integrated_loudness
 from automaster.evaluation.metrics import METRICS
 from automaster.pipelines.evaluate import Evaluator, list_clean, match_degraded
 from tests.audio_fixtures import D01
@@ -71,12 +72,15 @@ def test_given_pairs_have_no_oracle_chain_and_no_parameter_errors(ckpt, tmp_path
     result = evaluator.evaluate({"track_id": "t", "path": str(clean), "rel_path": "clean.wav", "degraded_path": str(degraded)})
     assert result["status"] == "ok", result["reason"]
     assert result["channels"] == 1 and result["duration_s"] == pytest.approx(2.0)
-    assert set(result["inversions"]) == {"identity", "identity_loudness", "oracle_mel_griffinlim", "chain", "griffinlim"}
+    assert set(result["inversions"]) == {"identity", "identity_loudness", "normalised", "oracle_mel_griffinlim", "chain", "griffinlim"}
     assert result["parameters"] == {} and result["true_params_known"] == "none"
     identity = result["inversions"]["identity"]
     assert identity["loudness_err_lu"] == pytest.approx(20 * math.log10(2), abs=0.1)  # a 6 dB quieter copy
     assert identity["si_sdr_db"] > 20.0  # faint noise under music: little distortion
     assert result["inversions"]["identity_loudness"]["loudness_err_lu"] < 0.01
+    normalised = result["inversions"]["normalised"]  # plain loudness normalisation: -14 LUFS under -1 dBTP
+    assert normalised["true_peak_dbtp"] <= -0.95 and normalised["si_sdr_db"] > 15.0
+    assert normalised["loudness_err_lu"] == pytest.approx(abs(-14.0 - integrated_loudness(audio[SR // 2 : SR // 2 + 2 * SR].mean(1), SR)), abs=0.3)
     assert result["inversions"]["griffinlim"]["si_sdr_db"] is None  # no phase alignment, no SI-SDR
 
 
@@ -121,7 +125,7 @@ def test_evaluate_end_to_end_our_degrader(ray_local, ckpt, data_dir, tmp_path, c
     assert all(p["abs_err"]["n"] == 3 for p in metrics["parameters"].values())
 
     rows = list(csv.DictReader(io.StringIO((out / "metrics.csv").read_text())))
-    assert len(rows) == 3 * 7 and {r["inversion"] for r in rows} == set(metrics["inversions"])
+    assert len(rows) == 3 * 8 and {r["inversion"] for r in rows} == set(metrics["inversions"])
     assert len((out / "parameters.csv").read_text().strip().splitlines()) == 1 + 3 * len(PARAM_NAMES)
 
     client = mlflow.MlflowClient(uri)
