@@ -97,14 +97,22 @@ def _distributed() -> tuple[bool, Any]:
     return dist.is_available() and dist.is_initialized(), dist
 
 
+def _all_reduce(values: list, dist: Any) -> list:
+    """The sum over ranks of ``values`` (numbers, or rows of numbers) in float64, on the device
+    the process group's backend reduces on (NCCL reduces CUDA tensors only; gloo CPU ones)."""
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.cpu().tolist()
+
+
 def _mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     on, dist = _distributed()
     if not on or not values:
         return values
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+    summed = _all_reduce([values[k] for k in keys], dist)
+    return {k: float(v) / dist.get_world_size() for k, v in zip(keys, summed)}
 
 
 def _agree_any(flag: bool) -> bool:
@@ -112,9 +120,7 @@ def _agree_any(flag: bool) -> bool:
     distributed, dist = _distributed()
     if not distributed:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(t)
-    return bool(t.item() > 0)
+    return _all_reduce([1.0 if flag else 0.0], dist)[0] > 0
 
 
 def _sum_over_ranks(totals: dict[str, tuple[float, int]], keys: list[str]) -> dict[str, tuple[float, int]]:
@@ -122,9 +128,8 @@ def _sum_over_ranks(totals: dict[str, tuple[float, int]], keys: list[str]) -> di
     on, dist = _distributed()
     if not on:
         return totals
-    t = torch.tensor([totals.get(k, (0.0, 0)) for k in keys], dtype=torch.float64)  # (K, 2)
-    dist.all_reduce(t)
-    return {k: (total, int(n)) for k, (total, n) in zip(keys, t.tolist()) if n > 0}
+    summed = _all_reduce([list(totals.get(k, (0.0, 0))) for k in keys], dist)  # (K, 2)
+    return {k: (total, int(n)) for k, (total, n) in zip(keys, summed) if n > 0}
 
 
 def validation_keys(config: Config) -> list[str]:
