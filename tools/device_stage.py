@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,29 +64,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def candidates(roots: list[str], seed: int, val_songs: int) -> list[tuple[str, object]]:
     """``(root, track)`` to stage, in order: validation songs (at most ``val_songs``), then
-    training songs shuffled with ``seed``; test-split songs never."""
-    val, train = [], []
+    training songs shuffled with ``seed``; test-split songs never.
+
+    Raises:
+        CorpusError: a root with no audio, or no training or validation song at all.
+    """
+    val, train, n_test = [], [], 0
     for root in roots:
         for track in scan_corpus(root).tracks:
             if track.split == "validation":
                 val.append((root, track))
             elif track.split == "training":
                 train.append((root, track))
+            else:
+                n_test += 1
+    if not val and not train:
+        raise CorpusError(f"no training or validation song ({n_test} test-split songs, never staged)")
     rng = random.Random(seed)
     rng.shuffle(val)
     rng.shuffle(train)
     return val[:val_songs] + train
 
 
-def stage(args: argparse.Namespace) -> dict[str, float]:
+def stage(args: argparse.Namespace, songs: list[tuple[str, object]], out: Path) -> dict[str, float]:
+    """Excerpts of ``songs`` into the corpus folder ``out`` until the budget is spent."""
     import soundfile as sf
 
-    out = Path(args.out) / "corpus"
     subset = out / "fma_small"
     (out / "fma_metadata").mkdir(parents=True, exist_ok=True)
     budget = int(args.budget_mb * 2**20)
     used, rows, skipped = 0, [], 0
-    for root, track in candidates(args.audio, args.seed, args.val_songs):
+    for root, track in songs:
         try:
             audio, _ = read_excerpt(track.path, args.seconds, sample_rate=RATE, mono=True, min_seconds=min(args.seconds, 6.0))
         except (AudioError, FileError) as exc:
@@ -114,21 +124,48 @@ def stage(args: argparse.Namespace) -> dict[str, float]:
     return {"songs": len(rows), "mib": used / 2**20, "skipped": skipped, **{f"{k}_s": v for k, v in seconds.items()}}
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.budget_mb <= 0 or args.seconds <= 0 or not 0 <= args.quality <= 1:
-        return _fail("--budget-mb and --seconds must be > 0 and --quality in [0, 1]")
+def _usage_error(args: argparse.Namespace) -> str:
+    """The first bad argument as one line, or ``""``."""
+    if not (math.isfinite(args.budget_mb) and args.budget_mb > 0):
+        return f"--budget-mb must be > 0, got {args.budget_mb}"
+    if not (math.isfinite(args.seconds) and args.seconds >= 1):
+        return f"--seconds must be at least 1, got {args.seconds}"
+    if not 0 <= args.quality <= 1:
+        return f"--quality must be in [0, 1], got {args.quality}"
+    if args.val_songs < 0:
+        return f"--val-songs must be >= 0, got {args.val_songs}"
     for root in args.audio:
         if not Path(root).is_dir():
-            return _fail(f"--audio: {root!r} is not a folder")
+            return f"--audio: {root!r} is not a folder"
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        return f"--out: {args.out!r} exists and is not a folder"
     if Path(args.out, "corpus").exists():
-        return _fail(f"--out: {Path(args.out, 'corpus')} exists; remove it to stage again")
+        return f"--out: {Path(args.out, 'corpus')} exists; remove it to stage again"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if error := _usage_error(args):
+        return _fail(error)
     try:
-        summary = stage(args)
+        songs = candidates(args.audio, args.seed, args.val_songs)
     except CorpusError as exc:
         return _fail(f"--audio: {exc}")
+    # Staged beside the final folder and renamed at the end: an interrupted run leaves no corpus
+    # that looks finished, and the next run starts over.
+    final, partial = Path(args.out, "corpus"), Path(args.out, "corpus.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    summary = stage(args, songs, partial)
+    if not summary["songs"]:
+        shutil.rmtree(partial, ignore_errors=True)
+        if summary["skipped"] == len(songs):
+            print(f"error: nothing staged: all {len(songs)} songs unreadable or too short", file=sys.stderr)
+            return 1
+        return _fail(f"--budget-mb {args.budget_mb:g}: smaller than one excerpt, nothing staged")
+    partial.rename(final)
     print(f"staged {summary['songs']} songs, {summary['mib']:.1f} MiB: {summary['training_s'] / 3600:.2f} h training, "
-          f"{summary['validation_s'] / 60:.1f} min validation ({summary['skipped']} unreadable skipped)")  # fmt: skip
+          f"{summary['validation_s'] / 60:.1f} min validation ({summary['skipped']} unreadable or too short, skipped)")  # fmt: skip
     if args.wheels:
         whl = Path(args.out) / "whl"
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
