@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -379,10 +380,13 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 if low not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return low in ("true", "1", "yes")
-            return typ(value)
+            converted = typ(value)
         except ValueError:
             raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+        value = converted
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if math.isnan(value):  # every comparison with NaN is false: it would pass every bound check
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if typ in (int, bool, str) and not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}")

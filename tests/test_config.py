@@ -32,6 +32,8 @@ def test_yaml_and_json_round_trip(tmp_path):
         ("train.lrr=1", "unknown key"),
         ("nosuch.x=1", "unknown key"),
         ("train.epochs=x", "expected int"),
+        ("train.max_minutes=nan", "train.max_minutes: expected a number"),
+        ("train.lr=NaN", "expected a number"),
         ("train.use_gpu=maybe", "expected bool"),
         ("trainlr", "section.key=value"),
     ],
