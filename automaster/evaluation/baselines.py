@@ -24,7 +24,7 @@ from automaster.dsp.loudness import loudness_gain_db
 from automaster.effects.chain import invert_chain
 from automaster.effects.params import PARAMS, neutral_params
 from automaster.evaluation.metrics import clip_mel_db
-from automaster.mastering.finishing import FinishSettings, finish
+from automaster.mastering.finishing import FinishSettings, finish, loudness_warning
 from automaster.mastering.inversions import griffinlim_audio
 
 NORMALISED_PRESET = "streaming"
@@ -43,10 +43,12 @@ def identity_loudness(degraded: np.ndarray, clean_lufs: float) -> np.ndarray:
     return degraded * np.float32(10.0 ** (loudness_gain_db(degraded, MODEL_RATE, clean_lufs) / 20.0))
 
 
-def normalised(degraded: np.ndarray) -> np.ndarray:
+def normalised(degraded: np.ndarray) -> tuple[np.ndarray, str]:
     """``degraded`` ``(C, T)`` through the mastering job's finishing stages with the ``streaming``
-    preset and no restoration: -14 LUFS, the true-peak limiter at -1 dBTP."""
-    return finish(degraded, degraded, MODEL_RATE, FinishSettings(preset=NORMALISED_PRESET), restore_note="none")[0]
+    preset and no restoration (-14 LUFS, the true-peak limiter at -1 dBTP), and the loudness
+    stage's warning (``""`` when none): a near-silent input keeps its level, as in ``master``."""
+    out, report = finish(degraded, degraded, MODEL_RATE, FinishSettings(preset=NORMALISED_PRESET), restore_note="none")
+    return out, loudness_warning(report)
 
 
 def oracle_chain(degraded: np.ndarray, truth: dict[str, Any], hop_length: int) -> np.ndarray:

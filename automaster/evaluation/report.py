@@ -49,6 +49,7 @@ def summarise(results: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
                 continue  # does not apply to this inversion (SI-SDR of Griffin-Lim)
             entry["metrics"][metric] = {**_stats(list(per_file.values())), "per_file": per_file}
         entry["errors"] = {r["rel_path"]: r["inversion_errors"][name] for r in ok if name in r["inversion_errors"]}
+        entry["notes"] = {r["rel_path"]: r["inversion_notes"][name] for r in ok if name in r.get("inversion_notes", {})}
         inversions[name] = entry
     parameters: dict[str, Any] = {}
     for p in PARAMS:
@@ -72,7 +73,8 @@ def summarise(results: list[dict[str, Any]], config: dict[str, Any]) -> dict[str
 
 
 def metrics_csv(results: list[dict[str, Any]]) -> str:
-    """One row per file x inversion (failed files: one row with the reason)."""
+    """One row per file x inversion (failed files: one row with the reason; an inversion's
+    error, or the loudness stage's note beside its figures, in ``reason``)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["rel_path", "track_id", "inversion", "status", "reason", *METRICS])
@@ -84,7 +86,7 @@ def metrics_csv(results: list[dict[str, Any]]) -> str:
             if name in r["inversions"]:
                 values = r["inversions"][name]
                 cells = ["" if values.get(m) is None else f"{values[m]:.6g}" for m in METRICS]
-                writer.writerow([r["rel_path"], r["track_id"], name, "ok", "", *cells])
+                writer.writerow([r["rel_path"], r["track_id"], name, "ok", r.get("inversion_notes", {}).get(name, ""), *cells])
             elif name in r["inversion_errors"]:
                 writer.writerow([r["rel_path"], r["track_id"], name, "error", r["inversion_errors"][name], *[""] * len(METRICS)])
     return buf.getvalue()
@@ -114,7 +116,7 @@ def format_table(metrics: dict[str, Any]) -> str:
     lines = [
         f"evaluate: {cfg['n_ok']} files ok, {cfg['n_failed']} failed; degrader {cfg['degrader']}, seed {cfg['seed']}, "
         f"{cfg['clip_seconds']:g} s clips; model {cfg['model']} ({cfg.get('model_mode')})",
-        "means over files (baselines: identity*, oracle_*; oracles know the clean signal or the true parameters)",
+        "means over files (baselines: identity*, normalised, oracle_*; oracles know the clean signal or the true parameters)",
     ]
     width = max([len(name) for name in metrics["inversions"]] + [9])
     cols = [_HEADERS[m] for m in METRICS]
@@ -125,6 +127,10 @@ def format_table(metrics: dict[str, Any]) -> str:
             mean = entry["metrics"].get(m, {}).get("mean")
             cells.append(f"{'-' if mean is None else f'{mean:.3f}':>14}")
         lines.append(f"{name:<{width}}  " + "  ".join(cells))
+    for name, entry in metrics["inversions"].items():
+        if entry.get("notes"):  # e.g. a near-silent input whose loudness gain was refused
+            (first, note), more = next(iter(entry["notes"].items())), len(entry["notes"]) - 1
+            lines.append(f"note: {name} on {first}: {note}" + (f" (and {more} more files; metrics.csv)" if more else ""))
     if metrics["parameters"]:
         lines.append("")
         lines.append(f"forecast error (mean |predicted - true|; known parameters: {cfg.get('true_params', '')})")

@@ -275,9 +275,10 @@ def _applied(report: dict[str, Any]) -> str:
     return ", ".join(parts) or "nothing (input unchanged)"
 
 
-def _warning(report: dict[str, Any], note: str) -> str:
-    """The loudness stage's note when a user should read it (silence, a refused gain, the soft
-    clipper), else ``""``."""
+def loudness_warning(report: dict[str, Any]) -> str:
+    """The loudness stage's note of a :func:`finish` report when a user should read it (silence,
+    a refused gain, the soft clipper), else ``""``."""
+    note = next(s for s in report["stages"] if s["stage"] == "loudness")["note"]
     if note.startswith(("silent", "refused")) or report.get("soft_clip_drive_db") is not None:
         return note
     return ""
@@ -289,13 +290,12 @@ def levels_info(original: np.ndarray, sample_rate: int, report: dict[str, Any]) 
     largest gain reduction, ``loudness_note`` (the loudness stage's note when it is a warning:
     silence, a refused gain, the soft clipper; else empty) and ``applied``."""
     last = report["stages"][-1]
-    loud = next(s for s in report["stages"] if s["stage"] == "loudness")
     before = _measure(original, sample_rate)
     return {
         "lufs_before": before["lufs"], "true_peak_before_dbtp": before["true_peak_dbtp"], "peak_before_dbfs": peak_dbfs(original),
         "lufs_after": last["lufs"], "true_peak_after_dbtp": last["true_peak_dbtp"], "peak_after_dbfs": last["peak_dbfs"],
         "loudness_gain_db": report["loudness_gain_db"], "headroom_gain_db": report["headroom_gain_db"],
-        "loudness_note": _warning(report, loud["note"]), "target_lufs": report["target_lufs"], "ceiling_dbtp": report["ceiling_dbtp"],
+        "loudness_note": loudness_warning(report), "target_lufs": report["target_lufs"], "ceiling_dbtp": report["ceiling_dbtp"],
         "limiter_max_reduction_db": report["limiter_max_reduction_db"],
         "limiter_mean_reduction_db": report["limiter_mean_reduction_db"], "applied": report["applied"],
     }

@@ -73,7 +73,7 @@ class Evaluator:
         """
         result: dict[str, Any] = {
             "track_id": row["track_id"], "rel_path": row["rel_path"], "path": row["path"], "status": "ok", "reason": "",
-            "inversions": {}, "inversion_errors": {}, "parameters": {}, "true_params": {},
+            "inversions": {}, "inversion_errors": {}, "inversion_notes": {}, "parameters": {}, "true_params": {},
         }
         if self.cfg.degrader == GIVEN and not row.get("degraded_path"):
             raise FileError(f"no degraded file for {row['rel_path']} under {row.get('degraded_dir')}")
@@ -133,15 +133,17 @@ class Evaluator:
         result["true_params"] = {k: float(np.mean(np.asarray(v, dtype=np.float64))) for k, v in truth.items()}
         reference = Reference(clean, self.audio_cfg, integrated_loudness(clean, MODEL_RATE))
 
+        # Each render gives (audio, note): the note is what a user should read beside the figures
+        # (the loudness stage refused a gain, found silence or soft-clipped), "" when nothing.
         outputs: dict[str, Any] = {
-            "identity": lambda: degraded,
-            "identity_loudness": lambda: baselines.identity_loudness(degraded, reference.lufs),
+            "identity": lambda: (degraded, ""),
+            "identity_loudness": lambda: (baselines.identity_loudness(degraded, reference.lufs), ""),
             "normalised": lambda: baselines.normalised(degraded),
         }
         if truth:
-            outputs["oracle_chain"] = lambda: baselines.oracle_chain(degraded, truth, self.audio_cfg.hop_length)
-        outputs["oracle_mel_griffinlim"] = lambda: baselines.oracle_mel_griffinlim(
-            clean, degraded, self.audio_cfg, self.masterer.cfg
+            outputs["oracle_chain"] = lambda: (baselines.oracle_chain(degraded, truth, self.audio_cfg.hop_length), "")
+        outputs["oracle_mel_griffinlim"] = lambda: (
+            baselines.oracle_mel_griffinlim(clean, degraded, self.audio_cfg, self.masterer.cfg), ""
         )
         # The forecast parameters come with the chain inversion (the only one that runs the forecaster).
         forecast: dict[str, np.ndarray] = {}
@@ -151,21 +153,24 @@ class Evaluator:
 
         for name, render in outputs.items():
             try:
-                audio = np.asarray(render(), dtype=np.float32)
+                audio, note = render()
+                audio = np.asarray(audio, dtype=np.float32)
                 if not np.isfinite(audio).all():
                     raise FileError("NaN/Inf samples")
                 result["inversions"][name] = reference.measure(audio, name in ALIGNED)
+                if note:
+                    result["inversion_notes"][name] = note
             except (FileError, MasteringError, ValueError) as exc:  # this inversion only
                 result["inversion_errors"][name] = f"{type(exc).__name__}: {exc}"
                 log.warning("%s: inversion %s failed: %s", row["rel_path"], name, exc)
         if "params_norm" in forecast and truth:
             result["parameters"] = parameter_errors(forecast["params_norm"], truth)
 
-    def _master(self, inversion: str, degraded: np.ndarray, forecast: dict | None) -> np.ndarray:
+    def _master(self, inversion: str, degraded: np.ndarray, forecast: dict | None) -> tuple[np.ndarray, str]:
         mastered, info = self.masterer.master_audio(degraded, MODEL_RATE, inversion=inversion, images=forecast is not None)
         if forecast is not None and "params_norm" in info.get("arrays", {}):
             forecast["params_norm"] = info["arrays"]["params_norm"]
-        return mastered
+        return mastered, info.get("loudness_note") or ""
 
 
 class EvaluateProcessor:

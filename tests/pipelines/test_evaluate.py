@@ -22,6 +22,7 @@ from automaster.config import EvalConfig, MasterConfig
 from automaster.evaluation.baselines import BASELINES
 from automaster.dsp.loudness import integrated_loudness
 from automaster.evaluation.metrics import METRICS
+from automaster.evaluation.report import format_table, metrics_csv, summarise
 from automaster.pipelines.evaluate import Evaluator, list_clean, match_degraded
 from tests.audio_fixtures import D01
 from tests.test_mastering import make_checkpoint
@@ -82,6 +83,31 @@ def test_given_pairs_have_no_oracle_chain_and_no_parameter_errors(ckpt, tmp_path
     assert normalised["true_peak_dbtp"] <= -0.95 and normalised["si_sdr_db"] > 15.0
     assert normalised["loudness_err_lu"] == pytest.approx(abs(-14.0 - integrated_loudness(audio[SR // 2 : SR // 2 + 2 * SR].mean(1), SR)), abs=0.3)
     assert result["inversions"]["griffinlim"]["si_sdr_db"] is None  # no phase alignment, no SI-SDR
+    assert "normalised" not in result["inversion_notes"]  # -14 LUFS reached: nothing to say
+
+
+def test_a_near_silent_degraded_file_says_why_normalised_kept_its_level(ckpt, tmp_path):
+    """The loudness stage refuses a gain above 24 dB: the normalised row is the input at its
+    level, and the refusal is in the record, metrics.csv's reason, metrics.json and the table."""
+    audio, sr = sf.read(D01, frames=3 * SR, dtype="float32", always_2d=True)
+    clean, degraded = tmp_path / "clean.wav", tmp_path / "quiet.wav"
+    sf.write(clean, audio, sr)
+    sf.write(degraded, audio * np.float32(10 ** (-35 / 20)), sr)  # about -50 LUFS: +36 dB to -14
+    settings = EvalConfig(seed=0, degrader="given", clip_seconds=2.0, mono=True, inversions=("chain",))
+    evaluator = Evaluator(ckpt, settings, MasterConfig(iterations=2, seed=0))
+    result = evaluator.evaluate({"track_id": "q", "path": str(clean), "rel_path": "clean.wav", "degraded_path": str(degraded)})
+    assert result["status"] == "ok", result["reason"]
+    note = result["inversion_notes"]["normalised"]
+    assert note.startswith("refused:") and "24 dB" in note
+    normalised, identity = result["inversions"]["normalised"], result["inversions"]["identity"]
+    assert normalised["loudness_err_lu"] == pytest.approx(identity["loudness_err_lu"], abs=0.01)  # the level kept
+
+    rows = list(csv.DictReader(io.StringIO(metrics_csv([result]))))
+    assert next(r for r in rows if r["inversion"] == "normalised")["reason"] == note
+    assert next(r for r in rows if r["inversion"] == "identity")["reason"] == ""
+    summary = summarise([result], {"degrader": "given", "seed": 0, "clip_seconds": 2.0, "model": "m"})
+    assert summary["inversions"]["normalised"]["notes"] == {"clean.wav": note}
+    assert f"note: normalised on clean.wav: {note}" in format_table(summary).splitlines()
 
 
 # ---------------------------------------------------------------------------- end to end
