@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
-    from automaster.training.loop import train
+    from automaster.training.loop import resume_conflict, train
+
+    if conflict := resume_conflict(config, args.out):
+        return _fail(f"--out {args.out}: holds a run to resume with other settings ({conflict}); use another --out or the same settings")
     from automaster.training.sources import audio_source, data_source
 
     try:

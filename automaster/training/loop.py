@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from automaster.config import Config
+from automaster.config import Config, parse_effects
 from automaster.model.checkpoint import build_model, load_training_state, save_checkpoint
 from automaster.model.spectral import MODE as SPECTRAL
 from automaster.training.sources import Source
@@ -158,6 +158,37 @@ def validate(model: nn.Module, config: Config, source: Source, device: torch.dev
         totals, figure = validation_totals(model, mine, config.audio, source.means, device)
     metrics = metrics_from_totals(_sum_over_ranks(totals, validation_keys(config)))
     return {k: v for k, v in metrics.items() if not math.isnan(v)}, figure
+
+
+# What a resumed run must share with its checkpoint: the model and audio settings (or the weights
+# do not load) and what the validation crops are and how they are damaged (or the best score
+# so far was measured on other examples than the new ones).
+_RESUME_SECTIONS = ("model", "audio")
+_RESUME_TRAIN_KEYS = ("damage_effects", "damage_scale", "val_crops", "val_crop_seconds", "seed")
+
+
+def resume_conflict(config: Config, out: str | Path) -> str:
+    """``""`` when ``out`` has no checkpoint or one ``config`` can resume, else the first setting
+    that differs, as ``"model.spectral_width = 0 in the checkpoint, 8 now"``."""
+    path = Path(out) / LAST_DIR / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""  # none (or unreadable: the resume itself reports it)
+    now = json.loads(json.dumps(config.to_dict()))
+    keys = [(s, k) for s in _RESUME_SECTIONS for k in now.get(s, {})] + [("train", k) for k in _RESUME_TRAIN_KEYS]
+    for section, key in keys:
+        if not isinstance(saved.get(section), dict) or key not in saved[section]:
+            continue  # a key the checkpoint predates
+        before, after = saved[section][key], now[section][key]
+        if key == "damage_effects":  # "reverb,compressor" is "compressor,reverb"; "" is "all"
+            try:
+                before, after = parse_effects(str(before)), parse_effects(after)
+            except ValueError:
+                pass
+        if before != after:
+            return f"{section}.{key} = {saved[section][key]!r} in the checkpoint, {now[section][key]!r} now"
+    return ""
 
 
 def _resume(path: Path, model: nn.Module, optimizer, scheduler, device) -> dict[str, Any]:

@@ -87,9 +87,34 @@ def test_max_minutes_stops_at_a_validated_checkpoint_that_a_later_run_resumes(tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train.max_minutes (1e-05) reached" in done.stderr
     assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [1]
-    again = _run("--audio", str(FMA), "--out", str(out), "--steps", "2", *FAST, *SPECTRAL)
+    again = _run("--audio", str(FMA), "--out", str(out), "--steps", "2", *FAST, *SPECTRAL,
+                 "--set", "train.damage_effects=compressor, reverb")  # the same effects  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--set", "train.damage_effects=all"], "train.damage_effects = 'reverb,compressor' in the checkpoint, 'all' now"),
+        (["--set", "train.damage_effects=reverb,compressor", "--set", "model.spectral_width=8"],
+         "model.spectral_width = 4 in the checkpoint, 8 now"),  # fmt: skip
+    ],
+)
+def test_resuming_with_another_model_or_damage_exits_2_before_reading_audio(tmp_path, capsys, change, message):
+    """A checkpoint of another model would not load; one validated on other damage would make the
+    best score so far incomparable: either is refused in one line, the run left as it was."""
+    from automaster.training.cli import main
+
+    out = tmp_path / "out"
+    done = _run("--audio", str(FMA), "--out", str(out), "--steps", "1", *FAST, *SPECTRAL,
+                "--set", "train.damage_effects=reverb,compressor")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    before = (out / "checkpoints" / "last" / "model.pt").read_bytes()
+    assert main(["--audio", str(FMA), "--out", str(out), "--steps", "2", *FAST, *SPECTRAL, *change]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: holds a run to resume with other settings ({message})" in err and len(err.strip().splitlines()) == 1
+    assert (out / "checkpoints" / "last" / "model.pt").read_bytes() == before
 
 
 def test_the_thesis_cascade_trains_through_the_same_core_and_masters_a_file(tmp_path):
