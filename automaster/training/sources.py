@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automaster.config import AudioConfig, Config
+from automaster.config import DAMAGE_EFFECTS, AudioConfig, Config, parse_effects
 from automaster.effects.params import PARAMS
 from automaster.model.spectral import MODE as SPECTRAL
 from automaster.training.bank import SAMPLE_RATE, ClipBank, bank_from_corpus
@@ -179,6 +179,14 @@ def data_source(data: str, config: Config) -> Source:
     from automaster.training.pairs import read_meta, read_originals, read_rows, split_files
 
     tc = config.train
+    shaped = parse_effects(tc.damage_effects) != DAMAGE_EFFECTS or tc.damage_scale != 1.0
+    if shaped and source_kind(config) == "pairs":  # fixed pairs: the damage is the dataset's
+        raise ValueError(f"train.damage_effects={tc.damage_effects!r}, train.damage_scale={tc.damage_scale:g} shape fresh "
+                         "damage, and the fixed pairs (train.source=pairs, the cascade's default) keep the dataset's: "
+                         "use --audio, or train.source=fresh")  # fmt: skip
+    if shaped:
+        log.warning("train.damage_effects/damage_scale shape the training damage only: --data validates on the "
+                    "dataset's fixed pairs (the whole chain's damage); --audio validates on damage shaped alike")  # fmt: skip
     read_meta(data)
     splits = split_files(data)
     val_rows = read_rows(splits.val_files, tc.val_rows)

@@ -53,6 +53,17 @@ def test_fresh_damage_of_the_originals_validates_on_the_fixed_pairs(dataset, tmp
     assert summary["step"] == 2 and summary["metrics"]["val/mrstft_identity"] > 0
 
 
+@pytest.mark.parametrize("override", ["train.damage_effects=reverb", "train.damage_scale=0.5"])
+def test_shaped_damage_is_refused_on_fixed_pairs_it_would_not_change(dataset, override):
+    """The cascade on --data takes the fixed pairs: restricted or narrowed fresh damage would be
+    silently ignored, so it is an error (the CLI: exit 2, one line)."""
+    config = load_config(overrides=["model.mode=cascade", override])
+    with pytest.raises(ValueError, match="use --audio, or train.source=fresh"):
+        data_source(str(dataset), config)
+    fresh = load_config(overrides=["model.mode=cascade", "train.source=fresh", override])
+    assert isinstance(data_source(str(dataset), fresh), FreshSource)
+
+
 def test_the_thesis_cascade_trains_on_the_fixed_pairs_by_epoch(dataset, tmp_path):
     config = load_config(overrides=["model.unet_depth=2", "model.unet_width=4", "model.lstm_hidden=8",
                                     "model.lstm_layers=1", "train.crop_frames=64", "train.batch_size=4",
