@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 _LOCAL = pafs.LocalFileSystem()
 TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" next to their destination
+_TMP_STEM_BYTES = 200  # of <name> in a temporary file's name (most file systems allow 255 bytes)
 
 
 def _read_umask() -> int:
@@ -161,6 +162,13 @@ def display(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
+def display_name(name: str) -> str:
+    """A file name for one line of a console table: :func:`display`, and characters that would
+    break the line or drive the terminal (newline, tab, ESC, bidi overrides) written as escapes
+    (``new\\nline.wav``)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in display(name))
+
+
 def open_input_file(uri: str | os.PathLike) -> pafs.NativeFile:
     """A seekable, readable binary file object for ``uri`` (close it, or use ``with``)."""
     fs, path = resolve(uri)
@@ -177,7 +185,9 @@ def atomic_local_path(path: str | os.PathLike) -> Iterator[str]:
     path = local_path(path)
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=TMP_SUFFIX, dir=folder)
+    # A name's first bytes only: a name near the 255-byte limit has no room for the hidden prefix and suffix.
+    stem = name.encode("utf-8", "surrogateescape")[:_TMP_STEM_BYTES].decode("utf-8", "surrogateescape")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=TMP_SUFFIX, dir=folder)
     os.close(fd)
     try:
         yield tmp

@@ -84,3 +84,34 @@ def test_list_files_errors(tmp_path):
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(FileNotFoundError):
         storage.list_files(str(tmp_path / "f"))
+
+
+def test_atomic_write_of_a_name_near_the_file_system_limit(tmp_path):
+    """A 250-byte name (a user's long title): the hidden temporary name must still fit in 255."""
+    for name in ("x" * 246 + ".wav", "é" * 123 + ".wav"):  # 250 bytes each
+        storage.write_bytes_atomic(tmp_path / name, b"data")
+        assert (tmp_path / name).read_bytes() == b"data"
+    assert sorted(os.listdir(tmp_path)) == sorted(["x" * 246 + ".wav", "é" * 123 + ".wav"])
+
+
+def test_display_name_keeps_a_table_row_on_one_line():
+    shown = storage.display_name("new\nline\t\x1b[2J\u202e é音楽.wav")
+    assert shown == "new\\nline\\t\\x1b[2J\\u202e é音楽.wav" and shown.isprintable()
+    assert storage.display_name("plain name (live).wav") == "plain name (live).wav"
+
+
+def test_master_and_batch_summaries_escape_hostile_names():
+    from automaster.pipelines.batch import format_summary
+    from automaster.pipelines.master import summary_table
+
+    ok = {"rel_path": "a\nb.wav", "status": "ok", "lufs_before": -20.0, "lufs_after": -14.0, "true_peak_after_dbtp": -1.0,
+          "applied": "restore"}  # fmt: skip
+    table = summary_table({"files": [ok]})
+    assert len(table.splitlines()) == 2 and "a\\nb.wav" in table
+    summary = {"ok": 1, "failed": 1, "skipped": 0, "passed_over": 0, "mode": "local", "repairs": {}, "out": "/o",
+               "failures": [{"rel_path": "\x1b[31mred.wav", "reason": "empty file"}], "log_file": "/o/log",
+               "name_collisions": [{"rel_path": "c\td.wav", "output": "c\td_2.wav", "reason": "clash"}],
+               "mlflow_run_id": "r", "tracking_uri": "sqlite:///x"}  # fmt: skip
+    text = format_summary("master", summary)
+    assert "\x1b" not in text and "\t" not in text
+    assert "failed: \\x1b[31mred.wav: empty file" in text and "renamed: c\\td.wav -> c\\td_2.wav" in text

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     print(summary_table(summary))
     print_summary("master", summary, f", {summary['files_per_s']:.2f} files/s; an echo was measured and removed in "
-                  f"{summary['echo_removed']}")
+                  f"{summary['echo_removed']} files")
     if summary["ok"] == 0 and summary["skipped"] == 0:
         log.error("no file could be mastered")
         return EXIT_FAILED

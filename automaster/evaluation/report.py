@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from automaster import storage
 from automaster.config import INVERSIONS
 from automaster.effects.params import BY_NAME, PARAMS
 from automaster.evaluation.baselines import BASELINES
@@ -130,7 +131,7 @@ def format_table(metrics: dict[str, Any]) -> str:
     for name, entry in metrics["inversions"].items():
         if entry.get("notes"):  # e.g. a near-silent input whose loudness gain was refused
             (first, note), more = next(iter(entry["notes"].items())), len(entry["notes"]) - 1
-            lines.append(f"note: {name} on {first}: {note}" + (f" (and {more} more files; metrics.csv)" if more else ""))
+            lines.append(f"note: {name} on {storage.display_name(first)}: {note}" + (f" (and {more} more files; metrics.csv)" if more else ""))
     if metrics["parameters"]:
         lines.append("")
         lines.append(f"forecast error (mean |predicted - true|; known parameters: {cfg.get('true_params', '')})")

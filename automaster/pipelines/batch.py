@@ -306,11 +306,12 @@ def format_summary(job: str, summary: dict[str, Any], extra: str = "") -> str:
         f"{job}: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped (complete from an "
         f"earlier run), {summary['passed_over']} passed over; {summary['mode']}{extra}"
     ]
-    lines += [f"  failed: {f['rel_path']}: {f['reason']}" for f in summary["failures"][:10]]
+    lines += [f"  failed: {storage.display_name(f['rel_path'])}: {f['reason']}" for f in summary["failures"][:10]]
     if len(summary["failures"]) > 10:
         lines.append(f"  ... {len(summary['failures']) - 10} more in summary.json")
     lines += [f"  repaired: {kind.replace('_', ' ')}: {n['count']} in {n['files']} files" for kind, n in summary["repairs"].items()]
-    lines += [f"  renamed: {c['rel_path']} -> {c['output']} ({c['reason']})" for c in summary["name_collisions"]]
+    lines += [f"  renamed: {storage.display_name(c['rel_path'])} -> {storage.display_name(c['output'])} ({c['reason']})"
+              for c in summary["name_collisions"]]
     lines += [
         f"  outputs: {summary['out']}", f"  summary: {storage.join(summary['out'], SUMMARY)}", f"  log:     {summary['log_file']}",
         f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}",

@@ -302,12 +302,12 @@ def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
     rows = [f for f in summary["files"] if f["status"] in ("ok", "skipped")][:limit]
     if not rows:
         return ""
-    width = min(max(len(storage.display(f["rel_path"])) for f in rows), 48)
+    width = min(max(len(storage.display_name(f["rel_path"])) for f in rows), 48)
     lines = [f"  {'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  applied"]
     for f in rows:
         lufs = f"{_fmt(f.get('lufs_before'))} -> {_fmt(f.get('lufs_after'))}"
         applied = ", ".join(a for a in ("echo removed" if f.get("echo_removed") else "", f.get("applied") or "") if a)
-        lines.append(f"  {storage.display(f['rel_path'])[:width]:<{width}}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
+        lines.append(f"  {storage.display_name(f['rel_path'])[:width]:<{width}}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
                      f"  {applied or '-'}")
     return "\n".join(lines)
 
