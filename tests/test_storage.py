@@ -106,8 +106,10 @@ def test_master_and_batch_summaries_escape_hostile_names():
 
     ok = {"rel_path": "a\nb.wav", "status": "ok", "lufs_before": -20.0, "lufs_after": -14.0, "true_peak_after_dbtp": -1.0,
           "applied": "restore"}  # fmt: skip
-    table = summary_table({"files": [ok]})
-    assert len(table.splitlines()) == 2 and "a\\nb.wav" in table
+    quiet = {**ok, "rel_path": "quiet.wav", "lufs_after": -60.0, "loudness_note": "refused: +46.0 dB is beyond +24 dB (level kept)"}
+    table = summary_table({"files": [ok, quiet]})
+    assert len(table.splitlines()) == 3 and "a\\nb.wav" in table
+    assert table.splitlines()[2].endswith("restore, refused: +46.0 dB is beyond +24 dB (level kept)")  # why it stayed quiet
     summary = {"ok": 1, "failed": 1, "skipped": 0, "passed_over": 0, "mode": "local", "repairs": {}, "out": "/o",
                "failures": [{"rel_path": "\x1b[31mred.wav", "reason": "empty file"}], "log_file": "/o/log",
                "name_collisions": [{"rel_path": "c\td.wav", "output": "c\td_2.wav", "reason": "clash"}],
