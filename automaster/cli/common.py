@@ -106,7 +106,7 @@ def location(value: str, must_exist: bool = False, flag: str = "") -> str:
     path = Path(value).expanduser()
     if not path.is_absolute() and in_ray_job() and _cwd_is_ray_working_dir():
         raise UsageError(
-            f"{value!r} is a relative path inside a submitted Ray job, whose working directory is a "
+            f"{flag + ' ' if flag else ''}{value!r} is a relative path inside a submitted Ray job, whose working directory is a "
             "temporary copy; pass an absolute path or a URI (s3://, gs://)"
         )
     path = path.resolve()
@@ -117,7 +117,7 @@ def location(value: str, must_exist: bool = False, flag: str = "") -> str:
 
 def out_location(value: str, flag: str = "--out") -> str:
     """:func:`location` for an output folder: an existing file there is a usage error."""
-    where = location(value)
+    where = location(value, flag=flag)
     if "://" not in where and Path(where).exists() and not Path(where).is_dir():
         raise UsageError(f"{flag} {value}: exists and is not a folder")
     return where
