@@ -78,6 +78,12 @@ def make_manifest(job: str, settings: dict[str, Any], model_sha256: str | None =
     }
 
 
+# Settings that are paths to weights whose hash is recorded beside them: the hash decides. (The
+# shipped level model's path is inside the checkout, which `ray job submit` copies to a new
+# temporary folder for every job: by path, no submitted run could ever resume.)
+_HASHED_PATHS = {"level_model": "level_model_sha256"}
+
+
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """``name: old -> new`` for each field of the manifests that decides the outputs."""
     diffs = []
@@ -86,6 +92,9 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             diffs.append(f"{key}: {old.get(key)} -> {new.get(key)}")
     a, b = flatten(old.get("settings", {})), flatten(new.get("settings", {}))
     for key in sorted(set(a) | set(b)):
+        hashed = _HASHED_PATHS.get(key)
+        if hashed and a.get(hashed) and b.get(hashed):
+            continue  # compared by the hash
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key, '(unset)')} -> {b.get(key, '(unset)')}")
     return diffs
