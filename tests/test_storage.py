@@ -99,21 +99,3 @@ def test_display_name_keeps_a_table_row_on_one_line():
     assert shown == "new\\nline\\t\\x1b[2J\\u202e é音楽.wav" and shown.isprintable()
     assert storage.display_name("plain name (live).wav") == "plain name (live).wav"
 
-
-def test_master_and_batch_summaries_escape_hostile_names():
-    from automaster.pipelines.batch import format_summary
-    from automaster.pipelines.master import summary_table
-
-    ok = {"rel_path": "a\nb.wav", "status": "ok", "lufs_before": -20.0, "lufs_after": -14.0, "true_peak_after_dbtp": -1.0,
-          "applied": "restore"}  # fmt: skip
-    quiet = {**ok, "rel_path": "quiet.wav", "lufs_after": -60.0, "loudness_note": "refused: +46.0 dB is beyond +24 dB (level kept)"}
-    table = summary_table({"files": [ok, quiet]})
-    assert len(table.splitlines()) == 3 and "a\\nb.wav" in table
-    assert table.splitlines()[2].endswith("restore, refused: +46.0 dB is beyond +24 dB (level kept)")  # why it stayed quiet
-    summary = {"ok": 1, "failed": 1, "skipped": 0, "passed_over": 0, "mode": "local", "repairs": {}, "out": "/o",
-               "failures": [{"rel_path": "\x1b[31mred.wav", "reason": "empty file"}], "log_file": "/o/log",
-               "name_collisions": [{"rel_path": "c\td.wav", "output": "c\td_2.wav", "reason": "clash"}],
-               "mlflow_run_id": "r", "tracking_uri": "sqlite:///x"}  # fmt: skip
-    text = format_summary("master", summary)
-    assert "\x1b" not in text and "\t" not in text
-    assert "failed: \\x1b[31mred.wav: empty file" in text and "renamed: c\\td.wav -> c\\td_2.wav" in text

@@ -299,7 +299,7 @@ def _summarise(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
 def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
     """The processed files as a text table: LUFS in -> out, true peak out, what was applied (the
     echo stage, then :func:`automaster.mastering.finishing.levels_info`'s ``applied``, then its
-    ``loudness_note`` when there is one: why a near-silent file kept its level)."""
+    ``loudness_note`` when the loudness stage did nothing: why a near-silent file kept its level)."""
     rows = [f for f in summary["files"] if f["status"] in ("ok", "skipped")][:limit]
     if not rows:
         return ""
@@ -307,8 +307,9 @@ def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
     lines = [f"  {'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  applied"]
     for f in rows:
         lufs = f"{_fmt(f.get('lufs_before'))} -> {_fmt(f.get('lufs_after'))}"
+        note = f.get("loudness_note") or ""  # the soft clipper's note is long, and "applied" says it
         applied = ", ".join(a for a in ("echo removed" if f.get("echo_removed") else "", f.get("applied") or "",
-                                        f.get("loudness_note") or "") if a)  # fmt: skip
+                                        note if note.startswith(("refused", "silent")) else "") if a)  # fmt: skip
         lines.append(f"  {storage.display_name(f['rel_path'])[:width]:<{width}}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
                      f"  {applied or '-'}")
     return "\n".join(lines)

@@ -1,0 +1,25 @@
+"""The console summaries of the batch jobs: one line per file, whatever its name, and why a file
+kept its level."""
+
+from __future__ import annotations
+
+
+def test_master_and_batch_summaries_escape_hostile_names():
+    from automaster.pipelines.batch import format_summary
+    from automaster.pipelines.master import summary_table
+
+    ok = {"rel_path": "a\nb.wav", "status": "ok", "lufs_before": -20.0, "lufs_after": -14.0, "true_peak_after_dbtp": -1.0,
+          "applied": "restore"}  # fmt: skip
+    quiet = {**ok, "rel_path": "quiet.wav", "lufs_after": -60.0, "loudness_note": "refused: +46.0 dB is beyond +24 dB (level kept)"}
+    loud = {**ok, "rel_path": "loud.wav", "applied": "restore, +2.4 dB soft clip", "loudness_note": "restore: ... soft clipper"}
+    table = summary_table({"files": [ok, quiet, loud]})
+    assert table.splitlines()[3].endswith("restore, +2.4 dB soft clip")  # said once
+    assert len(table.splitlines()) == 4 and "a\\nb.wav" in table
+    assert table.splitlines()[2].endswith("restore, refused: +46.0 dB is beyond +24 dB (level kept)")  # why it stayed quiet
+    summary = {"ok": 1, "failed": 1, "skipped": 0, "passed_over": 0, "mode": "local", "repairs": {}, "out": "/o",
+               "failures": [{"rel_path": "\x1b[31mred.wav", "reason": "empty file"}], "log_file": "/o/log",
+               "name_collisions": [{"rel_path": "c\td.wav", "output": "c\td_2.wav", "reason": "clash"}],
+               "mlflow_run_id": "r", "tracking_uri": "sqlite:///x"}  # fmt: skip
+    text = format_summary("master", summary)
+    assert "\x1b" not in text and "\t" not in text
+    assert "failed: \\x1b[31mred.wav: empty file" in text and "renamed: c\\td.wav -> c\\td_2.wav" in text
