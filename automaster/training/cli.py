@@ -80,7 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except (BankError, ValueError) as exc:
         return _fail(f"{'--audio' if args.audio else '--data'}: {exc}")
     log.info("source: %s", json.dumps(source.description))
-    summary = train(config, source, args.out, device)
+    try:
+        summary = train(config, source, args.out, device)
+    except KeyboardInterrupt:  # Ctrl-C: the last validated checkpoint is on disk (written atomically)
+        last = Path(args.out, "checkpoints", "last")
+        where = f"{last} holds the last validated step; the same command resumes from it" if last.is_dir() else "no checkpoint yet"
+        print(f"interrupted: {where}", file=sys.stderr)
+        return 130
     summary["source"] = source.description
     Path(args.out, "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     log.info("best %s = %.4g; model in %s", summary["monitor"], summary["best"], summary["model"])

@@ -93,6 +93,26 @@ def test_max_minutes_stops_at_a_validated_checkpoint_that_a_later_run_resumes(tm
     assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [1, 2]
 
 
+def test_ctrl_c_exits_130_in_one_line_and_the_same_command_resumes(tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    args = ["--audio", str(FMA), "--out", str(out), "--steps", "10000", *FAST, *SPECTRAL]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", BLOCKED, *args], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"interrupted: {out / 'checkpoints' / 'last'}")
+    done = int(load_model(out / "checkpoints" / "last")[2]["extra"]["step"])  # the last validated step
+    again = _run("--audio", str(FMA), "--out", str(out), "--steps", str(done + 2), *FAST, *SPECTRAL)
+    assert again.returncode == 0 and f"resuming from {out / 'checkpoints' / 'last'} at step {done}" in again.stderr, again.stderr[-3000:]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
