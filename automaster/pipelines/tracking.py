@@ -52,8 +52,23 @@ def configure(uri: str | None = None, experiment: str | None = None) -> str:
     mlflow.set_tracking_uri(resolved)
     os.environ["MLFLOW_TRACKING_URI"] = resolved  # children (Ray workers, Tune trials) inherit it
     if experiment:
+        _create_beside_store(mlflow, resolved, experiment)
         mlflow.set_experiment(experiment)
     return resolved
+
+
+def _create_beside_store(mlflow: Any, uri: str, experiment: str) -> None:
+    """Create ``experiment`` with its artifacts in ``mlruns/<experiment>`` next to a SQLite store.
+
+    MLflow's default is ``./mlruns`` of the process that creates the experiment, fixed for every
+    later run: from a submitted Ray job that is the job's temporary copy of the checkout, so every
+    run's artifacts would be lost with the cluster's session.
+    """
+    if not uri.startswith("sqlite:////") or mlflow.get_experiment_by_name(experiment) is not None:
+        return
+    folder = Path(uri[len("sqlite:///"):]).parent / "mlruns" / experiment.replace("/", "_")
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # created meanwhile by another process
+        mlflow.create_experiment(experiment, artifact_location=folder.as_uri())
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
