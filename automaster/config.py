@@ -294,6 +294,8 @@ class MasterConfig:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if not (0.0 <= self.amount <= 1.0):
             raise ConfigError(f"amount must be in [0, 1], got {self.amount}")
+        if self.max_forecast_error is not None and not self.max_forecast_error >= 0:  # NaN included
+            raise ConfigError(f"max_forecast_error must be >= 0 (or inf), got {self.max_forecast_error}")
         if not (self.chunk_s > 0 and self.context_s > 0 and self.chunk_s >= 4 * self.context_s):
             raise ConfigError(
                 f"need chunk_s >= 4 * context_s > 0, got chunk_s={self.chunk_s}, context_s={self.context_s}"

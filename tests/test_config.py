@@ -43,6 +43,15 @@ def test_bad_overrides_are_errors(override, message):
         load_config(overrides=[override])
 
 
+@pytest.mark.parametrize("value", [float("nan"), -0.5])
+def test_max_forecast_error_must_be_a_share(value):
+    from automaster.config import MasterConfig
+
+    with pytest.raises(ConfigError, match="max_forecast_error must be >= 0"):
+        MasterConfig(max_forecast_error=value)
+    assert MasterConfig(max_forecast_error=float("inf")).max_forecast_error == float("inf")
+
+
 def test_unknown_key_in_file_is_error(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[model]\ndepth = 3\n")
