@@ -35,6 +35,7 @@ from torch import nn
 from automaster.audio import AudioError, FileError, read_audio
 from automaster.config import INVERSIONS, ConfigError, MasterConfig
 from automaster.dsp.constants import MODEL_RATE
+from automaster.dsp.stft import N_FFT
 from automaster.dsp.loudness import integrated_loudness
 from automaster.dsp.tone import ToneProfile, tone_profile
 from automaster.effects.params import unstack
@@ -228,7 +229,9 @@ class Masterer:
             elif inversion is not None:
                 outputs.update({k: v[0] for k, v in self._run_model(mel, inversion).items()})
             if inversion is not None and self.level_model is not None:  # another model's level head
-                outputs["level_db"] = self.level_model(y[None], outputs=("level_db",))["level_db"].expand(nf)
+                # its STFT needs N_FFT // 2 + 1 samples: a shorter clip is read with silence after it
+                padded = torch.nn.functional.pad(y, (0, max(0, N_FFT // 2 + 1 - y.shape[-1])))
+                outputs["level_db"] = self.level_model(padded[None], outputs=("level_db",))["level_db"].expand(nf)
             w = window(c.f0, nf, c.frame_in, c.frame_out, equal_power=False)
             for key, value in outputs.items():
                 value = value.float().cpu().numpy()
