@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def as_flag(message: str, args: argparse.Namespace) -> str:
+    """A settings error in the user's words: a message that starts with a field the command has
+    a flag for (``clip_seconds must be >= 1, got nan``) names the flag (``--clip-seconds must ...``)."""
+    field = message.split(" ", 1)[0]
+    if field.isidentifier() and field != "command" and field in vars(args):
+        return "--" + field.replace("_", "-") + message[len(field):]
+    return message
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command; a user's mistake is one line on stderr and exit code 2."""
     parser = build_parser()
@@ -42,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (UsageError, ConfigError) as exc:
-        print(f"automaster {args.command}: error: {exc}", file=sys.stderr)
+        print(f"automaster {args.command}: error: {as_flag(str(exc), args)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:  # Ctrl-C: one line (a search says how to resume), no traceback
         detail = str(exc) or "interrupted; finished outputs are kept and a re-run of the same command resumes"

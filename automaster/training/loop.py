@@ -240,7 +240,8 @@ def train(
         wrap_model: e.g. DDP (Ray Train's ``prepare_model``); the bare model is checkpointed.
 
     Returns:
-        ``{"step", "best", "monitor", "metrics" (last validation), "wall_s", "model" (best dir)}``.
+        ``{"step", "best", "monitor", "metrics" (last validation), "stopped" ("steps", "epochs" or
+        "max_minutes"), "wall_s", "model" (best dir)}``.
     """
     tc = config.train
     device = torch.device(device)
@@ -260,6 +261,7 @@ def train(
     model = wrap_model(model) if wrap_model else model  # HOOK: DDP
     loss_fn = make_loss(config).to(device)
     step, epoch, t_start, metrics = state["step"], state["epoch"], time.perf_counter(), {}
+    stopped = "steps" if tc.steps > 0 else "epochs"  # what ended the run: its length, or train.max_minutes
     window = _Window()
 
     def checkpoint(epoch_step: int, epoch_done: bool) -> None:
@@ -303,13 +305,13 @@ def train(
                 checkpoint(i, epoch_done=False)
             if timed_out:
                 log.info("stopping at step %d: train.max_minutes (%g) reached", step, tc.max_minutes)
-                steps = step
+                steps, stopped = step, "max_minutes"
             if step >= steps:
                 break
         if tc.val_every <= 0 and window.steps:
             checkpoint(i, epoch_done=True)
         epoch += 1
-    return {"step": step, "best": state["best"], "monitor": monitor, "metrics": metrics,
+    return {"step": step, "best": state["best"], "monitor": monitor, "metrics": metrics, "stopped": stopped,
             "wall_s": time.perf_counter() - t_start, "model": str(out / MODEL_DIR)}  # fmt: skip
 
 

@@ -191,3 +191,17 @@ def test_evaluate_usage_errors(ckpt, data_dir, tmp_path, capsys):
     code = main(["evaluate", "--model", ckpt, "--clean", str(data_dir / "music"), "--out", str(tmp_path / "x"),
                  "--degraded", str(data_dir / "music"), "--degrader", "ours"])
     assert code == 2 and "--degraded" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--clip-seconds", "nan"], "automaster evaluate: error: --clip-seconds must be >= 1, got nan"),
+        (["--iterations", "0"], "automaster evaluate: error: --iterations must be >= 1, got 0"),
+        (["--limit", "-1"], "automaster evaluate: error: --limit must be >= 0, got -1"),
+    ],
+)
+def test_a_bad_value_is_named_by_its_flag(ckpt, data_dir, tmp_path, capsys, args, line):
+    code = main(["evaluate", "--model", ckpt, "--clean", str(data_dir / "music"), "--out", str(tmp_path / "x"), *args])
+    assert code == 2 and capsys.readouterr().err.strip() == line
+    assert not (tmp_path / "x").exists()  # refused before anything started

@@ -87,10 +87,12 @@ def test_max_minutes_stops_at_a_validated_checkpoint_that_a_later_run_resumes(tm
     assert done.returncode == 0, done.stderr[-3000:]
     assert "train.max_minutes (1e-05) reached" in done.stderr
     assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [1]
+    assert json.loads((out / "summary.json").read_text())["stopped"] == "max_minutes"
     again = _run("--audio", str(FMA), "--out", str(out), "--steps", "2", *FAST, *SPECTRAL,
                  "--set", "train.damage_effects=compressor, reverb")  # the same effects  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
     assert [m["step"] for m in _lines(out / "metrics.jsonl")] == [1, 2]
+    assert json.loads((out / "summary.json").read_text())["stopped"] == "steps"
 
 
 def test_ctrl_c_exits_130_in_one_line_and_the_same_command_resumes(tmp_path):
