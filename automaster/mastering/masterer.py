@@ -37,6 +37,7 @@ from automaster.config import INVERSIONS, ConfigError, MasterConfig
 from automaster.dsp.constants import MODEL_RATE
 from automaster.dsp.stft import N_FFT
 from automaster.dsp.loudness import integrated_loudness
+from automaster.dsp.mel import mel_filterbank
 from automaster.dsp.tone import ToneProfile, tone_profile
 from automaster.effects.params import unstack
 from automaster.mastering.chunks import Chunk, fit_frames, plan_chunks, resample, window
@@ -222,15 +223,15 @@ class Masterer:
             y = torch.from_numpy(resample(mono, sr, MODEL_RATE)).to(self.device)  # (1, n_model)
             mel = fit_frames(mel_db(y, self.audio_cfg), nf)  # (1, M, nf)
             outputs = {"mel_db": mel[0]}
+            # a spectral model's STFT needs N_FFT // 2 + 1 samples: a shorter clip is read with silence after it
+            padded = torch.nn.functional.pad(y, (0, max(0, N_FFT // 2 + 1 - y.shape[-1])))
             if inversion is not None and self.mode == SPECTRAL:  # the restorer reads the waveform
-                out = self.model(y[None], outputs=("gain_db", "level_db"))
+                out = self.model(padded[None], outputs=("gain_db", "level_db"))
                 outputs["gain_db"] = fit_frames(out["gain_db"], nf)[0]  # (K, nf) model-rate bins
                 outputs["level_db"] = out["level_db"].expand(nf)  # per chunk, stitched like the rest
             elif inversion is not None:
                 outputs.update({k: v[0] for k, v in self._run_model(mel, inversion).items()})
             if inversion is not None and self.level_model is not None:  # another model's level head
-                # its STFT needs N_FFT // 2 + 1 samples: a shorter clip is read with silence after it
-                padded = torch.nn.functional.pad(y, (0, max(0, N_FFT // 2 + 1 - y.shape[-1])))
                 outputs["level_db"] = self.level_model(padded[None], outputs=("level_db",))["level_db"].expand(nf)
             w = window(c.f0, nf, c.frame_in, c.frame_out, equal_power=False)
             for key, value in outputs.items():
@@ -361,7 +362,11 @@ class Masterer:
         arrays["mel_output_db"] = self.analyse(mastered, sr, chunks)["mel_db"]
         if "gain_db" in controls:
             gain = controls["gain_db"].cpu().numpy()
-            arrays["gain_db"] = gain if gain.ndim == 2 else gain.mean(axis=0)
+            gain = gain if gain.ndim == 2 else gain.mean(axis=0)
+            if gain.shape[0] != mel_in.shape[0]:  # the spectral restorer's gain per STFT bin: shown per mel band
+                fb = mel_filterbank(MODEL_RATE, 2 * (gain.shape[0] - 1), mel_in.shape[0]).numpy()
+                gain = (fb / np.maximum(fb.sum(axis=1, keepdims=True), 1e-12)) @ gain
+            arrays["gain_db"] = gain
         if "params" in controls:
             arrays["params_norm"] = controls["params_report"]
         return arrays

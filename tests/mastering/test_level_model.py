@@ -31,14 +31,16 @@ def test_the_level_model_brings_the_chain_output_to_the_predicted_loudness(quiet
     assert info["true_peak_after_dbtp"] <= -0.95
 
 
-def test_a_clip_shorter_than_the_level_models_stft_is_mastered(tmp_path):
+@pytest.mark.parametrize("model, inversion", [(REFERENCE, "chain"), (SPECTRAL, "mask")])
+def test_a_clip_shorter_than_the_spectral_stft_is_mastered(tmp_path, model, inversion):
     """100 samples (a tiny file in a user's folder): it failed with 'ValueError: need at least
-    1025 samples' under the shipped level model; it is mastered like any other."""
+    1025 samples' under the shipped level model, and with the spectral model itself; it is
+    mastered like any other."""
     from automaster.pipelines.master import master_file
     from tests.audio_fixtures import make_bad_inputs
 
     tiny = make_bad_inputs(tmp_path / "in")["hundred_samples"]
-    status = master_file(Masterer(REFERENCE, "chain", level_model=str(SPECTRAL)), str(tiny), str(tmp_path / "out"), tiny.name)
+    status = master_file(Masterer(model, inversion, level_model=str(SPECTRAL)), str(tiny), str(tmp_path / "out"), tiny.name)
     assert status["status"] == "ok", status["reason"]
     audio, _ = read_audio(tmp_path / "out" / "audio" / tiny.name)
     assert audio.shape[-1] == 100 and np.isfinite(audio).all()
