@@ -180,7 +180,8 @@ class TrackProcessor:
         stages["mels"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        png = mel_pair_png(clean.mel_db, mel_y_db, audio_cfg.db_min, audio_cfg.db_max) if dm.write_png else None
+        frame_s = audio_cfg.hop_length / sr
+        png = mel_pair_png(clean.mel_db, mel_y_db, audio_cfg.db_min, audio_cfg.db_max, frame_s=frame_s) if dm.write_png else None
         stages["png"] += time.perf_counter() - t
 
         t = time.perf_counter()

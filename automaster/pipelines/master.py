@@ -28,6 +28,7 @@ from automaster.audio import audio_info, read_audio, write_audio
 from automaster.config import BatchConfig, ConfigError, MasterConfig
 from automaster.corpus import audio_files
 from automaster.dsp.limiter import MASTER_MAX_GAIN_DB
+from automaster.effects.params import PARAM_NAMES
 from automaster.mastering import STAGES, Masterer, MasteringError, parameter_stats
 from automaster.mastering.report import REPORT_DIR, build_report, estimates, report_files
 from automaster.pipelines.batch import JobSpec, RunOptions, excluded_outputs, run_job
@@ -110,18 +111,24 @@ def images(audio_cfg, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
     from automaster.plots import mel_strip_png
 
     a = audio_cfg
-    png = mel_strip_png([arrays["mel_input_db"], arrays["mel_output_db"]], a.db_min, a.db_max)
-    tiles = []
+    labels = {"frame_s": a.hop_length / a.sample_rate, "sample_rate": a.sample_rate}
+    png = mel_strip_png([arrays["mel_input_db"], arrays["mel_output_db"]], a.db_min, a.db_max,
+                        titles=["input", "output (mastered)"], **labels)  # fmt: skip
+    tiles, titles = [], []
     span = a.db_max - a.db_min
     if "gain_db" in arrays:
         tiles.append(arrays["mel_model_db"] + arrays["gain_db"])  # the restored mel (mono view)
         g = np.clip(arrays["gain_db"], -_GAIN_IMAGE_DB, _GAIN_IMAGE_DB)
         tiles.append(a.db_min + (g + _GAIN_IMAGE_DB) / (2 * _GAIN_IMAGE_DB) * span)
+        titles += ["restored mel (model's view, dB)", f"model gain: -{_GAIN_IMAGE_DB:g} .. +{_GAIN_IMAGE_DB:g} dB over the colour bar"]
     if "params_norm" in arrays:
         p = arrays["params_norm"]  # (P, F) in [0, 1]: one stripe per parameter, table order top-down
         rows = np.minimum(np.arange(a.n_mels) * p.shape[0] // a.n_mels, p.shape[0] - 1)
         tiles.append(a.db_min + p[rows][::-1] * span)
-    return {PNG_DIR: png, DEBUG_DIR: mel_strip_png(tiles, a.db_min, a.db_max)}
+        titles.append("effect parameters over time (normalised to their ranges)")
+        if "gain_db" not in arrays:  # the parameters alone: their names for an axis, 0..1 for the bar
+            labels.update(rows=list(PARAM_NAMES), bar=(0.0, 1.0, "0 .. 1"))
+    return {PNG_DIR: png, DEBUG_DIR: mel_strip_png(tiles, a.db_min, a.db_max, titles=titles, **labels)}
 
 
 def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out_rel: str | None = None) -> dict[str, Any]:

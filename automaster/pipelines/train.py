@@ -154,8 +154,11 @@ def _log_epoch(mlflow, metrics: dict[str, float], history: list[dict], figure: d
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=epoch)
     mlflow.log_image(_png_array(loss_curve_png(history)), f"plots/loss_curve_epoch{epoch:03d}.png")
     if figure is not None:
-        mels = [figure["degraded"]] + ([figure["restored"]] if figure["restored"] is not None else []) + [figure["clean"]]
-        png = mel_strip_png(mels, audio.db_min, audio.db_max)
+        restored = figure["restored"] is not None
+        mels = [figure["degraded"]] + ([figure["restored"]] if restored else []) + [figure["clean"]]
+        titles = ["degraded (input)"] + (["restored (output)"] if restored else []) + ["clean (target)"]
+        png = mel_strip_png(mels, audio.db_min, audio.db_max, titles=titles, frame_s=audio.hop_length / audio.sample_rate,
+                            sample_rate=audio.sample_rate)  # fmt: skip
         mlflow.log_image(_png_array(png), f"plots/spectrograms_epoch{epoch:03d}.png")
 
 
