@@ -21,6 +21,8 @@ import dataclasses
 import io
 import logging
 import os
+import sys
+import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -91,6 +93,30 @@ def is_audio_file(path: str | os.PathLike) -> bool:
 # --------------------------------------------------------------------------------------- reading
 
 
+@contextlib.contextmanager
+def _decoder_notes(name: str) -> Iterator[None]:
+    """What the C decoders print on the process's stderr while ``name`` is opened or decoded
+    (mpg123's "Illegal Audio-MPEG-Header ... Trying to resync" on a damaged MP3) goes to the log
+    at INFO, named by the file, not onto the console under a job's progress bar."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to take over: leave it alone
+        yield
+        return
+    with tempfile.TemporaryFile() as notes:
+        sys.stderr.flush()
+        os.dup2(notes.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            notes.seek(0)
+            text = notes.read().decode("utf-8", "replace").strip()
+            if text:
+                logger.info("%s: the decoder said: %s", name, " / ".join(text.splitlines()))
+
+
 class _Opened:
     """Context manager: a ``sf.SoundFile`` for a local path or URI, errors turned into AudioError."""
 
@@ -106,10 +132,12 @@ class _Opened:
                 local = storage.local_path(name)
                 _check_readable(name, local)
                 # bytes: a name that is not UTF-8 (surrogate-escaped str) reaches the C library as it is
-                self.sf = sf.SoundFile(os.fsencode(local))
+                with _decoder_notes(name):
+                    self.sf = sf.SoundFile(os.fsencode(local))
             else:
                 self._fileobj = storage.open_input_file(name)
-                self.sf = sf.SoundFile(self._fileobj)
+                with _decoder_notes(name):
+                    self.sf = sf.SoundFile(self._fileobj)
         except AudioError:
             raise
         except sf.LibsndfileError as exc:
@@ -270,6 +298,11 @@ def read_audio(
 
 def _read_frames(f: sf.SoundFile, name: str, start: int, count: int | None) -> np.ndarray:
     """Decode ``count`` frames (all if None) from ``start`` in blocks; ``(T, C)`` float32."""
+    with _decoder_notes(name):
+        return _decode_frames(f, name, start, count)
+
+
+def _decode_frames(f: sf.SoundFile, name: str, start: int, count: int | None) -> np.ndarray:
     blocks = []
     remaining = count
     try:

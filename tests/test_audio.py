@@ -378,3 +378,18 @@ def test_is_audio_file():
     assert is_audio_file("a/B.MP3") and is_audio_file("x.flac") and is_audio_file("a.b.c.aiff")
     assert not is_audio_file("notes.txt") and not is_audio_file("mp3") and not is_audio_file("x.mp3.part")
     assert audio.AUDIO_EXTENSIONS >= {".wav", ".flac", ".ogg", ".mp3"}
+
+
+def test_a_damaged_mp3s_decoder_notes_go_to_the_log_not_the_console(tmp_path, capfd, caplog):
+    """mpg123 prints 'Illegal Audio-MPEG-Header ... Trying to resync' on the process's stderr; a
+    job's console shows its progress bar and summary, so the note goes to the log, named."""
+    import logging
+
+    bad = tmp_path / "garbage.mp3"
+    bad.write_bytes(np.random.default_rng(0).bytes(8192))
+    with caplog.at_level(logging.INFO, logger="automaster.audio"), pytest.raises(AudioError, match="garbage.mp3"):
+        read_audio(bad)
+    assert capfd.readouterr().err == ""
+    assert any("garbage.mp3: the decoder said: Note: Illegal Audio-MPEG-Header" in r.getMessage() for r in caplog.records)
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"  # the process's stderr is the console's again
