@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automaster.cli.common import EXIT_OK, add_common, announce, job_options, location, overrides
+from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, job_options, location, overrides
 from automaster.config import Config, load_config
 
 
@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster train``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
-    from automaster.pipelines.train import run_train
+    from automaster.pipelines.train import latest_checkpoint, run_train
+    from automaster.training.loop import checkpoint_conflict
 
     sets = overrides(args, "train", ["workers", "epochs"])
     if args.gpu:
@@ -32,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
         sets.append(f"model.mode={args.mode}")
     config = load_config(args.config, sets + args.set)
     data, out = location(args.data, must_exist=True, flag="--data"), location(args.out)
+    if conflict := checkpoint_conflict(config, latest_checkpoint(out, args.run_name)):
+        raise UsageError(f"--run-name {args.run_name}: its checkpoint in {out} has other settings ({conflict}); "
+                         "use another --run-name or the same settings")  # fmt: skip
     announce_training(config, out)
     summary = run_train(data, out, config, **job_options(args, "automaster-train"))
     best = summary["best_metrics"]

@@ -283,6 +283,15 @@ def build_trainer(
     )
 
 
+def latest_checkpoint(out: str, run_name: str | None) -> Path | None:
+    """The newest Ray Train checkpoint of the run ``run_name`` under ``out`` (what a re-run of the
+    same run name resumes from), or None. Ray names them ``checkpoint_<timestamp>``."""
+    if not run_name or not storage.is_local(out):
+        return None
+    found = sorted(p for p in Path(storage.local_path(out), "ray_results", run_name).glob("checkpoint_*") if p.is_dir())
+    return found[-1] if found else None
+
+
 def local_storage_path(path: str) -> str:
     """``path`` absolute (and created) when local; URIs unchanged (Ray needs absolute paths)."""
     if storage.is_local(path):

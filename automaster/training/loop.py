@@ -170,7 +170,14 @@ _RESUME_TRAIN_KEYS = ("damage_effects", "damage_scale", "val_crops", "val_crop_s
 def resume_conflict(config: Config, out: str | Path) -> str:
     """``""`` when ``out`` has no checkpoint or one ``config`` can resume, else the first setting
     that differs, as ``"model.spectral_width = 0 in the checkpoint, 8 now"``."""
-    path = Path(out) / LAST_DIR / "config.json"
+    return checkpoint_conflict(config, Path(out) / LAST_DIR)
+
+
+def checkpoint_conflict(config: Config, checkpoint: str | Path | None) -> str:
+    """:func:`resume_conflict` for one checkpoint folder (its ``config.json``; None: no conflict)."""
+    if checkpoint is None:
+        return ""
+    path = Path(checkpoint) / "config.json"
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):

@@ -94,6 +94,20 @@ def test_worker_failure_resumes_from_checkpoint_and_rerun_continues(paired, tmp_
     steps = [m.step for m in client.get_metric_history(summary["mlflow_run_id"], "train/loss")]
     assert steps == [0, 1, 2]
     assert json.loads((tmp_path / "out" / "train_summary.json").read_text())["run_name"] == "r"
+    # the same run name with another model: one line and exit 2 before any cluster, not a worker's
+    # screen of state-dict mismatches
+    sets = [a for s in TINY if not s.startswith("model.unet_width") for a in ("--set", s)]
+    code = subprocess.run(
+        [sys.executable, "-c", "import sys; from automaster.cli import main; sys.exit(main(sys.argv[1:]))", "train",
+         "--data", str(paired), "--out", str(tmp_path / "out"), "--run-name", "r", "--tracking-uri", uri,
+         *sets, "--set", "model.unet_width=4"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert code.returncode == 2, code.stderr[-2000:]
+    assert code.stderr.strip().splitlines() == [
+        f"automaster train: error: --run-name r: its checkpoint in {tmp_path / 'out'} has other settings "
+        "(model.unet_width = 8 in the checkpoint, 4 now); use another --run-name or the same settings"
+    ]
 
 
 def test_the_spectral_restorer_trains_on_fresh_damage_of_the_originals_with_two_workers(paired, tmp_path):
