@@ -380,16 +380,28 @@ def test_is_audio_file():
     assert audio.AUDIO_EXTENSIONS >= {".wav", ".flac", ".ogg", ".mp3"}
 
 
-def test_a_damaged_mp3s_decoder_notes_go_to_the_log_not_the_console(tmp_path, capfd, caplog):
+def test_a_damaged_mp3s_decoder_notes_go_to_the_log_not_the_console(tmp_path, capfd):
     """mpg123 prints 'Illegal Audio-MPEG-Header ... Trying to resync' on the process's stderr; a
     job's console shows its progress bar and summary, so the note goes to the log, named."""
     import logging
 
     bad = tmp_path / "garbage.mp3"
     bad.write_bytes(np.random.default_rng(0).bytes(8192))
-    with caplog.at_level(logging.INFO, logger="automaster.audio"), pytest.raises(AudioError, match="garbage.mp3"):
-        read_audio(bad)
+    # a handler on the module's logger itself (an earlier test's logging setup may have disabled
+    # or detached it from the root, where caplog listens)
+    logger, records = logging.getLogger("automaster.audio"), []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append
+    saved = logger.disabled, logger.level
+    logger.disabled, logger.level = False, logging.INFO
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(AudioError, match="garbage.mp3"):
+            read_audio(bad)
+    finally:
+        logger.removeHandler(handler)
+        logger.disabled, logger.level = saved
     assert capfd.readouterr().err == ""
-    assert any("garbage.mp3: the decoder said: Note: Illegal Audio-MPEG-Header" in r.getMessage() for r in caplog.records)
+    assert any("garbage.mp3: the decoder said: Note: Illegal Audio-MPEG-Header" in r.getMessage() for r in records)
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"  # the process's stderr is the console's again
