@@ -393,14 +393,16 @@ def test_a_damaged_mp3s_decoder_notes_go_to_the_log_not_the_console(tmp_path, ca
     handler = logging.Handler(logging.INFO)
     handler.emit = records.append
     saved = logger.disabled, logger.level
-    logger.disabled, logger.level = False, logging.INFO
+    logger.disabled = False
+    logger.setLevel(logging.INFO)  # setLevel, not .level =: it clears the logger's isEnabledFor cache
     logger.addHandler(handler)
     try:
         with pytest.raises(AudioError, match="garbage.mp3"):
             read_audio(bad)
     finally:
         logger.removeHandler(handler)
-        logger.disabled, logger.level = saved
+        logger.disabled = saved[0]
+        logger.setLevel(saved[1])
     assert capfd.readouterr().err == ""
     assert any("garbage.mp3: the decoder said: Note: Illegal Audio-MPEG-Header" in r.getMessage() for r in records)
     os.write(2, b"after\n")
