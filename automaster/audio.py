@@ -132,12 +132,11 @@ class _Opened:
                 local = storage.local_path(name)
                 _check_readable(name, local)
                 # bytes: a name that is not UTF-8 (surrogate-escaped str) reaches the C library as it is
-                with _decoder_notes(name):
-                    self.sf = sf.SoundFile(os.fsencode(local))
+                source = os.fsencode(local)
             else:
-                self._fileobj = storage.open_input_file(name)
-                with _decoder_notes(name):
-                    self.sf = sf.SoundFile(self._fileobj)
+                source = self._fileobj = storage.open_input_file(name)
+            with _decoder_notes(name):
+                self.sf = sf.SoundFile(source)
         except AudioError:
             raise
         except sf.LibsndfileError as exc:

@@ -382,10 +382,9 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
                 if low not in ("true", "false", "1", "0", "yes", "no"):
                     raise ValueError(value)
                 return low in ("true", "1", "yes")
-            converted = typ(value)
+            value = typ(value)  # rebound only on success: the error below names the text given
         except ValueError:
             raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
-        value = converted
     if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if math.isnan(value):  # every comparison with NaN is false: it would pass every bound check
             raise ConfigError(f"{where}: expected a number, got {value!r}")

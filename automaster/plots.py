@@ -56,6 +56,58 @@ def _mel_centres_hz(n_mels: int, sample_rate: int) -> np.ndarray:
     return librosa.mel_frequencies(n_mels + 2, fmin=0.0, fmax=sample_rate / 2.0)[1:-1]
 
 
+@functools.lru_cache(maxsize=2)
+def _font(size: int):
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def _row_names(draw, rows: list[str], height: int) -> None:
+    """Names of equal stripes, top down, left of the tiles."""
+    for i, name in enumerate(rows):
+        draw.text((_LEFT - 4, _TOP + int((i + 0.5) * height / len(rows))), name, fill=_INK, font=_font(8), anchor="rm")
+
+
+def _frequency_axis(draw, n_mels: int, sample_rate: int, height: int) -> None:
+    """Ticks in Hz at their mel bands, left of the tiles."""
+    centres = _mel_centres_hz(n_mels, sample_rate)
+    for hz in (f for f in _FREQ_TICKS_HZ if centres[0] <= f <= centres[-1]):
+        y = _TOP + height - 1 - int(round(2 * np.interp(hz, centres, np.arange(n_mels))))
+        draw.line([(_LEFT - 4, y), (_LEFT - 1, y)], fill=_INK)
+        draw.text((_LEFT - 6, y), _hz_label(hz), fill=_INK, font=_font(11), anchor="rm")
+    draw.text((4, _TOP - 12), "Hz (mel)", fill=_INK, font=_font(11), anchor="lm")
+
+
+def _time_axes(draw, mels_db: list[np.ndarray], titles: list[str], frame_s: float, step: int, gap: int,
+               height: int, width: int) -> None:  # fmt: skip
+    """Each tile's title above it and its time ticks (seconds from 0) below it."""
+    x0 = _LEFT
+    for mel, title in zip(mels_db, titles):
+        tile_w = -(-mel.shape[1] // step)
+        seconds = mel.shape[1] * frame_s
+        tick = next((t for t in _TIME_STEPS_S if seconds / t <= 6), _TIME_STEPS_S[-1])
+        for k in range(int(seconds // tick) + 1):
+            x = x0 + int(round(k * tick / (frame_s * step)))
+            if x < x0 + tile_w - 10:  # the tile's last tick would meet the next tile's 0
+                draw.line([(x, _TOP + height), (x, _TOP + height + 3)], fill=_INK)
+                draw.text((x, _TOP + height + 5), f"{k * tick:g}", fill=_INK, font=_font(11), anchor="mt")
+        draw.text((x0 + tile_w // 2, _TOP - 12), title, fill=_INK, font=_font(11), anchor="mm")
+        x0 += tile_w + gap
+    draw.text((_LEFT + width // 2, _TOP + height + 26), "time (s)", fill=_INK, font=_font(11), anchor="mm")
+
+
+def _colour_bar(draw, scale: tuple[float, float, str], decibels: bool, bar_x: int, height: int) -> None:
+    """Ticks and unit of the colour bar drawn at ``bar_x``: every 20 dB, or five over ``scale``."""
+    low, high, unit = scale
+    ticks = np.arange(np.ceil(low / 20) * 20, high + 1, 20) if decibels else np.linspace(low, high, 5)
+    for value in ticks:
+        y = _TOP + height - 1 - int(round((value - low) / (high - low) * (height - 1)))
+        draw.line([(bar_x + 12, y), (bar_x + 15, y)], fill=_INK)
+        draw.text((bar_x + 18, y), f"{value:g}", fill=_INK, font=_font(11), anchor="lm")
+    draw.text((bar_x, _TOP - 12), unit, fill=_INK, font=_font(11), anchor="lm")
+
+
 def mel_strip_png(
     mels_db: list[np.ndarray],
     db_min: float = DB_MIN,
@@ -79,7 +131,7 @@ def mel_strip_png(
     A palette image (one byte a pixel, the colormap in the palette; text in its darkest colour): a
     third of the bytes of RGB to filter and compress, the same picture.
     """
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
     if len(titles) != len(mels_db):
         raise ValueError(f"{len(mels_db)} tiles but {len(titles)} titles")
@@ -93,41 +145,13 @@ def mel_strip_png(
     canvas[_TOP : _TOP + height, bar_x : bar_x + 12] = np.linspace(LEVELS - 1, 0, height).astype(np.uint8)[:, None]
     image = Image.fromarray(canvas)
     image.putpalette(_palette())  # "L" -> "P"
-    draw, font, small = ImageDraw.Draw(image), ImageFont.load_default(size=11), ImageFont.load_default(size=8)
-
+    draw = ImageDraw.Draw(image)
     if rows:
-        for i, name in enumerate(rows):
-            draw.text((_LEFT - 4, _TOP + int((i + 0.5) * height / len(rows))), name, fill=_INK, font=small, anchor="rm")
+        _row_names(draw, rows, height)
     else:
-        n_mels = mels_db[0].shape[0]
-        centres = _mel_centres_hz(n_mels, sample_rate)
-        for hz in (f for f in _FREQ_TICKS_HZ if centres[0] <= f <= centres[-1]):
-            y = _TOP + height - 1 - int(round(2 * np.interp(hz, centres, np.arange(n_mels))))
-            draw.line([(_LEFT - 4, y), (_LEFT - 1, y)], fill=_INK)
-            draw.text((_LEFT - 6, y), _hz_label(hz), fill=_INK, font=font, anchor="rm")
-        draw.text((4, _TOP - 12), "Hz (mel)", fill=_INK, font=font, anchor="lm")
-
-    x0 = _LEFT
-    for mel, title in zip(mels_db, titles):
-        tile_w = -(-mel.shape[1] // step)
-        seconds = mel.shape[1] * frame_s
-        tick = next((t for t in _TIME_STEPS_S if seconds / t <= 6), _TIME_STEPS_S[-1])
-        for k in range(int(seconds // tick) + 1):
-            x = x0 + int(round(k * tick / (frame_s * step)))
-            if x < x0 + tile_w - 10:  # the tile's last tick would meet the next tile's 0
-                draw.line([(x, _TOP + height), (x, _TOP + height + 3)], fill=_INK)
-                draw.text((x, _TOP + height + 5), f"{k * tick:g}", fill=_INK, font=font, anchor="mt")
-        draw.text((x0 + tile_w // 2, _TOP - 12), title, fill=_INK, font=font, anchor="mm")
-        x0 += tile_w + gap
-    draw.text((_LEFT + width // 2, _TOP + height + 26), "time (s)", fill=_INK, font=font, anchor="mm")
-
-    low, high, unit = bar or (db_min, db_max, "dB")
-    ticks = np.linspace(low, high, 5) if bar else np.arange(np.ceil(db_min / 20) * 20, db_max + 1, 20)
-    for value in ticks:
-        y = _TOP + height - 1 - int(round((value - low) / (high - low) * (height - 1)))
-        draw.line([(bar_x + 12, y), (bar_x + 15, y)], fill=_INK)
-        draw.text((bar_x + 18, y), f"{value:g}", fill=_INK, font=font, anchor="lm")
-    draw.text((bar_x, _TOP - 12), unit, fill=_INK, font=font, anchor="lm")
+        _frequency_axis(draw, mels_db[0].shape[0], sample_rate, height)
+    _time_axes(draw, mels_db, titles, frame_s, step, gap, height, width)
+    _colour_bar(draw, bar or (db_min, db_max, "dB"), bar is None, bar_x, height)
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

@@ -26,6 +26,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,29 @@ def _masterers(models: list[str], inversions: list[str]) -> dict[str, object]:
     return {f"{Path(m).name}:{inv}": Masterer(m, inversion=inv) for m in models for inv in inversions}
 
 
+def clip_parser(doc: str, name: str, clips: int) -> argparse.ArgumentParser:
+    """The options of a bench that damages centred clips of a corpus split: ``--corpus``,
+    ``--split``, ``--clips``, ``--seconds``, ``--seed`` and ``--out`` (``<name>-<date>.json``)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "fma_mini"))
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--clips", type=int, default=clips)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", default=str(REPO / "bench" / "results" / f"{name}-{time.strftime('%Y-%m-%d')}.json"))
+    return parser
+
+
+def clean_clips(args: argparse.Namespace, audio_cfg: AudioConfig) -> Iterator[tuple[dict, np.ndarray, Reference]]:
+    """``(row, clean (C, T), Reference)`` for each clip of ``args``' corpus split (centred,
+    ``args.seconds`` at 44.1 kHz), progress on stderr."""
+    rows, _ = list_clean(args.corpus, args.split, args.clips)
+    for row in rows:
+        clean, _ = read_excerpt(row["path"], args.seconds, sample_rate=MODEL_RATE, mono=False, min_seconds=args.seconds)
+        yield row, clean, Reference(clean, audio_cfg, integrated_loudness(clean, MODEL_RATE))
+        print(f"{row['track_id']} done", file=sys.stderr)
+
+
 def measure_rows(reference: Reference, outputs: dict[str, np.ndarray], track_id: str, damage: str) -> list[dict]:
     """One row per output path: its measures against the clean clip (sample-aligned)."""
     rows = []
@@ -80,11 +104,12 @@ def measure_rows(reference: Reference, outputs: dict[str, np.ndarray], track_id:
     return rows
 
 
-def report(args: argparse.Namespace, clips: int, results: list[dict]) -> None:
+def report(args: argparse.Namespace, results: list[dict]) -> None:
     """Write the settings, means and rows to ``args.out`` (JSON) and print the means' table."""
     means = mean_by_damage(results)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
+    clips = len({r["track_id"] for r in results})
     Path(args.out).write_text(json.dumps({"settings": settings, "clips": clips, "means": means, "rows": results}, indent=1))
     print(table(means))
 
@@ -108,25 +133,16 @@ def table(means: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "fma_mini"))
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--clips", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = clip_parser(__doc__, "diagnose", clips=10)
     parser.add_argument("--damages", nargs="+", default=list(DAMAGES), choices=DAMAGES)
     parser.add_argument("--models", nargs="*", default=[str(REPO / "models" / "reference")])
     parser.add_argument("--inversions", nargs="+", default=["chain", "mask"])
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / f"diagnose-{time.strftime('%Y-%m-%d')}.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     audio_cfg = AudioConfig()
-    rows, _ = list_clean(args.corpus, args.split, args.clips)
     masterers = _masterers(args.models, args.inversions)
     results = []
-    for row in rows:
-        clean, _ = read_excerpt(row["path"], args.seconds, sample_rate=MODEL_RATE, mono=False, min_seconds=args.seconds)
-        reference = Reference(clean, audio_cfg, integrated_loudness(clean, MODEL_RATE))
+    for row, clean, reference in clean_clips(args, audio_cfg):
         for damage in args.damages:
             damaged, truth = damage_one(clean, row["track_id"], args.seed, damage, audio_cfg.hop_length)
             outputs = {
@@ -137,8 +153,7 @@ def main() -> None:
             for name, masterer in masterers.items():
                 outputs[name] = masterer.master_audio(damaged, MODEL_RATE)[0]
             results += measure_rows(reference, outputs, row["track_id"], damage)
-        print(f"{row['track_id']} done", file=sys.stderr)
-    report(args, len(rows), results)
+    report(args, results)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,7 @@ prints a Markdown table of the means and writes the rows to ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +33,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from diagnose import DAMAGES, damage_one, measure_rows, report  # noqa: E402
+from diagnose import DAMAGES, clean_clips, clip_parser, damage_one, measure_rows, report  # noqa: E402
 
-from automaster.audio import read_excerpt  # noqa: E402
 from automaster.config import AudioConfig  # noqa: E402
 from automaster.degrade import degrade_clip  # noqa: E402
 from automaster.dsp.constants import MODEL_RATE  # noqa: E402
-from automaster.dsp.loudness import integrated_loudness  # noqa: E402
 from automaster.evaluation.baselines import identity_loudness  # noqa: E402
-from automaster.evaluation.metrics import Reference  # noqa: E402
-from automaster.pipelines.evaluate import list_clean  # noqa: E402
 
 N_FFT, HOP = 2048, 512
 DB = 20.0 / np.log(10.0)  # dB per neper of amplitude
@@ -89,22 +83,13 @@ def oracle_masks(clean: np.ndarray, damaged: np.ndarray) -> dict[str, np.ndarray
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default=str(REPO.parent / "shared" / "data" / "fma_mini"))
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--clips", type=int, default=9)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--seed", type=int, default=1)
+    parser = clip_parser(__doc__, "mask-ceiling", clips=9)
     parser.add_argument("--damages", nargs="+", default=["reverb", "all"], choices=[*DAMAGES, "all"])
-    parser.add_argument("--out", default=str(REPO / "bench" / "results" / f"mask-ceiling-{time.strftime('%Y-%m-%d')}.json"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     audio_cfg = AudioConfig()
-    rows, _ = list_clean(args.corpus, args.split, args.clips)
     results = []
-    for row in rows:
-        clean, _ = read_excerpt(row["path"], args.seconds, sample_rate=MODEL_RATE, mono=False, min_seconds=args.seconds)
-        reference = Reference(clean, audio_cfg, integrated_loudness(clean, MODEL_RATE))
+    for row, clean, reference in clean_clips(args, audio_cfg):
         for damage in args.damages:
             if damage == "all":
                 damaged = degrade_clip(clean, MODEL_RATE, args.seed, row["track_id"]).audio[0].numpy()
@@ -112,8 +97,7 @@ def main() -> None:
                 damaged = damage_one(clean, row["track_id"], args.seed, damage, audio_cfg.hop_length)[0]
             outputs = {"identity": damaged, "oracle_gain": identity_loudness(damaged, reference.lufs), **oracle_masks(clean, damaged)}
             results += measure_rows(reference, outputs, row["track_id"], damage)
-        print(f"{row['track_id']} done", file=sys.stderr)
-    report(args, len(rows), results)
+    report(args, results)
 
 
 if __name__ == "__main__":

@@ -224,7 +224,8 @@ class Masterer:
             mel = fit_frames(mel_db(y, self.audio_cfg), nf)  # (1, M, nf)
             outputs = {"mel_db": mel[0]}
             # a spectral model's STFT needs N_FFT // 2 + 1 samples: a shorter clip is read with silence after it
-            padded = torch.nn.functional.pad(y, (0, max(0, N_FFT // 2 + 1 - y.shape[-1])))
+            short = N_FFT // 2 + 1 - y.shape[-1]
+            padded = torch.nn.functional.pad(y, (0, short)) if short > 0 else y
             if inversion is not None and self.mode == SPECTRAL:  # the restorer reads the waveform
                 out = self.model(padded[None], outputs=("gain_db", "level_db"))
                 outputs["gain_db"] = fit_frames(out["gain_db"], nf)[0]  # (K, nf) model-rate bins
