@@ -1,4 +1,4 @@
-"""``automaster master``: master every audio file of a folder with a trained model."""
+"""``automaster master``: master one file into one file, or files and folders into a folder."""
 
 from __future__ import annotations
 
@@ -17,24 +17,43 @@ def add_product_options(p: argparse.ArgumentParser) -> None:
     """``master``'s delivery options: loudness preset, reference track and amount (issue 13)."""
     from automaster.config import DEFAULT_PRESET, PRESETS
 
-    table = "; ".join(
-        f"{n}: {'keep level' if p_.target_lufs is None else f'{p_.target_lufs:g} LUFS'}"
-        f"{'' if p_.ceiling_dbtp is None else f', {p_.ceiling_dbtp:g} dBTP'}" for n, p_ in PRESETS.items()
-    )
+    def describe(name: str, preset) -> str:
+        if name == "restore":
+            level = "the level the level model estimates for the original master (--level-model none: the input's level)"
+        else:
+            level = "keep the level" if preset.target_lufs is None else f"{preset.target_lufs:g} LUFS"
+        return f"{name}: {level}{'' if preset.ceiling_dbtp is None else f', {preset.ceiling_dbtp:g} dBTP'}"
+
+    table = "; ".join(describe(n, p_) for n, p_ in PRESETS.items())
     p.add_argument("--preset", choices=list(PRESETS),
                    help=f"loudness and true-peak ceiling ({table}; default {DEFAULT_PRESET}, or the reference's "
                    "loudness with --reference); --target-lufs/--true-peak override it")
     p.add_argument("--reference", help="audio file whose tonal balance (mid/side spectra), stereo width and loudness to match")
+    p.add_argument("--references", metavar="CSV",
+                   help="a CSV with the columns input,reference: master each input toward its own reference, in one "
+                   "job (replaces --input; relative paths are read from the CSV's folder)")
     p.add_argument("--amount", type=float, default=MASTER_DEFAULTS.amount,
                    help="0..1: blend of the input and the restored, tone-matched result before the loudness stage (default 1)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``automaster master`` and its flags."""
-    p = sub.add_parser("master", help="master every audio file of a folder with a trained model (in-process or on Ray)")
+    p = sub.add_parser(
+        "master", help="master one file, several, or folders of audio (one file: in-process; many: in-process or on Ray)",
+        description="Master audio. One file into one file: automaster master --input song.flac --out mastered.flac "
+        "(the format follows --out's extension; the report goes beside it). Files and folders into a folder: "
+        "automaster master --input a.wav --input albums/ --out mastered/ (audio/, report/, summary.json, overview.png; "
+        "a re-run resumes).",
+    )
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
-    p.add_argument("--input", required=True, help="folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF)")
-    p.add_argument("--out", required=True, help="output folder or URI (audio/, spectrograms/, parameters/, debug/, report/, summary.json)")
+    p.add_argument("--input", action="append", metavar="FILE|FOLDER",
+                   help="an audio file or a folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF); repeatable")
+    p.add_argument("--out", required=True,
+                   help="an audio file (.wav/.flac/.ogg/.mp3) for one input file, else an output folder or URI "
+                   "(audio/, report/, summary.json, overview.png)")
+    p.add_argument("--pictures", action="store_true",
+                   help="also draw each file's pictures: its report figure, input/output spectrograms and the model's "
+                   "debug view (off by default: they cost more than the mastering)")
     p.add_argument("--inversion", choices=INVERSIONS,
                    help="chain: predicted parameters drive the inverse effects (default for models that forecast "
                    "parameters: it measured best, see README 'Results'); mask: the U-Net's mel gain on the input STFT "
@@ -43,7 +62,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_product_options(p)
     add_workers(p)
     add_batch_options(p)
-    add_tracking(p, "MLflow experiment name (default automaster-master)")
+    add_tracking(p, "MLflow experiment name (default automaster-master; a single file is not recorded)")
     p.set_defaults(func=run)
 
 
@@ -56,38 +75,85 @@ def _reference(value: str | None) -> str | None:
     return location(value, flag="--reference")
 
 
+def _inputs(args: argparse.Namespace) -> list[str]:
+    """The ``--input`` values as locations; none with ``--references`` (its CSV lists them)."""
+    if args.references is not None:
+        if args.input:
+            raise UsageError("--references lists the inputs (its input column): drop --input")
+        if args.reference is not None:
+            raise UsageError("--references gives each input its own reference: drop --reference")
+        return []
+    if not args.input:
+        raise UsageError("--input is required (an audio file or a folder; repeatable), or --references CSV")
+    return [location(value, must_exist=True, flag="--input") for value in args.input]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster master``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
     from automaster.mastering import MasteringError
     from automaster.model.checkpoint import CheckpointError
-    from automaster.pipelines.master import check_levels, run_master, summary_table
+    from automaster.pipelines.master_one import is_file_output
 
     model = model_or_shipped(args.model)
     inversion = args.inversion or default_inversion(model)
-    check_levels(args.target_lufs, args.true_peak)
     if not 0.0 <= args.amount <= 1.0:
         raise UsageError(f"--amount {args.amount:g}: must be in [0, 1]")
     check_workers(args.workers)
-    out = out_location(args.out)
+    inputs = _inputs(args)
+    references = None if args.references is None else location(args.references, must_exist=True, flag="--references")
+    one_file = len(inputs) == 1 and not Path(inputs[0]).is_dir() and "://" not in inputs[0] and is_file_output(args.out)
+    if is_file_output(args.out) and not one_file:
+        raise UsageError(f"--out {args.out}: a file name takes exactly one input file; name a folder for "
+                         f"{'a folder' if len(inputs) == 1 else 'several inputs'}")
+    config_kwargs = dict(inversion=inversion, preset=args.preset, amount=args.amount, reference=_reference(args.reference))
     try:
+        if one_file:
+            return _run_one(args, model, inputs[0], config_kwargs)
+        from automaster.pipelines.master import check_levels, run_master
+
+        check_levels(args.target_lufs, args.true_peak)
         summary = run_master(
-            location(model, must_exist=True, flag="--model"),
-            location(args.input, must_exist=True, flag="--input"),
-            out,
-            config=master_config(args, inversion=inversion, preset=args.preset, amount=args.amount,
-                                 reference=_reference(args.reference)),
-            workers=args.workers,
-            gpu=args.gpu,
-            overwrite=args.overwrite,
-            ray=args.ray,
+            location(model, must_exist=True, flag="--model"), inputs, out_location(args.out),
+            config=master_config(args, **config_kwargs), references=references, pictures=args.pictures,
+            workers=args.workers, gpu=args.gpu, overwrite=args.overwrite, ray=args.ray,
             **job_options(args, "automaster-master"),
         )
     except (MasteringError, CheckpointError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
+    from automaster.pipelines.master import summary_table
+
     print(summary_table(summary))
     print_summary("master", summary, f", {summary['files_per_s']:.2f} files/s; an echo was measured and removed in "
-                  f"{summary['echo_removed']} files")
+                  f"{summary['echo_removed']} files" + (f"\n  overview: {summary['overview']}" if summary.get("overview") else ""))
     if summary["ok"] == 0 and summary["skipped"] == 0:
         log.error("no file could be mastered")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _run_one(args: argparse.Namespace, model: str, source: str, config_kwargs: dict) -> int:
+    """One file into one file, in this process (no Ray, no MLflow run)."""
+    from automaster import storage
+    from automaster.pipelines.master_one import master_one
+
+    out = location(args.out, flag="--out")
+    record = master_one(location(model, must_exist=True, flag="--model"), source, out,
+                        config=master_config(args, **config_kwargs), pictures=args.pictures, overwrite=args.overwrite)
+    name = storage.display_name(source)
+    if record["status"] == "error":
+        print(f"master: {name}: failed: {record['reason']}")
+        return EXIT_FAILED
+    if record["status"] == "skipped":
+        print(f"master: {storage.display_name(out)} is up to date ({record['reason']}; --overwrite redoes it)")
+        return EXIT_OK
+    print(f"master: {name} -> {storage.display_name(out)}: {_fmt(record.get('lufs_before'))} -> "
+          f"{_fmt(record.get('lufs_after'))} LUFS, true peak {_fmt(record.get('true_peak_after_dbtp'))} dBTP; "
+          f"{record.get('applied') or 'nothing applied'} ({record['seconds']:.1f} s)")
+    for note in record.get("notes") or []:
+        print(f"  note: {note}")
+    print(f"  report: {storage.display_name(record['report'])}")
+    return EXIT_OK
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

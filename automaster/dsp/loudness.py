@@ -26,7 +26,6 @@ import math
 
 import numba
 import numpy as np
-import pyloudnorm
 import torch
 from scipy.special import i0
 
@@ -76,13 +75,29 @@ def _check_rate(sample_rate: int) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _k_weighting_sos(sample_rate: int) -> np.ndarray:
-    """pyloudnorm's K-weighting stages as normalised biquads ``(stages, 5)``: b0, b1, b2, a1, a2."""
+    """pyloudnorm's K-weighting stages as normalised biquads ``(stages, 5)``: b0, b1, b2, a1, a2.
+
+    Its default ("K-weighting") filters, computed as pyloudnorm's ``IIRfilter`` computes them
+    (the RBJ cookbook's high shelf, +4 dB above 1500 Hz, Q 1/sqrt(2), and high pass at 38 Hz,
+    Q 0.5), here rather than through pyloudnorm, whose import loads scipy.signal (0.8 s of a
+    one-file master's start-up). Tests check the two agree.
+    """
     rows = []
-    for stage in pyloudnorm.Meter(sample_rate)._filters.values():
-        b = np.asarray(stage.b, dtype=np.float64) * stage.passband_gain
-        a = np.asarray(stage.a, dtype=np.float64)
+    for gain_db, q, fc, kind in ((4.0, 1 / np.sqrt(2), 1500.0, "high_shelf"), (0.0, 0.5, 38.0, "high_pass")):
+        big_a = 10 ** (gain_db / 40.0)
+        w0 = 2.0 * np.pi * (fc / sample_rate)
+        alpha, cos = np.sin(w0) / (2.0 * q), np.cos(w0)
+        if kind == "high_shelf":
+            root = 2 * np.sqrt(big_a) * alpha
+            b = [big_a * ((big_a + 1) + (big_a - 1) * cos + root), -2 * big_a * ((big_a - 1) + (big_a + 1) * cos),
+                 big_a * ((big_a + 1) + (big_a - 1) * cos - root)]
+            a = [(big_a + 1) - (big_a - 1) * cos + root, 2 * ((big_a - 1) - (big_a + 1) * cos),
+                 (big_a + 1) - (big_a - 1) * cos - root]
+        else:
+            b = [(1 + cos) / 2, -(1 + cos), (1 + cos) / 2]
+            a = [1 + alpha, -2 * cos, 1 - alpha]
+        b, a = np.asarray(b, dtype=np.float64), np.asarray(a, dtype=np.float64)
         rows.append(np.concatenate([b / a[0], a[1:] / a[0]]))
-    assert len(rows) == 2, "K-weighting is a high shelf and a high pass"
     return np.array(rows)
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import scipy.signal
 
 from automaster.dsp import loudness as meter
 from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, master_loudness, true_peak_limit
@@ -90,21 +89,28 @@ def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, h
     return np.minimum(20.0 * np.log10(np.maximum(ratio, 1e-6)), 0.0).astype(np.float32)
 
 
-def _stage(name: str, applied: bool, note: str, audio: np.ndarray, sr: int, **extra: Any) -> dict[str, Any]:
-    return {"stage": name, "applied": applied, "note": note, **_measure(audio, sr), "peak_dbfs": peak_dbfs(audio), **extra}
+def _stage(name: str, applied: bool, note: str, audio: np.ndarray, sr: int, prev: dict[str, Any] | None = None,
+           **extra: Any) -> dict[str, Any]:
+    """A stage's record with the levels after it: a stage that did not apply keeps ``prev``'s
+    (the audio is the same), so only a stage that changed the audio is measured."""
+    if prev is not None and not applied:
+        levels = {k: prev[k] for k in ("lufs", "true_peak_dbtp", "peak_dbfs")}
+    else:
+        levels = {**_measure(audio, sr), "peak_dbfs": peak_dbfs(audio)}
+    return {"stage": name, "applied": applied, "note": note, **levels, **extra}
 
 
-def _loudness_stage(y: np.ndarray, sr: int, levels: Levels, gain_db: float | None) -> tuple[float | None, str]:
-    """The target (LUFS) the loudness stage aims at, or None, and its note."""
-    lufs = meter.integrated_loudness(y, sr)
-    if not math.isfinite(lufs):
+def _loudness_stage(lufs: float | None, levels: Levels, gain_db: float | None) -> tuple[float | None, str]:
+    """The target (LUFS) the loudness stage aims at, or None, and its note (``lufs``: the
+    loudness it starts from, None for silence)."""
+    if lufs is None or not math.isfinite(lufs):
         return None, "silent: no loudness gain"
     if levels.use_level_gain:
         if gain_db is None:
-            return None, "restore: kept the restored level"
+            return None, "restore preset without a level model: kept the restored level"
         if gain_db == 0.0:  # no gain (or amount 0): the same path as none, so the audio is untouched
-            return None, "restore: the model's level estimate, +0.0 dB (level kept)"
-        target, note = lufs + gain_db, f"restore: the model's level estimate, {gain_db:+.1f} dB"
+            return None, "level model: the original master's level as estimated, +0.0 dB (level kept)"
+        target, note = lufs + gain_db, f"level model: the original master's level as estimated, {gain_db:+.1f} dB"
     elif levels.target_lufs is None:
         return None, "no loudness target"
     else:
@@ -117,6 +123,8 @@ def _loudness_stage(y: np.ndarray, sr: int, levels: Levels, gain_db: float | Non
 def soft_clip(audio: np.ndarray, gain_db: float, ceiling_dbtp: float) -> np.ndarray:
     """``c * tanh(g * x / c)`` with ``c`` the ceiling (linear), 4x oversampled so the harmonics
     it makes above Nyquist are filtered out rather than aliased."""
+    import scipy.signal  # only the soft clipper needs it: not loaded at import
+
     c = 10.0 ** (ceiling_dbtp / 20.0)
     up = scipy.signal.resample_poly(audio * (10.0 ** (gain_db / 20.0) / c), 4, 1, axis=-1)
     return (c * scipy.signal.resample_poly(np.tanh(up), 1, 4, axis=-1)).astype(np.float32)
@@ -151,26 +159,38 @@ def _loudness_and_limit(y: np.ndarray, sr: int, target: float | None, ceiling: f
     ``LOUDNESS_TOLERANCE_LU`` short, and, if the limiter alone still cannot get there, with a
     soft clipper before it (:func:`_saturate_to`).
 
-    Returns ``(output, the limiter's input, gain_db, clipper drive_db or None)``.
+    Returns ``(output, the limiter's input, gain_db, clipper drive_db or None, the output's
+    levels as the limiter measured them or None)``.
     """
     out, stats = master_loudness(y, sr, target, ceiling)
     gain = float(stats["gain_db"]) if math.isfinite(stats["gain_db"]) else 0.0
     miss = None if target is None or ceiling is None else target - stats["lufs_after"]
     if miss is None or not math.isfinite(miss) or abs(miss) <= LOUDNESS_TOLERANCE_LU:
-        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None
+        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None, _levels_of(stats)
     out2, stats2 = master_loudness(y, sr, target + miss, ceiling)
     if abs(target - stats2["lufs_after"]) < abs(miss):
         out, stats, miss = out2, stats2, target - stats2["lufs_after"]
         gain = float(stats["gain_db"])
     if miss <= LOUDNESS_TOLERANCE_LU:
-        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None
+        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None, _levels_of(stats)
     out, clipped, drive = _saturate_to(y, sr, target, ceiling)
-    return out, clipped, drive, drive
+    return out, clipped, drive, drive, None
+
+
+def _levels_of(stats: dict[str, Any]) -> dict[str, float | None]:
+    """:func:`master_loudness`'s measurement of its output as a stage's levels."""
+    return {"lufs": finite_or_none(stats["lufs_after"]), "true_peak_dbtp": finite_or_none(stats["true_peak_after_dbtp"])}
+
+
+def _shifted(prev: dict[str, Any], gain_db: float) -> dict[str, Any]:
+    """The levels of ``prev``'s audio times a static gain: every level moves by the gain exactly."""
+    return {k: None if prev[k] is None else prev[k] + gain_db for k in ("lufs", "true_peak_dbtp", "peak_dbfs")}
 
 
 def _reference_stage(y: np.ndarray, sr: int, settings: FinishSettings, report: dict[str, Any]) -> np.ndarray:
     if settings.reference is None or settings.amount == 0:
-        report["stages"].append(_stage("reference", False, "no reference" if settings.amount > 0 else "amount 0", y, sr))
+        report["stages"].append(_stage("reference", False, "no reference" if settings.amount > 0 else "amount 0", y, sr,
+                                       prev=report["stages"][-1]))
         return y
     y, tone = match_tone(y, sr, settings.reference)
     report["tone"] = tone
@@ -181,28 +201,38 @@ def _reference_stage(y: np.ndarray, sr: int, settings: FinishSettings, report: d
 
 
 def _amount_stage(y: np.ndarray, original: np.ndarray, sr: int, amount: float, report: dict[str, Any]) -> np.ndarray:
+    note = f"{amount:.2f} processed + {1 - amount:.2f} input"
     if amount == 0.0:
-        y = original.copy()  # exactly the input
-    elif amount < 1.0:
+        y = original.copy()  # exactly the input, whose levels are known
+        report["stages"].append({"stage": "amount", "applied": True, "note": note, **report["input"]})
+        return y
+    if amount < 1.0:
         y = (np.float32(amount) * y + np.float32(1.0 - amount) * original).astype(np.float32)
-    report["stages"].append(_stage("amount", amount < 1.0, f"{amount:.2f} processed + {1 - amount:.2f} input", y, sr))
+    report["stages"].append(_stage("amount", amount < 1.0, note, y, sr, prev=report["stages"][-1]))
     return y
 
 
 def _level_stages(y: np.ndarray, sr: int, levels: Levels, level_gain_db: float | None, report: dict[str, Any]) -> np.ndarray:
-    """The loudness stage and the limiter (records both)."""
+    """The loudness stage, the soft clipper when the limiter alone fell short, and the limiter
+    (records each, so the clipper's share of the loudness shows as a stage of its own)."""
     stages, ceiling = report["stages"], levels.ceiling_dbtp
-    target, note = _loudness_stage(y, sr, levels, level_gain_db)
+    target, note = _loudness_stage(stages[-1]["lufs"], levels, level_gain_db)
     report["target_lufs"] = target
+    report["loudness_from"] = ("level model" if levels.use_level_gain else levels.loudness_from) if target is not None else None
     if target is None and ceiling is None:
-        stages.append(_stage("loudness", False, note, y, sr))
-        stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr))
+        stages.append(_stage("loudness", False, note, y, sr, prev=stages[-1]))
+        stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr, prev=stages[-1]))
         return y
-    out, pre_limit, gain, drive = _loudness_and_limit(y, sr, target, ceiling)
+    out, pre_limit, gain, drive, measured = _loudness_and_limit(y, sr, target, ceiling)
     report["loudness_gain_db"], report["soft_clip_drive_db"] = gain, drive
     if target is not None:
-        note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into a soft clipper (the limiter alone fell short)")
-    stages.append(_stage("loudness", target is not None, note, pre_limit, sr))
+        note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into the soft clipper (the limiter alone fell short)")
+    if drive is None:
+        stages.append({"stage": "loudness", "applied": target is not None, "note": note, **_shifted(stages[-1], gain)})
+    else:  # the linear gain, then the clipper's own share
+        stages.append(_stage("loudness", True, note, y * np.float32(10.0 ** (drive / 20.0)), sr))
+        stages.append(_stage("soft clip", True, f"tanh soft clipper at the {ceiling:.1f} dBTP ceiling, driven {drive:+.2f} dB",
+                             pre_limit, sr))
     y = np.ascontiguousarray(out, dtype=np.float32)
     gr = gain_reduction_db(pre_limit, y, sr) if ceiling is not None else np.zeros(0, np.float32)
     report["gain_reduction_db"] = gr
@@ -210,14 +240,18 @@ def _level_stages(y: np.ndarray, sr: int, levels: Levels, level_gain_db: float |
     report["limiter_mean_reduction_db"] = max(0.0, float(-gr.mean())) if gr.size else 0.0
     note = "no ceiling" if ceiling is None else (
         f"ceiling {ceiling:.1f} dBTP ({levels.ceiling_from}), max gain reduction {report['limiter_max_reduction_db']:.2f} dB")
-    stages.append(_stage("limiter", ceiling is not None and report["limiter_max_reduction_db"] > 0, note, y, sr))
+    limited = ceiling is not None and report["limiter_max_reduction_db"] > 0
+    if measured is not None:  # the limiter measured its output: no second pass over it
+        stages.append({"stage": "limiter", "applied": limited, "note": note, **measured, "peak_dbfs": peak_dbfs(y)})
+    else:
+        stages.append(_stage("limiter", limited, note, y, sr))
     return y
 
 
 def _ceiling_stage(y: np.ndarray, sr: int, report: dict[str, Any]) -> np.ndarray:
     peak = abs_max(y)
     if peak <= 1.0:
-        report["stages"].append(_stage("ceiling", False, "no sample above 0 dBFS", y, sr))
+        report["stages"].append(_stage("ceiling", False, "no sample above 0 dBFS", y, sr, prev=report["stages"][-1]))
         return y
     g = 10.0 ** (HEADROOM_PEAK_DBFS / 20.0) / peak
     y = y * np.float32(g)
@@ -228,7 +262,7 @@ def _ceiling_stage(y: np.ndarray, sr: int, report: dict[str, Any]) -> np.ndarray
 
 def finish(
     original: np.ndarray, restored: np.ndarray, sample_rate: int, settings: FinishSettings,
-    level_gain_db: float | None = None, restore_note: str = "restoration",
+    level_gain_db: float | None = None, restore_note: str = "restoration", restore_applied: bool | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Run the stages after restoration; returns ``(audio (C, T) float32, report)``.
 
@@ -249,7 +283,9 @@ def finish(
         "loudness_gain_db": 0.0, "soft_clip_drive_db": None, "gain_reduction_db": np.zeros(0, np.float32),
         "limiter_max_reduction_db": 0.0, "limiter_mean_reduction_db": 0.0, "headroom_gain_db": 0.0, "tone": None,
     }
-    report["stages"].append(_stage("restore", settings.amount > 0, restore_note, y, sr))
+    restored = settings.amount > 0 if restore_applied is None else bool(restore_applied and settings.amount > 0)
+    report["input"] = {**_measure(original, sr), "peak_dbfs": peak_dbfs(original)}  # measured once
+    report["stages"].append(_stage("restore", restored, restore_note, y, sr, prev=report["input"]))
     y = _reference_stage(y, sr, settings, report)
     y = _amount_stage(y, original, sr, settings.amount, report)
     y = _level_stages(y, sr, levels, None if level_gain_db is None else settings.amount * level_gain_db, report)
@@ -259,15 +295,20 @@ def finish(
 
 
 def _applied(report: dict[str, Any]) -> str:
-    """What was done, in a few words for the end-of-job table (``restore, +4.8 dB, limiter 1.2 dB``)."""
-    done = {s["stage"] for s in report["stages"] if s["applied"]}
-    parts = ["restore"] if "restore" in done else []
+    """What was done, by which stage, in a few words for the end-of-job table
+    (``echo removed (120 ms), level model +4.8 dB, limiter 1.2 dB``)."""
+    done = {s["stage"]: s for s in report["stages"] if s["applied"]}
+    parts = [done["restore"]["note"]] if "restore" in done else []
     if "reference" in done:
         parts.append("reference EQ")
     if "amount" in done:
         parts.append(f"amount {report['amount']:.2f}")
     if "loudness" in done:
-        parts.append(f"{report['loudness_gain_db']:+.1f} dB" + (" soft clip" if report.get("soft_clip_drive_db") is not None else ""))
+        source = report.get("loudness_from")
+        how = "level model" if source == "level model" else f"to {report['target_lufs']:.1f} LUFS"
+        parts.append(f"{how} {report['loudness_gain_db']:+.1f} dB")
+    if "soft clip" in done:
+        parts.append("soft clip")
     if "limiter" in done:
         parts.append(f"limiter {report['limiter_max_reduction_db']:.1f} dB")
     if "ceiling" in done:
@@ -290,9 +331,9 @@ def levels_info(original: np.ndarray, sample_rate: int, report: dict[str, Any]) 
     largest gain reduction, ``loudness_note`` (the loudness stage's note when it is a warning:
     silence, a refused gain, the soft clipper; else empty) and ``applied``."""
     last = report["stages"][-1]
-    before = _measure(original, sample_rate)
+    before = report.get("input") or {**_measure(original, sample_rate), "peak_dbfs": peak_dbfs(original)}
     return {
-        "lufs_before": before["lufs"], "true_peak_before_dbtp": before["true_peak_dbtp"], "peak_before_dbfs": peak_dbfs(original),
+        "lufs_before": before["lufs"], "true_peak_before_dbtp": before["true_peak_dbtp"], "peak_before_dbfs": before["peak_dbfs"],
         "lufs_after": last["lufs"], "true_peak_after_dbtp": last["true_peak_dbtp"], "peak_after_dbfs": last["peak_dbfs"],
         "loudness_gain_db": report["loudness_gain_db"], "headroom_gain_db": report["headroom_gain_db"],
         "loudness_note": loudness_warning(report), "target_lufs": report["target_lufs"], "ceiling_dbtp": report["ceiling_dbtp"],

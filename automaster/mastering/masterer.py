@@ -44,7 +44,7 @@ from automaster.mastering.chunks import Chunk, fit_frames, plan_chunks, resample
 from automaster.mastering.inversions import mel_db, render
 from automaster.mastering.finishing import FinishSettings, finish, levels_info
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, all_finite, finite_or_none
-from automaster.mastering.policy import apply_chain_policy, chain_policy, forecast_errors, remove_echo
+from automaster.mastering.policy import apply_chain_policy, chain_is_identity, chain_policy, forecast_errors, remove_echo
 from automaster.model.batches import normalize_mel
 from automaster.model.checkpoint import load_model_cached
 from automaster.model.spectral import MODE as SPECTRAL
@@ -120,6 +120,8 @@ class Masterer:
         self.level_model = self._load_level_model()
         self.forecast_skill = forecast_errors(self.meta)
         self._policy = chain_policy(self.forecast_skill, self.cfg.echo_removal, self.cfg.max_forecast_error)
+        # A chain whose every effect the policy makes neutral is the identity: not run at all.
+        self._identity_chain = self.mode != SPECTRAL and chain_is_identity(self._policy)
         self.reference = load_reference(self.cfg.reference) if self.cfg.reference else None
         self.finish_settings = FinishSettings(
             preset=self.cfg.preset, target_lufs=self.cfg.target_lufs, true_peak_dbtp=self.cfg.true_peak_dbtp,
@@ -204,11 +206,19 @@ class Masterer:
             result["gain_db"] = (restored_db - seen_db).clamp(-bound, bound)[:, 0]
         return result
 
+    def restores(self, inversion: str | None = None) -> bool:
+        """Whether ``inversion`` (default: the configured one) can change the audio: False for the
+        ``chain`` when the policy makes every effect neutral (it is then not run)."""
+        return not ((inversion or self.cfg.inversion) == "chain" and self._identity_chain)
+
     @torch.inference_mode()
-    def analyse(self, audio: np.ndarray, sr: int, chunks: list[Chunk], inversion: str | None = None) -> dict[str, np.ndarray]:
+    def analyse(
+        self, audio: np.ndarray, sr: int, chunks: list[Chunk], inversion: str | None = None, mel: bool = True,
+    ) -> dict[str, np.ndarray]:
         """Frame-rate controls of the whole track from its mono downmix, stitched over chunks.
 
-        Returns ``"mel_db"`` ``(M, F)`` and, with an ``inversion``, the model's output for it:
+        Returns ``"mel_db"`` ``(M, F)`` (unless ``mel`` is false) and, with an ``inversion``, the
+        model's output for it (none for a chain the policy makes the identity):
         ``"params"`` ``(P, F)`` (chain) or ``"gain_db"`` ``(M, F)`` (mask, griffinlim); for the
         spectral restorer ``"gain_db"`` ``(n_fft // 2 + 1, F)`` over the model-rate STFT bins and
         ``"level_db"`` ``(F,)`` (each chunk's level gain). Every channel gets the same controls.
@@ -216,22 +226,26 @@ class Masterer:
         n_frames = chunks[-1].f1
         sums: dict[str, np.ndarray] = {}
         weight = np.zeros(n_frames, np.float32)
+        restorer = inversion is not None and self.restores(inversion)
         for c in chunks:
             nf = c.f1 - c.f0
             # Downmix first (linear, so the same as after resampling): one channel to resample.
             mono = np.ascontiguousarray(audio[:, c.s0 : c.s1].mean(axis=0, keepdims=True, dtype=np.float32))
             y = torch.from_numpy(resample(mono, sr, MODEL_RATE)).to(self.device)  # (1, n_model)
-            mel = fit_frames(mel_db(y, self.audio_cfg), nf)  # (1, M, nf)
-            outputs = {"mel_db": mel[0]}
+            outputs = {}
+            if mel or (restorer and self.mode != SPECTRAL):
+                mel_ = fit_frames(mel_db(y, self.audio_cfg), nf)  # (1, M, nf)
+                if mel:
+                    outputs["mel_db"] = mel_[0]
             # a spectral model's STFT needs N_FFT // 2 + 1 samples: a shorter clip is read with silence after it
             short = N_FFT // 2 + 1 - y.shape[-1]
             padded = torch.nn.functional.pad(y, (0, short)) if short > 0 else y
-            if inversion is not None and self.mode == SPECTRAL:  # the restorer reads the waveform
+            if restorer and self.mode == SPECTRAL:  # the restorer reads the waveform
                 out = self.model(padded[None], outputs=("gain_db", "level_db"))
                 outputs["gain_db"] = fit_frames(out["gain_db"], nf)[0]  # (K, nf) model-rate bins
                 outputs["level_db"] = out["level_db"].expand(nf)  # per chunk, stitched like the rest
-            elif inversion is not None:
-                outputs.update({k: v[0] for k, v in self._run_model(mel, inversion).items()})
+            elif restorer:
+                outputs.update({k: v[0] for k, v in self._run_model(mel_, inversion).items()})
             if inversion is not None and self.level_model is not None:  # another model's level head
                 outputs["level_db"] = self.level_model(padded[None], outputs=("level_db",))["level_db"].expand(nf)
             w = window(c.f0, nf, c.frame_in, c.frame_out, equal_power=False)
@@ -243,9 +257,11 @@ class Masterer:
             weight[c.f0 : c.f1] += w
         return {k: v / np.maximum(weight, 1e-8) for k, v in sums.items()}
 
-    def _controls(self, audio: np.ndarray, sr: int, chunks: list[Chunk], inversion: str, echo: dict[str, Any]) -> dict[str, Any]:
+    def _controls(
+        self, audio: np.ndarray, sr: int, chunks: list[Chunk], inversion: str, echo: dict[str, Any], mel: bool,
+    ) -> dict[str, Any]:
         """:meth:`analyse` plus the chain policy, as the renderers take them (on the device)."""
-        controls: dict[str, Any] = self.analyse(audio, sr, chunks, inversion)
+        controls: dict[str, Any] = self.analyse(audio, sr, chunks, inversion, mel=mel)
         if "params" in controls:
             controls["params"], controls["params_report"] = apply_chain_policy(
                 controls["params"], self._policy, echo, self.cfg.echo_removal
@@ -265,6 +281,8 @@ class Masterer:
         def one(seg: np.ndarray, c: Chunk) -> np.ndarray:
             return render(inversion, seg, sr, c, controls, self.audio_cfg, self.cfg, self.device)
 
+        if not self.restores(inversion):
+            return audio
         equal_power = inversion == "griffinlim" and not self.cfg.init_phase  # mutually incoherent chunks
         if len(chunks) == 1:  # the whole track at once: no crossfade, no copy
             return np.ascontiguousarray(one(np.ascontiguousarray(audio), chunks[0]), dtype=np.float32)
@@ -278,21 +296,23 @@ class Masterer:
 
     def master_audio(
         self, audio: np.ndarray, sample_rate: int, *, inversion: str | None = None, images: bool = False,
-        stages: dict[str, float] | None = None,
+        stages: dict[str, float] | None = None, reference: ToneProfile | None = None,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Master ``audio`` ``(C, T)`` float32 at ``sample_rate`` -> ``(mastered (C, T), info)``.
 
         ``inversion`` overrides the configured one (the same loaded model renders every inversion
-        it supports). ``info`` holds levels before/after (``lufs_*``, ``true_peak_*_dbtp``,
-        ``peak_*_dbfs``), ``loudness_gain_db``, ``headroom_gain_db``, the limiter's reductions,
-        ``target_lufs``, ``ceiling_dbtp``, ``applied`` (what was done, in words), ``chunks`` and the
-        echo stage's note (:func:`automaster.mastering.finishing.levels_info`); with the spectral
-        restorer ``level_gain_db`` (its level head's gain, the mean over chunks; the ``restore``
-        preset's loudness stage applies it times ``amount``) and ``predicted_lufs`` (the input's
-        loudness plus that gain: the original master's, as the model estimates it); with
-        ``images``, also ``"arrays"``: mels and controls for pictures and parameter statistics, and
-        ``"finish"``: the stages' records and curves for the report. ``stages`` accumulates seconds
-        per stage.
+        it supports); ``reference`` overrides the configured reference (a per-file reference).
+        ``info`` holds levels before/after (``lufs_*``, ``true_peak_*_dbtp``, ``peak_*_dbfs``),
+        ``loudness_gain_db``, ``headroom_gain_db``, the limiter's reductions, ``target_lufs``,
+        ``ceiling_dbtp``, ``applied`` (what was done, in words), ``chunks``, the echo stage's
+        note (:func:`automaster.mastering.finishing.levels_info`) and ``"finish"``: the stages'
+        records and curves for the report; with a level head (the spectral restorer's or the
+        level model's) ``level_gain_db`` (its gain, the mean over chunks; the ``restore`` preset's
+        loudness stage applies it times ``amount``) and ``predicted_lufs`` (the input's loudness
+        plus that gain: the original master's, as the model estimates it); with ``images``, also
+        ``"arrays"``: mels and controls for pictures and parameter statistics. ``stages``
+        accumulates seconds per stage. At ``amount`` 0 nothing is restored or measured for it:
+        the input goes straight to the loudness stages.
 
         Raises:
             ValueError: not ``(C, T)`` finite audio, or a bad sample rate.
@@ -312,52 +332,68 @@ class Masterer:
         sr = int(sample_rate)
         stages = stages if stages is not None else dict.fromkeys(STAGES, 0.0)
         chunks = plan_chunks(audio.shape[1], sr, self.cfg.chunk_s, self.cfg.context_s, self.audio_cfg.hop_length)
+        restoring = self.cfg.amount > 0  # amount 0: the input itself goes to the loudness stages
 
         t = time.perf_counter()
         original = audio
         echo: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None}
-        if self.cfg.echo_removal:
+        if self.cfg.echo_removal and restoring:
             audio, echo = remove_echo(audio, sr, self.cfg.min_echo_gain)
-        controls = self._controls(audio, sr, chunks, inversion, echo)
+        controls = self._controls(audio, sr, chunks, inversion, echo, mel=images) if restoring or images else {}
         stages["analysis"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        mastered = self._synthesise(audio, sr, chunks, controls, inversion)
+        mastered = self._synthesise(audio, sr, chunks, controls, inversion) if restoring else audio
         if not all_finite(mastered):
             raise FileError(f"the {inversion} inversion produced NaN/Inf samples")
         stages["render"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        note = f"{inversion} inversion" + (f", echo removed ({echo['echo_delay_s'] * 1e3:.0f} ms)" if echo["echo_removed"] else "")
-        level_db = controls.get("level_db")
+        restored, note = self._restore_note(inversion, echo, restoring)
+        level_db = controls.get("level_db") if restoring else None
         predicted_lufs = restore_gain = None
         if level_db is not None:  # the level head: the original master's loudness, which the loudness stage restores
             predicted_lufs = finite_or_none(integrated_loudness(audio, sr))
-            restored_lufs = integrated_loudness(mastered, sr)
-            if predicted_lufs is not None and math.isfinite(restored_lufs):
+            restored_lufs = integrated_loudness(mastered, sr) if mastered is not audio else predicted_lufs
+            if predicted_lufs is not None and restored_lufs is not None and math.isfinite(restored_lufs):
                 predicted_lufs += level_db
                 restore_gain = predicted_lufs - restored_lufs
-        mastered, finished = finish(original, mastered, sr, self.finish_settings, level_gain_db=restore_gain, restore_note=note)
+        settings = self.finish_settings if reference is None else dataclasses.replace(self.finish_settings, reference=reference)
+        mastered, finished = finish(original, mastered, sr, settings, level_gain_db=restore_gain, restore_note=note,
+                                    restore_applied=restored)
         info = levels_info(original, sr, finished)
         info["chunks"] = len(chunks)
         info.update(echo)
         if level_db is not None:
             info["level_gain_db"] = level_db
             info["predicted_lufs"] = predicted_lufs
+        info["finish"] = finished
         stages["loudness"] += time.perf_counter() - t
 
         if images:
             t = time.perf_counter()
             info["arrays"] = self._image_arrays(original, audio, mastered, sr, chunks, controls)
-            info["arrays"]["finish"] = finished  # the stages' records and curves, for the report
             stages["analysis"] += time.perf_counter() - t
         return mastered, info
+
+    def _restore_note(self, inversion: str, echo: dict[str, Any], restoring: bool) -> tuple[bool, str]:
+        """``(whether restoration changed the audio, what it did in words)``."""
+        if not restoring:
+            return False, "amount 0: no restoration"
+        parts = [f"echo removed ({echo['echo_delay_s'] * 1e3:.0f} ms)"] if echo["echo_removed"] else []
+        if self.restores(inversion):
+            parts.append(f"{inversion} inversion")
+        elif not parts:
+            return False, "no effect to undo (the model's forecasts are no better than the mean: the chain is neutral)"
+        return True, ", ".join(parts)
 
     def _image_arrays(
         self, original: np.ndarray, seen: np.ndarray, mastered: np.ndarray, sr: int, chunks: list[Chunk],
         controls: dict[str, Any],
     ) -> dict[str, np.ndarray]:
         """Mels of the input, of what the model saw and of the output, and the controls."""
+        if "mel_db" not in controls:  # amount 0: nothing was analysed
+            controls = {**controls, "mel_db": self.analyse(seen, sr, chunks)["mel_db"]}
         mel_in = controls["mel_db"] if seen is original else self.analyse(original, sr, chunks)["mel_db"]
         arrays = {"mel_input_db": mel_in, "mel_model_db": controls["mel_db"]}
         arrays["mel_output_db"] = self.analyse(mastered, sr, chunks)["mel_db"]

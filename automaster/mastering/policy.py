@@ -59,6 +59,14 @@ def chain_policy(forecast_skill: dict[str, float], echo_removal: bool, max_forec
     return out
 
 
+def chain_is_identity(policy: dict[str, str]) -> bool:
+    """True when ``policy`` renders every effect neutral (each parameter that has a neutral value
+    takes it; the echo's gain is the echo stage's): the inverse chain is then the identity, so
+    neither the forecaster nor the chain needs to run."""
+    return all(policy.get(p.name) == "neutral" or (p.name == "echo_gain" and policy.get(p.name) == "estimate")
+               for p in PARAMS if p.neutral is not None)
+
+
 def _norm(name: str, value: float) -> float:
     return float(BY_NAME[name].normalize(torch.tensor(float(value))))
 

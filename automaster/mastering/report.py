@@ -22,11 +22,10 @@ import math
 from typing import Any
 
 import numpy as np
-import scipy.signal
 
 from automaster import storage
 from automaster.dsp import loudness as meter
-from automaster.dsp.tone import GRID_HZ, ToneProfile, tone_error_db, tone_profile
+from automaster.dsp.tone import GRID_HZ, ToneProfile, stereo_width_db, tone_error_db, tone_profile
 
 REPORT_DIR = "report"
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window
@@ -44,6 +43,8 @@ def _json_list(x: np.ndarray, digits: int = 2) -> list[float | None]:
 
 def peak_curve_dbtp(audio: np.ndarray, sample_rate: int, hop_s: float = CURVE_HOP_S) -> tuple[np.ndarray, np.ndarray]:
     """``(times_s, dBTP)``: the 4x-oversampled peak of each ``hop_s`` window (all channels)."""
+    import scipy.signal  # the curves are drawn on request only: not loaded at import
+
     x = np.atleast_2d(np.asarray(audio, dtype=np.float32))
     factor = meter.oversampling_factor(sample_rate)
     up = scipy.signal.resample_poly(x, factor, 1, axis=-1) if factor > 1 else x
@@ -57,56 +58,86 @@ def peak_curve_dbtp(audio: np.ndarray, sample_rate: int, hop_s: float = CURVE_HO
 
 def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rate: int,
                  finish_report: dict[str, Any], estimates: dict[str, Any] | None = None,
-                 reference: ToneProfile | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The JSON-ready report of one file (the PNG is drawn from it by :func:`report_png`)."""
+                 reference: ToneProfile | None = None, settings: dict[str, Any] | None = None,
+                 curves: bool = True, levels: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON-ready report of one file (the PNG is drawn from it by :func:`report_png`).
+
+    Without ``curves`` it holds the figures only (levels, stages, estimates, widths, the tone
+    match): what the mastering job writes by default, at the cost of a stereo-width sum. With
+    them it adds the spectra, short-term loudness, true-peak and gain-reduction curves the
+    picture draws. ``levels`` (:func:`automaster.mastering.finishing.levels_info`) saves
+    measuring the input and output again.
+    """
     sr = int(sample_rate)
-    before, after = tone_profile(original, sr), tone_profile(output, sr)
-    t_in, st_in = meter.short_term_loudness(original, sr, SHORT_TERM_S, CURVE_HOP_S)
-    t_out, st_out = meter.short_term_loudness(output, sr, SHORT_TERM_S, CURVE_HOP_S)
-    tp_t, tp_in = peak_curve_dbtp(original, sr)
-    _, tp_out = peak_curve_dbtp(output, sr)
-    gr = np.asarray(finish_report.get("gain_reduction_db", np.zeros(0)), dtype=np.float64)
+    x = np.atleast_2d(original)
+    if levels is None:
+        lufs_in, lufs_out = meter.integrated_loudness(original, sr), meter.integrated_loudness(output, sr)
+        tp_in, tp_out = meter.true_peak_dbtp(original, sr), meter.true_peak_dbtp(output, sr)
+    else:
+        lufs_in, lufs_out = levels["lufs_before"], levels["lufs_after"]
+        tp_in, tp_out = levels["true_peak_before_dbtp"], levels["true_peak_after_dbtp"]
     from automaster.mastering.finishing import GAIN_REDUCTION_HOP_S
 
     report: dict[str, Any] = {
-        "file": storage.display(name), "sample_rate": sr, "channels": int(np.atleast_2d(original).shape[0]),
-        "duration_s": round(np.atleast_2d(original).shape[-1] / sr, 3), "settings": settings or {},
-        "lufs_in": _finite(before.lufs), "lufs_out": _finite(after.lufs),
-        "true_peak_in_dbtp": _finite(meter.true_peak_dbtp(original, sr)),
-        "true_peak_out_dbtp": _finite(meter.true_peak_dbtp(output, sr)),
+        "file": storage.display(name), "sample_rate": sr, "channels": int(x.shape[0]),
+        "duration_s": round(x.shape[-1] / sr, 3), "settings": settings or {},
+        "lufs_in": _finite(lufs_in), "lufs_out": _finite(lufs_out),
+        "true_peak_in_dbtp": _finite(tp_in), "true_peak_out_dbtp": _finite(tp_out),
         "target_lufs": finish_report.get("target_lufs"), "ceiling_dbtp": finish_report.get("ceiling_dbtp"),
+        "loudness_from": finish_report.get("loudness_from"),
         "loudness_gain_db": finish_report.get("loudness_gain_db"), "headroom_gain_db": finish_report.get("headroom_gain_db"),
+        "soft_clip_drive_db": finish_report.get("soft_clip_drive_db"),
         "limiter_max_reduction_db": finish_report.get("limiter_max_reduction_db"), "amount": finish_report.get("amount"),
-        "width_in_db": _finite(before.width_db), "width_out_db": _finite(after.width_db),
+        "width_in_db": _finite(stereo_width_db(original)), "width_out_db": _finite(stereo_width_db(output)),
+        "applied": finish_report.get("applied"),
         "stages": finish_report.get("stages", []), "estimates": estimates or {}, "tone": finish_report.get("tone"),
+    }
+    if not curves and reference is None:
+        return report
+    before, after = tone_profile(original, sr), tone_profile(output, sr)
+    if reference is not None:
+        report["reference"] = {"lufs": _finite(reference.lufs), "width_db": _finite(reference.width_db),
+                               "tone_error_in_db": _finite(tone_error_db(before, reference)),
+                               "tone_error_out_db": _finite(tone_error_db(after, reference))}
+    if not curves:
+        return report
+    t_in, st_in = meter.short_term_loudness(original, sr, SHORT_TERM_S, CURVE_HOP_S)
+    _, st_out = meter.short_term_loudness(output, sr, SHORT_TERM_S, CURVE_HOP_S)
+    tp_t, tp_curve_in = peak_curve_dbtp(original, sr)
+    _, tp_curve_out = peak_curve_dbtp(output, sr)
+    gr = np.asarray(finish_report.get("gain_reduction_db", np.zeros(0)), dtype=np.float64)
+    report.update({
         "spectrum": {"grid_hz": GRID_HZ.round(2).tolist(), "input_db": _json_list(before.mid_db),
                      "output_db": _json_list(after.mid_db)},
         "short_term_lufs": {"time_s": _json_list(t_in, 2), "input": _json_list(st_in), "output": _json_list(st_out)},
-        "true_peak_curve_dbtp": {"time_s": _json_list(tp_t, 2), "input": _json_list(tp_in), "output": _json_list(tp_out)},
+        "true_peak_curve_dbtp": {"time_s": _json_list(tp_t, 2), "input": _json_list(tp_curve_in), "output": _json_list(tp_curve_out)},
         "gain_reduction_curve_db": {"hop_s": GAIN_REDUCTION_HOP_S, "values": _json_list(gr, 3)},
-    }
+    })
     if reference is not None:
         # Drawn at the output's loudness: the tone is what should match, not the level.
         shift = after.lufs - reference.lufs if math.isfinite(after.lufs) and math.isfinite(reference.lufs) else 0.0
         report["spectrum"]["reference_db"] = _json_list(reference.mid_db + shift)
-        report["reference"] = {"lufs": _finite(reference.lufs), "width_db": _finite(reference.width_db),
-                               "tone_error_in_db": _finite(tone_error_db(before, reference)),
-                               "tone_error_out_db": _finite(tone_error_db(after, reference))}
     return report
 
 
-def estimates(info: dict[str, Any], param_stats: dict[str, Any] | None = None) -> dict[str, float]:
-    """The echo and reverb estimates of one file for the report: the echo stage's measurement
-    (``echo_delay_s``, ``echo_gain``, and whether it was removed) and the reverb the chain applied
-    (``reverb_rt60_s``, ``reverb_wet``, from :func:`automaster.mastering.policy.parameter_stats`)."""
+def estimates(info: dict[str, Any], param_stats: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the restoration measured in one file, for the report: the echo stage's measurement
+    (``echo_delay_s``, ``echo_gain``, whether it was removed), the level model's estimate
+    (``level_gain_db``, ``predicted_lufs``) and the reverb the chain applied (``reverb_rt60_s``,
+    ``reverb_wet``, from :func:`automaster.mastering.policy.parameter_stats`) only when its wet
+    share was forecast: a neutral default is not an estimate."""
     out: dict[str, Any] = {k: info[k] for k in ("echo_delay_s", "echo_gain") if info.get(k) is not None}
     if "echo_removed" in info:
         out["echo_removed"] = bool(info["echo_removed"])
-    for name in ("reverb_rt60_s", "reverb_wet"):
-        p = (param_stats or {}).get("params", {}).get(name)
-        if p is not None and p.get("applied") is not None:
-            out[name] = p["applied"]
-            out[f"{name}_source"] = p.get("source", "forecast")
+    for k in ("level_gain_db", "predicted_lufs"):
+        if info.get(k) is not None:
+            out[k] = float(info[k])
+    params = (param_stats or {}).get("params", {})
+    if params.get("reverb_wet", {}).get("source", "forecast") == "forecast":
+        for name in ("reverb_rt60_s", "reverb_wet"):
+            p = params.get(name)
+            if p is not None and p.get("applied") is not None:
+                out[name] = p["applied"]
     return out
 
 
@@ -201,13 +232,18 @@ def report_png(report: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def report_files(out_rel: str, report: dict[str, Any]) -> dict[str, bytes]:
-    """``{"report/<out_rel>.json": ..., "report/<out_rel>.png": ...}``: the files to write under
-    the job's output folder (the job stages and writes them like its other outputs)."""
-    return {
-        f"{REPORT_DIR}/{out_rel}.json": json.dumps(report, indent=1, allow_nan=False).encode(),
-        f"{REPORT_DIR}/{out_rel}.png": report_png(report),
-    }
+def report_json(report: dict[str, Any]) -> bytes:
+    """The report as JSON bytes (no NaN: missing values are null)."""
+    return json.dumps(report, indent=1, allow_nan=False).encode()
+
+
+def report_files(out_rel: str, report: dict[str, Any], png: bool = True) -> dict[str, bytes]:
+    """``{"report/<out_rel>.json": ..., "report/<out_rel>.png": ...}`` (the PNG with ``png``):
+    the files to write under the job's output folder (staged like its other outputs)."""
+    files = {f"{REPORT_DIR}/{out_rel}.json": report_json(report)}
+    if png:
+        files[f"{REPORT_DIR}/{out_rel}.png"] = report_png(report)
+    return files
 
 
 def _fmt(x: float | None, spec: str = ".1f") -> str:

@@ -50,6 +50,8 @@ def stft_mono(wave: torch.Tensor, n_fft: int = N_FFT, hop: int = HOP_LENGTH) -> 
     flat = wave.reshape(batch * channels, length)
     spec = torch.stft(flat, n_fft, hop, window=window, center=True, pad_mode="constant", return_complex=True)
     spec = spec.reshape(batch, channels, *spec.shape[-2:])
+    if channels == 1:  # a mono input is its own downmix (a complex mean over one channel is slow)
+        return spec, spec[:, 0]
     return spec, spec.mean(dim=1)  # the STFT is linear: the downmix's STFT is the mean
 
 
@@ -195,6 +197,8 @@ class SpectralRestorer(nn.Module):
         if wave.shape[-1] < N_FFT // 2 + 1:
             raise ValueError(f"need at least {N_FFT // 2 + 1} samples, got {wave.shape[-1]}")
         spec, mono = stft_mono(wave)
+        if outputs is not None and tuple(outputs) == ("level_db",):  # the level head alone: no U-Net
+            return {"level_db": self._level(mono_log_magnitude(mono), wave)}
         out = self.analyse(mono, wave)
         if outputs is not None and "wave" not in outputs:
             return out

@@ -1,13 +1,16 @@
-"""The master job: a folder of audio -> mastered audio, pictures and per-file figures.
+"""The master job: audio files and folders -> mastered audio, a JSON report per file, a summary.
 
-Every audio file under ``input_dir`` (recursive; WAV/FLAC/OGG/MP3/AIFF) is mastered by
-:class:`MasterProcessor` (one loaded model per worker, around
+Every audio file of the ``--input`` values (files, or folders read recursively; WAV/FLAC/OGG/MP3/
+AIFF) is mastered by :class:`MasterProcessor` (one loaded model per worker, around
 :class:`automaster.mastering.Masterer`), run by the batch skeleton (:mod:`.batch`): in-process
-for a handful of files, else on a Ray actor pool. Outputs mirror the input's relative paths under
-``audio/``, ``spectrograms/``, ``parameters/``, ``debug/`` and ``report/`` (each file's mastering
-report, :mod:`automaster.mastering.report`), plus ``summary.json``; an item's
+for a handful of files, else on a Ray actor pool. Outputs mirror the inputs' names
+(:mod:`.master_inputs`) under ``audio/`` and ``report/`` (each file's report as JSON), plus
+``summary.json`` and ``overview.png`` (every file's loudness in and out, true peak and gain).
+Per-file pictures (``spectrograms/``, ``debug/``, ``report/<file>.png``) are drawn only on
+request (``pictures``): a picture nobody asked for in a batch of thousands is waste. An item's
 files appear together or not at all; a re-run with the same settings resumes, with others it is
-refused unless ``overwrite``. Output names are unique by construction (:func:`plan_output_names`).
+refused unless ``overwrite``. :func:`master_one` masters one file into one named file, with no
+folder, no Ray and no MLflow run around it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,8 @@ import json
 import logging
 import math
 import os
-import posixpath
 import tempfile
-from pathlib import Path
+import time
 from typing import Any
 
 import numpy as np
@@ -26,20 +28,22 @@ import numpy as np
 from automaster import storage
 from automaster.audio import audio_info, read_audio, write_audio
 from automaster.config import BatchConfig, ConfigError, MasterConfig
-from automaster.corpus import audio_files
 from automaster.dsp.limiter import MASTER_MAX_GAIN_DB
 from automaster.effects.params import PARAM_NAMES
 from automaster.mastering import STAGES, Masterer, MasteringError, parameter_stats
-from automaster.mastering.report import REPORT_DIR, build_report, estimates, report_files
+from automaster.mastering.masterer import load_reference
+from automaster.mastering.report import REPORT_DIR, build_report, estimates, report_json, report_png
 from automaster.pipelines.batch import JobSpec, RunOptions, excluded_outputs, run_job
+from automaster.pipelines.master_inputs import (  # noqa: F401  (output_rel_path, plan_output_names: API)
+    FILE_OUTPUT_EXTENSIONS, output_rel_path, plan_items, plan_output_names, read_references,
+)
 
 log = logging.getLogger(__name__)
 
 AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR = "audio", "spectrograms", "parameters", "debug"
+OVERVIEW = "overview.png"
 EXCERPT_S = 5.0
-OUTPUT_NAMES = (AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR, REPORT_DIR)
-# Output format by input extension: what soundfile writes stays, MP3/AIFF become FLAC.
-_OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg", ".mp3": ".flac", ".aiff": ".flac", ".aif": ".flac"}
+OUTPUT_NAMES = (AUDIO_DIR, PNG_DIR, PARAMS_DIR, DEBUG_DIR, REPORT_DIR, OVERVIEW)
 _GAIN_IMAGE_DB = 12.0  # debug images map a mel gain of +-12 dB onto the colour range
 LEVEL_KEYS = (
     "lufs_before", "lufs_after", "true_peak_before_dbtp", "true_peak_after_dbtp", "peak_before_dbfs", "peak_after_dbfs",
@@ -49,65 +53,114 @@ DC_NOTE_DBFS = -40.0  # a mean above this takes headroom the limiter must keep: 
 MIN_LUFS, MAX_LUFS = -70.0, 0.0
 
 
-class MasterProcessor:
-    """Loads the model once; masters one item (file) per :meth:`process` call."""
+def output_names(out_rel: str, layout: str = "folder") -> dict[str, str]:
+    """Where one item's outputs go, relative to the output folder: ``audio``, ``report`` (JSON)
+    and, with pictures, ``report_png``, ``spectrogram``, ``debug``, ``parameters``. The folder
+    layout sorts them into ``audio/``, ``report/``...; the file layout (:func:`master_one`) puts
+    them beside the output file (``song.flac``, ``song.flac.report.json``...)."""
+    if layout == "file":
+        return {"audio": out_rel, "report": f"{out_rel}.report.json", "report_png": f"{out_rel}.report.png",
+                "spectrogram": f"{out_rel}.spectrogram.png", "debug": f"{out_rel}.debug.png",
+                "parameters": f"{out_rel}.parameters.json"}
+    return {"audio": f"{AUDIO_DIR}/{out_rel}", "report": f"{REPORT_DIR}/{out_rel}.json",
+            "report_png": f"{REPORT_DIR}/{out_rel}.png", "spectrogram": f"{PNG_DIR}/{out_rel}.png",
+            "debug": f"{DEBUG_DIR}/{out_rel}.png", "parameters": f"{PARAMS_DIR}/{out_rel}.json"}
 
-    def __init__(self, model: str, config: MasterConfig, device: str = "cpu"):
+
+class MasterProcessor:
+    """Loads the model once; masters one item (file) per :meth:`process` call.
+
+    Args:
+        model: checkpoint directory or ``model.pt``.
+        config: the mastering settings.
+        device: ``cpu`` or ``cuda``.
+        pictures: draw each file's pictures (report figure, spectrograms, debug) too.
+    """
+
+    def __init__(self, model: str, config: MasterConfig, device: str = "cpu", pictures: bool = False):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(1)  # one file per CPU; parallelism comes from the job's workers
         self.masterer = Masterer(model, config=config, device=device)
+        self.pictures = pictures
+        self._references: dict[str, Any] = {}
 
     @classmethod
-    def of(cls, masterer: Masterer) -> "MasterProcessor":
+    def of(cls, masterer: Masterer, pictures: bool = False) -> "MasterProcessor":
         """A processor around an already loaded :class:`Masterer`."""
         processor = cls.__new__(cls)
-        processor.masterer = masterer
+        processor.masterer, processor.pictures, processor._references = masterer, pictures, {}
         return processor
+
+    def _reference(self, path: str | None):
+        """A per-file reference's tone profile (read once per worker), or None for the job's own."""
+        if path is None:
+            return None
+        if path not in self._references:
+            from automaster.audio import FileError
+
+            try:
+                self._references[path] = load_reference(path)
+            except MasteringError as exc:  # that file's reference: that file fails, the job goes on
+                raise FileError(str(exc)) from None
+        return self._references[path]
 
     def process(self, item: dict[str, Any], staging: Any) -> dict[str, Any]:
         """Master ``item["path"]`` into ``staging``; returns levels, notes and timings.
 
-        The figures are flat (levels, ``stage_*_s``) plus ``notes`` (a list of sentences); a
-        caller that adds a ``report`` dict or more outputs stages them the same way.
+        The item names its outputs by ``out_rel`` and ``layout`` (:func:`output_names`) and may
+        carry its own ``reference``. The figures are flat (levels, ``stage_*_s``) plus ``notes``
+        (a list of sentences).
         """
-        import time
-
         stages = dict.fromkeys(STAGES, 0.0)
+        names = output_names(item["out_rel"], item.get("layout", "folder"))
         t = time.perf_counter()
         info = audio_info(item["path"])
         audio, sr = read_audio(item["path"])
+        reference = self._reference(item.get("reference"))
         stages["decode"] += time.perf_counter() - t
-        mastered, levels = self.masterer.master_audio(audio, sr, images=True, stages=stages)
-        arrays = levels.pop("arrays")
-        finished = arrays.pop("finish")
+        m = self.masterer
+        mastered, levels = m.master_audio(audio, sr, images=self.pictures, stages=stages, reference=reference)
+        finished = levels.pop("finish")
+        arrays = levels.pop("arrays", None)
 
         t = time.perf_counter()
-        out_rel = item["out_rel"]
-        write_audio(staging.path(f"{AUDIO_DIR}/{out_rel}"), mastered, sr, subtype="PCM_24")
-        for folder, png in images(self.masterer.audio_cfg, arrays).items():
-            Path(staging.path(f"{folder}/{out_rel}.png")).write_bytes(png)
+        write_audio(staging.path(names["audio"]), mastered, sr, subtype="PCM_24")
         stats = None
-        if "params_norm" in arrays:
-            stats = parameter_stats(arrays["params_norm"], self.masterer.chain_policy())
-            Path(staging.path(f"{PARAMS_DIR}/{out_rel}.json")).write_text(json.dumps(stats, indent=2))
-        m = self.masterer
-        report = build_report(out_rel, audio, mastered, sr, finished, estimates(levels, stats), m.reference, m.settings())
-        for rel, data in report_files(out_rel, report).items():
-            Path(staging.path(rel)).write_bytes(data)
+        if arrays is not None and "params_norm" in arrays:
+            stats = parameter_stats(arrays["params_norm"], m.chain_policy())
+        settings = item.get("settings") or m.settings()
+        if reference is not None:
+            settings = {**settings, "reference": item["reference"]}
+        report = build_report(item["out_rel"], audio, mastered, sr, finished, estimates(levels, stats),
+                              reference or m.reference, settings, curves=self.pictures, levels=levels)
+        if item.get("fingerprint"):
+            report["input"] = item["fingerprint"]
+        write_bytes(staging.path(names["report"]), report_json(report))
+        if arrays is not None:
+            write_bytes(staging.path(names["report_png"]), report_png(report))
+            for kind, png in images(m.audio_cfg, arrays).items():
+                write_bytes(staging.path(names[kind]), png)
+            if stats is not None:
+                write_bytes(staging.path(names["parameters"]), json.dumps(stats, indent=2).encode())
         stages["writes"] += time.perf_counter() - t
         return {
-            **levels, "output": f"{AUDIO_DIR}/{out_rel}", "sample_rate": sr, "channels": int(audio.shape[0]),
+            **levels, "output": names["audio"], "sample_rate": sr, "channels": int(audio.shape[0]),
             "duration_s": audio.shape[1] / sr, "input_format": f"{info.format}/{info.subtype}",
             "notes": level_notes(audio, levels, levels["target_lufs"]),
             **{f"stage_{k}_s": v for k, v in stages.items()},
         }
 
 
+def write_bytes(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+
+
 def images(audio_cfg, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """PNGs by folder: ``spectrograms`` (input | output mel) and ``debug`` (restored mel | mel
-    gain | parameter trajectories, whichever the model has)."""
+    """PNGs by kind: ``spectrogram`` (input | output mel) and ``debug`` (restored mel | mel gain |
+    parameter trajectories, whichever the model has)."""
     from automaster.plots import mel_strip_png
 
     a = audio_cfg
@@ -128,10 +181,13 @@ def images(audio_cfg, arrays: dict[str, np.ndarray]) -> dict[str, bytes]:
         titles.append("effect parameters over time (normalised to their ranges)")
         if "gain_db" not in arrays:  # the parameters alone: their names for an axis, 0..1 for the bar
             labels.update(rows=list(PARAM_NAMES), bar=(0.0, 1.0, "0 .. 1"))
-    return {PNG_DIR: png, DEBUG_DIR: mel_strip_png(tiles, a.db_min, a.db_max, titles=titles, **labels)}
+    if not tiles:  # nothing the model did to show (a neutral chain): no debug picture
+        return {"spectrogram": png}
+    return {"spectrogram": png, "debug": mel_strip_png(tiles, a.db_min, a.db_max, titles=titles, **labels)}
 
 
-def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out_rel: str | None = None) -> dict[str, Any]:
+def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out_rel: str | None = None,
+                pictures: bool = True) -> dict[str, Any]:
     """Master one file into ``out_root`` through the jobs' per-item path (staged outputs, record),
     without a job around it (no manifest, lock or MLflow run); returns its status dict
     (``status``, ``reason``, levels, ``output``, ...), never raises for a bad file."""
@@ -140,7 +196,7 @@ def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out
 
     out_rel = out_rel or output_rel_path(rel_path)
     item = {"key": out_rel, "path": str(path), "rel_path": rel_path, "out_rel": out_rel}
-    return run_item(MasterProcessor.of(masterer), item, OutputFolder(out_root))
+    return run_item(MasterProcessor.of(masterer, pictures=pictures), item, OutputFolder(out_root))
 
 
 def level_notes(audio: np.ndarray, levels: dict[str, Any], target_lufs: float | None) -> list[str]:
@@ -155,57 +211,6 @@ def level_notes(audio: np.ndarray, levels: dict[str, Any], target_lufs: float | 
         notes.append(f"the target {target_lufs:g} LUFS needs {target_lufs - before:+.1f} dB from {before:.1f} LUFS; "
                      f"gain limited to +{MASTER_MAX_GAIN_DB:g} dB (more would mostly drive the limiter)")
     return notes
-
-
-# ------------------------------------------------------------------------------- planning
-
-
-def output_rel_path(rel_path: str) -> str:
-    """The output name of an input's relative path: same name; ``.mp3``/``.aiff`` -> ``.flac``."""
-    root, ext = posixpath.splitext(rel_path)
-    out_ext = _OUTPUT_EXT.get(ext.lower())
-    if out_ext is None:
-        raise ValueError(f"not an audio file name: {rel_path!r}")
-    return root + (ext if out_ext == ext.lower() else out_ext)
-
-
-def plan_output_names(rel_paths: list[str]) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """``({input rel: output rel}, collisions)``: every output name unique by construction.
-
-    An input keeps its own name when its format is written as is (``a.flac`` -> ``a.flac``);
-    one converted to FLAC (``a.mp3``) takes ``a.flac``, else ``a.mp3.flac``, else
-    ``a.mp3~2.flac``, ``~3``... in sorted order, so the same inputs always get the same names.
-    Each input that did not get its first choice is listed in ``collisions`` with the reason.
-    """
-    first = {rel: output_rel_path(rel) for rel in rel_paths}
-    taken = {out for rel, out in first.items() if out == rel}
-    plan: dict[str, str] = {rel: rel for rel, out in first.items() if out == rel}
-    collisions = []
-    for rel in sorted(r for r in rel_paths if r not in plan):
-        stem, ext = posixpath.splitext(first[rel])
-        candidates = [first[rel], rel + ext] + [f"{rel}~{n}{ext}" for n in range(2, len(rel_paths) + 2)]
-        out = next(c for c in candidates if c not in taken)
-        taken.add(out)
-        plan[rel] = out
-        if out != first[rel]:
-            collisions.append({"rel_path": rel, "output": f"{AUDIO_DIR}/{out}",
-                               "reason": f"{AUDIO_DIR}/{first[rel]} is the output of another input"})
-    return plan, collisions
-
-
-def list_inputs(input_dir: str, out: str) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[dict[str, str]]]:
-    """``(items, passed over, name collisions)`` of the audio under ``input_dir``, leaving out
-    the job's own outputs (``out`` inside the input, or the same folder)."""
-    files, passed = audio_files(input_dir, excluded_outputs(input_dir, out, OUTPUT_NAMES))
-    plan, collisions = plan_output_names([rel for _, rel in files])
-    items = []
-    for path, rel in files:
-        try:
-            duration = audio_info(path).duration_s
-        except Exception:  # an unreadable file fails in its worker, with the reason
-            duration = None
-        items.append({"key": plan[rel], "path": path, "rel_path": rel, "out_rel": plan[rel], "duration_s": duration})
-    return items, [{"path": p, "reason": r} for p, r in passed], collisions
 
 
 def check_levels(target_lufs: float | None, true_peak_dbtp: float | None) -> None:
@@ -228,10 +233,12 @@ def model_file(model: str) -> str:
 
 def run_master(
     model: str,
-    input_dir: str,
+    inputs: str | list[str],
     out: str,
     *,
     config: MasterConfig | None = None,
+    references: str | None = None,
+    pictures: bool = False,
     workers: int = 0,
     gpu: bool = False,
     overwrite: bool = False,
@@ -245,41 +252,58 @@ def run_master(
     batch: BatchConfig = BatchConfig(),
     **overrides: Any,
 ) -> dict[str, Any]:
-    """Master every audio file under ``input_dir`` into ``out``; returns the summary (also in
-    ``<out>/summary.json``). ``config`` (with ``overrides``: :class:`MasterConfig` fields) says
-    how to master; ``ray`` forces Ray or an in-process run (None: by the file count).
+    """Master every audio file of ``inputs`` (files and folders) into the folder ``out``;
+    returns the summary (also in ``<out>/summary.json``). ``config`` (with ``overrides``:
+    :class:`MasterConfig` fields) says how to master; ``references`` is a CSV of
+    ``input,reference`` pairs that replaces ``inputs`` (each file toward its own reference);
+    ``pictures`` draws each file's pictures; ``ray`` forces Ray or an in-process run (None: by
+    the file count).
 
     Raises:
-        ConfigError: out-of-range levels or workers, no audio, an unusable or busy ``out``, or
-            ``out`` holding outputs of other settings (without ``overwrite``).
+        ConfigError: out-of-range levels or workers, no audio, a bad references CSV, an unusable
+            or busy ``out``, or ``out`` holding outputs of other settings (without ``overwrite``).
         MasteringError: the model cannot do the inversion, bad settings, or ``gpu`` without a GPU.
         automaster.model.checkpoint.CheckpointError: the model cannot be loaded.
-        FileNotFoundError: ``input_dir`` is not a folder.
+        FileNotFoundError: an input that does not exist.
     """
     # Fail before any file (and before Ray) when the settings or the checkpoint cannot work.
     probe = Masterer(model, config=config, **overrides)
     config, settings = probe.cfg, probe.settings()
     del probe
     check_levels(config.target_lufs, config.true_peak_dbtp)
-    if not storage.is_dir(input_dir):
-        raise FileNotFoundError(f"--input {input_dir}: not a folder")
-    items, passed_over, collisions = list_inputs(input_dir, out)
+    inputs = [inputs] if isinstance(inputs, str) else list(inputs)
+    pairs = read_references(references) if references else None
+    if pairs is not None:
+        if config.reference:
+            raise ConfigError("--references gives each file its own reference: drop --reference")
+        inputs = [path for path, _ in pairs]
+    if not inputs:
+        raise ConfigError("no --input given")
+    exclude = tuple(e for i in inputs if storage.is_dir(i) for e in excluded_outputs(i, out, OUTPUT_NAMES))
+    items, passed_over, collisions = plan_items(inputs, exclude, dict(pairs) if pairs else None, AUDIO_DIR)
     if not items:
-        raise ConfigError(f"--input {input_dir}: no audio files (WAV/FLAC/OGG/MP3/AIFF) under it")
+        raise ConfigError(f"--input {', '.join(map(storage.display, inputs))}: no audio files (WAV/FLAC/OGG/MP3/AIFF)")
     device = "cuda" if gpu else "cpu"
+    if pairs is not None:  # what decides the outputs: each file's reference, by its content
+        from automaster.pipelines.outfolder import file_sha256
+
+        settings["references"] = {it["key"]: file_sha256(it["reference"]) for it in items}
+    settings["pictures"] = bool(pictures)
     spec = JobSpec(
         job="master", out=out, settings={k: v for k, v in settings.items() if k != "model"}, processor=MasterProcessor,
-        processor_kwargs={"model": model, "config": config, "device": device},
-        paths={"--model": model, "--input": input_dir, "--out": out, "--reference": config.reference},
+        processor_kwargs={"model": model, "config": config, "device": device, "pictures": pictures},
+        paths={"--model": model, "--out": out, "--reference": config.reference, "--references": references,
+               **{f"--input {n + 1}" if len(inputs) > 1 else "--input": i for n, i in enumerate(inputs[:20])}},
         model=model_file(model), device=device,
         experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
-        params={"input": input_dir, "out": out, "gpu": gpu, "overwrite": overwrite, **settings},
+        params={"input": inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs", "out": out, "gpu": gpu,
+                "overwrite": overwrite, **{k: v for k, v in settings.items() if k != "references"}},
     )
     run = RunOptions(workers=workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
                      progress=progress, batch=batch)
     try:
-        return run_job(spec, items, passed_over, run, summarise=_summarise, collisions=collisions,
-                       log_run=lambda summary, results: _log_run(summary, out, results))
+        return run_job(spec, items, passed_over, run, summarise=lambda summary, results: _summarise(summary, results, out),
+                       collisions=collisions, log_run=lambda summary, results: _log_run(summary, out, results))
     except ConfigError as exc:
         if "GPU" in str(exc):
             raise MasteringError(str(exc)) from None
@@ -291,8 +315,9 @@ def _mean(values: list[Any]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _summarise(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
-    """The master figures on top of the skeleton's summary (levels, echo, stage times)."""
+def _summarise(summary: dict[str, Any], results: list[dict[str, Any]], out: str) -> None:
+    """The master figures on top of the skeleton's summary (levels, echo, stage times), and the
+    job's overview picture (``overview.png``: every file's levels)."""
     ok = [r for r in results if r["status"] == "ok"]
     summary["files_per_s"] = summary["items_per_s"]
     summary["seconds_per_file"] = _mean([r["seconds"] for r in ok]) or 0.0
@@ -301,11 +326,20 @@ def _summarise(summary: dict[str, Any], results: list[dict[str, Any]]) -> None:
     summary["stage_seconds_mean"] = {s: (_mean([r.get(f"stage_{s}_s") for r in ok]) or 0.0) for s in STAGES}
     summary["levels_mean"] = {k: _mean([r.get(k) for r in ok]) for k in LEVEL_KEYS}
     summary["notes"] = {r["rel_path"]: r["notes"] for r in ok if r.get("notes")}
+    rows = [f for f in summary["files"] if f["status"] in ("ok", "skipped")]
+    if rows:
+        from automaster.mastering.overview import overview_png
+
+        try:
+            storage.write_bytes_atomic(storage.join(out, OVERVIEW), overview_png(rows))
+            summary["overview"] = storage.join(out, OVERVIEW)
+        except Exception as exc:  # a picture must never fail a finished job
+            log.warning("overview picture not drawn: %s", exc)
 
 
 def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
-    """The processed files as a text table: LUFS in -> out, true peak out, what was applied (the
-    echo stage, then :func:`automaster.mastering.finishing.levels_info`'s ``applied``, then its
+    """The processed files as a text table: LUFS in -> out, true peak out, what was applied by
+    which stage (:func:`automaster.mastering.finishing.levels_info`'s ``applied``, then its
     ``loudness_note`` when the loudness stage did nothing: why a near-silent file kept its level)."""
     rows = [f for f in summary["files"] if f["status"] in ("ok", "skipped")][:limit]
     if not rows:
@@ -315,8 +349,7 @@ def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
     for f in rows:
         lufs = f"{_fmt(f.get('lufs_before'))} -> {_fmt(f.get('lufs_after'))}"
         note = f.get("loudness_note") or ""  # the soft clipper's note is long, and "applied" says it
-        applied = ", ".join(a for a in ("echo removed" if f.get("echo_removed") else "", f.get("applied") or "",
-                                        note if note.startswith(("refused", "silent")) else "") if a)  # fmt: skip
+        applied = ", ".join(a for a in (f.get("applied") or "", note if note.startswith(("refused", "silent")) else "") if a)
         lines.append(f"  {storage.display_name(f['rel_path'])[:width]:<{width}}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
                      f"  {applied or '-'}")
     return "\n".join(lines)
@@ -341,10 +374,18 @@ def _log_run(summary: dict[str, Any], out: str, results: list[dict[str, Any]]) -
     }
     mlflow.log_metrics(metrics)
     ok = sorted((r for r in results if r["status"] == "ok"), key=lambda r: r["rel_path"])
-    for step, r in enumerate(ok):  # per-file levels and timing, one step per file (sorted by name)
-        mlflow.log_metrics(
-            {f"file/{k}": float(r[k]) for k in (*LEVEL_KEYS, "seconds", "headroom_gain_db") if r.get(k) is not None}, step=step
-        )
+    # Per-file levels and timing, one step per file (sorted by name), in batches: one store
+    # write per thousand values, not one per file.
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    per_file = [Metric(f"file/{k}", float(r[k]), stamp, step) for step, r in enumerate(ok)
+                for k in (*LEVEL_KEYS, "seconds", "headroom_gain_db") if r.get(k) is not None]
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    for i in range(0, len(per_file), 1000):
+        client.log_batch(run_id, metrics=per_file[i : i + 1000])
+    if summary.get("overview") and storage.exists(summary["overview"]):
+        tracking.log_bytes_artifact(storage.read_bytes(summary["overview"]), OVERVIEW)
     for r in ok[:4]:
         png = storage.join(out, PNG_DIR, r["output"][len(AUDIO_DIR) + 1 :] + ".png")
         if storage.exists(png):

@@ -137,3 +137,15 @@ def test_oversampling_follows_annex_2():
     assert [oversampling_factor(sr) for sr in (44100, 48000, 88200, 96000, 176400, 192000)] == [4, 4, 2, 2, 1, 1]
     x = _sine(1000, 0.5, -6.0, sr=192000)
     assert true_peak_dbtp(x, 192000) == pytest.approx(20 * np.log10(np.abs(x).max()), abs=1e-12)
+
+
+@pytest.mark.parametrize("sample_rate", [8000, 22050, 44100, 48000, 96000, 192000])
+def test_k_weighting_coefficients_are_pyloudnorms(sample_rate):
+    """The K-weighting biquads computed here (no pyloudnorm import at run time) are pyloudnorm's."""
+    from automaster.dsp.loudness import _k_weighting_sos
+
+    rows = []
+    for stage in pyloudnorm.Meter(sample_rate)._filters.values():
+        b, a = np.asarray(stage.b) * stage.passband_gain, np.asarray(stage.a)
+        rows.append(np.concatenate([b / a[0], a[1:] / a[0]]))
+    np.testing.assert_allclose(_k_weighting_sos(sample_rate), np.array(rows), rtol=1e-12, atol=1e-15)

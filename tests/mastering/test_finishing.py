@@ -153,7 +153,7 @@ def test_levels_info_summarises_the_run(materials):
     assert info["lufs_after"] == pytest.approx(_lufs(out, sr), abs=0.01)
     assert info["lufs_before"] == pytest.approx(_lufs(audio, sr), abs=0.01)
     assert info["true_peak_after_dbtp"] <= -1.0 and info["target_lufs"] == -14.0
-    assert info["applied"].startswith("restore, amount 0.50, +") and info["loudness_note"] == ""
+    assert info["applied"].startswith("restoration, amount 0.50, to -14.0 LUFS +") and info["loudness_note"] == ""
     rng = np.random.default_rng(0)
     hiss = (3e-3 * rng.standard_normal((2, 44100 * 3))).astype(np.float32)
     _, report = finish(hiss, hiss, 44100, FinishSettings(preset="club"))

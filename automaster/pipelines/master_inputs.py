@@ -1,0 +1,169 @@
+"""What a master job takes in: files, folders and per-file references, and the names of its outputs.
+
+``--input`` may be given several times, each a file or a folder (recursive). One folder keeps
+today's layout (outputs mirror its relative paths). Several inputs name each output after its
+input: a file by its own name, a folder's files under the folder's name, so two inputs never
+write the same output (clashes get ``~2``, ``~3``... in input order). ``--references CSV`` lists
+``input,reference`` pairs: the inputs are the CSV's, each mastered toward its own reference
+(relative paths are read from the CSV's folder).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import posixpath
+from typing import Any
+
+from automaster import storage
+from automaster.audio import audio_info, is_audio_file
+from automaster.config import ConfigError
+from automaster.corpus import audio_files
+
+# Output format by input extension: what soundfile writes stays, MP3/AIFF become FLAC.
+_OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg", ".mp3": ".flac", ".aiff": ".flac", ".aif": ".flac"}
+# What a single output file may be (the format follows --out's extension).
+FILE_OUTPUT_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
+REFERENCE_COLUMNS = ("input", "reference")
+
+
+def output_rel_path(rel_path: str) -> str:
+    """The output name of an input's relative path: same name; ``.mp3``/``.aiff`` -> ``.flac``."""
+    root, ext = posixpath.splitext(rel_path)
+    out_ext = _OUTPUT_EXT.get(ext.lower())
+    if out_ext is None:
+        raise ValueError(f"not an audio file name: {rel_path!r}")
+    return root + (ext if out_ext == ext.lower() else out_ext)
+
+
+def plan_output_names(rel_paths: list[str], audio_dir: str = "audio") -> tuple[dict[str, str], list[dict[str, str]]]:
+    """``({input rel: output rel}, collisions)``: every output name unique by construction.
+
+    An input keeps its own name when its format is written as is (``a.flac`` -> ``a.flac``);
+    one converted to FLAC (``a.mp3``) takes ``a.flac``, else ``a.mp3.flac``, else
+    ``a.mp3~2.flac``, ``~3``... in sorted order, so the same inputs always get the same names.
+    Each input that did not get its first choice is listed in ``collisions`` with the reason.
+    """
+    first = {rel: output_rel_path(rel) for rel in rel_paths}
+    taken = {out for rel, out in first.items() if out == rel}
+    plan: dict[str, str] = {rel: rel for rel, out in first.items() if out == rel}
+    collisions = []
+    for rel in sorted(r for r in rel_paths if r not in plan):
+        stem, ext = posixpath.splitext(first[rel])
+        candidates = [first[rel], rel + ext] + [f"{rel}~{n}{ext}" for n in range(2, len(rel_paths) + 2)]
+        out = next(c for c in candidates if c not in taken)
+        taken.add(out)
+        plan[rel] = out
+        if out != first[rel]:
+            collisions.append({"rel_path": rel, "output": f"{audio_dir}/{out}",
+                               "reason": f"{audio_dir}/{first[rel]} is the output of another input"})
+    return plan, collisions
+
+
+def _unique(rel: str, taken: set[str]) -> str:
+    """``rel``, or ``stem~2.ext``, ``~3``... when another input already took it."""
+    if rel not in taken:
+        return rel
+    stem, ext = posixpath.splitext(rel)
+    n = 2
+    while f"{stem}~{n}{ext}" in taken:
+        n += 1
+    return f"{stem}~{n}{ext}"
+
+
+def _base_name(path: str) -> str:
+    return posixpath.basename(path.rstrip("/" + os.sep).replace(os.sep, "/")) or "input"
+
+
+def scan_inputs(inputs: list[str], exclude: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``(audio, passed over)`` of every ``--input``: ``(path, relative name)`` per audio file.
+
+    One folder: names relative to it (today's layout, so resuming a folder job still works).
+    Otherwise a file is named by its base name and a folder's files by ``<folder name>/<rel>``.
+
+    Raises:
+        FileNotFoundError: an input that does not exist.
+        ConfigError: a file input that is not audio (by its extension).
+    """
+    files: list[tuple[str, str]] = []
+    passed: list[tuple[str, str]] = []
+    taken: set[str] = set()
+    for value in inputs:
+        if storage.is_dir(value):
+            found, skipped = audio_files(value, exclude)
+            prefix = "" if len(inputs) == 1 else _base_name(value) + "/"
+            for path, rel in found:
+                name = _unique(prefix + rel, taken)
+                taken.add(name)
+                files.append((path, name))
+            passed.extend(skipped)
+        elif storage.exists(value):
+            if not is_audio_file(value):
+                raise ConfigError(f"--input {storage.display(value)}: not an audio file by its extension "
+                                  "(WAV/FLAC/OGG/MP3/AIFF)")
+            name = _unique(_base_name(value), taken)
+            taken.add(name)
+            files.append((value, name))
+        else:
+            raise FileNotFoundError(f"--input {storage.display(value)}: no such file or folder")
+    return files, passed
+
+
+def read_references(csv_path: str) -> list[tuple[str, str]]:
+    """``[(input, reference)]`` from a CSV with the columns ``input,reference`` (a header row;
+    relative paths are relative to the CSV's folder).
+
+    Raises:
+        ConfigError: unreadable, no such columns, an empty cell, a missing file or no rows (the
+            message names the row).
+    """
+    try:
+        text = storage.read_bytes(csv_path).decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--references {storage.display(csv_path)}: cannot read it ({exc})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in reader.fieldnames or []]
+    if not all(c in fields for c in REFERENCE_COLUMNS):
+        raise ConfigError(f"--references {storage.display(csv_path)}: needs a header row with the columns "
+                          f"input,reference (got {','.join(fields) or 'nothing'})")
+    base = os.path.dirname(os.path.abspath(storage.local_path(csv_path))) if storage.is_local(csv_path) else ""
+    pairs = []
+    for n, row in enumerate(reader, start=2):
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        if not any(row.values()):
+            continue
+        pair = []
+        for column in REFERENCE_COLUMNS:
+            value = row.get(column, "")
+            if not value:
+                raise ConfigError(f"--references {storage.display(csv_path)} line {n}: empty {column}")
+            path = value if ("://" in value or os.path.isabs(value) or not base) else os.path.join(base, value)
+            if not storage.is_file(path):
+                raise ConfigError(f"--references {storage.display(csv_path)} line {n}: {column} "
+                                  f"{storage.display(value)}: no such file")
+            pair.append(path)
+        pairs.append((pair[0], pair[1]))
+    if not pairs:
+        raise ConfigError(f"--references {storage.display(csv_path)}: no rows")
+    return pairs
+
+
+def plan_items(
+    inputs: list[str], exclude: tuple[str, ...], references: dict[str, str] | None = None, audio_dir: str = "audio",
+) -> tuple[list[dict[str, Any]], list[dict[str, str]], list[dict[str, str]]]:
+    """``(items, passed over, name collisions)`` of the inputs; with ``references`` (by input
+    path) each item carries its ``reference``. Items are sorted by output name."""
+    files, passed = scan_inputs(inputs, exclude)
+    plan, collisions = plan_output_names([rel for _, rel in files], audio_dir)
+    items = []
+    for path, rel in files:
+        try:
+            duration = audio_info(path).duration_s
+        except Exception:  # an unreadable file fails in its worker, with the reason
+            duration = None
+        item = {"key": plan[rel], "path": path, "rel_path": rel, "out_rel": plan[rel], "duration_s": duration}
+        if references is not None:
+            item["reference"] = references[path]
+        items.append(item)
+    return items, [{"path": p, "reason": r} for p, r in passed], collisions

@@ -1,0 +1,122 @@
+"""One file in, one file out: ``automaster master --input song.flac --out mastered.flac``.
+
+The output's format follows its extension (WAV and FLAC at 24 bits, Ogg Vorbis, MP3), with the
+input's rate, channels and length; the report goes beside it (``mastered.flac.report.json``, and
+the pictures with ``pictures``). No folder, no Ray and no MLflow run: the cost of one file is the
+model's load and the file's own work. The outputs are written under a hidden temporary name in
+the same folder and renamed into place together, so a stopped run leaves the old file or the new
+one, never half of either. The report records the input's size and content hash: re-running the
+same command on the same input with the same settings does nothing; anything else that would
+replace an existing output needs ``overwrite``. The input itself is never written over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from typing import Any
+
+from automaster import storage
+from automaster.audio import AudioError, FileError, is_audio_file, repairs
+from automaster.config import ConfigError, MasterConfig
+from automaster.pipelines.master import MasterProcessor, check_levels, output_names
+from automaster.pipelines.master_inputs import FILE_OUTPUT_EXTENSIONS
+
+TEMP_PREFIX = ".automaster-tmp-"
+
+
+def is_file_output(out: str) -> bool:
+    """Whether ``--out`` names an audio file (by its extension) rather than a folder."""
+    return is_audio_file(out) and not storage.is_dir(out)
+
+
+def fingerprint(path: str) -> dict[str, Any]:
+    """What identifies an input's content: size, modification time and BLAKE2b of its bytes."""
+    digest = hashlib.blake2b(digest_size=20)
+    with storage.open_input_file(path) as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    st = os.stat(storage.local_path(path)) if storage.is_local(path) else None
+    return {"path": storage.display(path), "size": st.st_size if st else None,
+            "mtime_ns": st.st_mtime_ns if st else None, "blake2b": digest.hexdigest()}
+
+
+def _same_job(report_path: str, fp: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether the report beside an existing output says it was made from this input's content
+    with these settings."""
+    try:
+        old = json.loads(storage.read_bytes(report_path))
+    except (OSError, ValueError):
+        return False
+    same_input = (old.get("input") or {}).get("blake2b") == fp["blake2b"]
+    return same_input and json.loads(json.dumps(old.get("settings"), default=str)) == json.loads(json.dumps(settings, default=str))
+
+
+def check_output(input_path: str, out: str) -> None:
+    """Refuse an output file the job cannot write: an unknown format, or the input itself.
+
+    Raises:
+        ConfigError: with the reason, naming ``--out``.
+    """
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in FILE_OUTPUT_EXTENSIONS:
+        raise ConfigError(f"--out {storage.display(out)}: cannot write {ext or 'this'} files; name a "
+                          f"{'/'.join(e[1:] for e in FILE_OUTPUT_EXTENSIONS)} file, or a folder")
+    if storage.is_local(out) and storage.is_local(input_path):
+        if os.path.exists(out) and os.path.samefile(storage.local_path(out), storage.local_path(input_path)):
+            raise ConfigError(f"--out {storage.display(out)} is the input itself: automaster never writes over its input")
+
+
+def master_one(
+    model: str, input_path: str, out: str, *, config: MasterConfig, pictures: bool = False, overwrite: bool = False,
+) -> dict[str, Any]:
+    """Master ``input_path`` into the file ``out``; returns the file's record (``status`` ``ok``,
+    ``skipped`` or ``error`` with ``reason``, its levels, ``applied``, ``output``, ``report``).
+
+    Raises:
+        ConfigError: a bad ``out`` (format, the input itself, exists without ``overwrite``) or
+            bad levels.
+        MasteringError, CheckpointError: the model or settings cannot work.
+    """
+    check_output(input_path, out)
+    check_levels(config.target_lufs, config.true_peak_dbtp)
+    processor = MasterProcessor(model, config, pictures=pictures)
+    settings = {k: v for k, v in processor.masterer.settings().items() if k != "model"}
+    settings["pictures"] = bool(pictures)
+    folder, name = os.path.split(storage.local_path(out)) if storage.is_local(out) else out.rsplit("/", 1)
+    names = output_names(name, "file")
+    report_path = storage.join(folder, names["report"])
+    t0 = time.perf_counter()
+    try:
+        fp = fingerprint(input_path)
+    except OSError as exc:
+        return {"status": "error", "reason": f"cannot read it: {exc}", "path": input_path}
+    if storage.exists(out):
+        if not overwrite and _same_job(report_path, fp, settings):
+            return {"status": "skipped", "reason": "already mastered from this input with these settings",
+                    "path": input_path, "output": out, "report": report_path}
+        if not overwrite:
+            raise ConfigError(f"--out {storage.display(out)} exists (made from another input or with other "
+                              "settings); use --overwrite to replace it")
+    storage.makedirs(folder)
+    from automaster.pipelines.outfolder import Staging
+
+    staging = Staging(folder, storage.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}"))
+    item = {"key": name, "path": input_path, "rel_path": os.path.basename(input_path), "out_rel": name,
+            "layout": "file", "fingerprint": fp, "settings": settings}
+    record: dict[str, Any] = {"status": "ok", "reason": "", "path": input_path}
+    with repairs() as repaired:
+        try:
+            record.update(processor.process(item, staging))
+            staging.publish()
+        except (AudioError, FileError) as exc:
+            record.update(status="error", reason=str(exc))
+        except OSError as exc:
+            record.update(status="error", reason=f"cannot write {storage.display(out)}: {exc.strerror or exc}")
+        finally:
+            staging.discard()
+    record.update(output=out, report=report_path, repairs=dict(repaired), seconds=time.perf_counter() - t0)
+    return record
