@@ -52,7 +52,7 @@ def _expected_outputs():
 def chain_run(ray_local, ckpt, folder, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("chain")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    summary = _run(ckpt, folder, tmp / "out", uri, inversion="chain", run_name="chain")
+    summary = _run(ckpt, folder, tmp / "out", uri, inversion="chain", run_name="chain", pictures=True)
     return summary, tmp / "out", uri
 
 
@@ -91,7 +91,7 @@ def test_chain_mlflow_run_finished_with_artifacts(chain_run):
     assert run.data.metrics["files_ok"] == 5 and run.data.metrics["files_failed"] == 3
     assert len(client.get_metric_history(run.info.run_id, "file/seconds")) == 5
     top = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"summary.json", "spectrograms", "audio"} <= top
+    assert {"summary.json", "spectrograms", "audio", "overview.png"} <= top
     excerpts = client.list_artifacts(run.info.run_id, "audio")
     assert len(excerpts) == 2 and all(a.path.endswith(".wav") for a in excerpts)
     assert len(client.list_artifacts(run.info.run_id, "spectrograms")) == 4
@@ -101,11 +101,11 @@ def test_rerun_skips_and_overwrite_redoes(chain_run, ckpt, folder):
     _, out, uri = chain_run
     target = out / "audio" / "d01_pcm16.wav"
     stamp = target.stat().st_mtime_ns
-    again = _run(ckpt, folder, out, uri, inversion="chain", ray=False)
+    again = _run(ckpt, folder, out, uri, inversion="chain", ray=False, pictures=True)
     assert (again["ok"], again["skipped"], again["failed"]) == (0, 5, 3)  # broken files are retried
     assert target.stat().st_mtime_ns == stamp
     assert {f["status"] for f in again["files"] if f["rel_path"] in GOOD.values()} == {"skipped"}
-    redo = _run(ckpt, folder, out, uri, inversion="chain", overwrite=True, ray=False)
+    redo = _run(ckpt, folder, out, uri, inversion="chain", overwrite=True, ray=False, pictures=True)
     assert (redo["ok"], redo["skipped"]) == (5, 0)
     assert target.stat().st_mtime_ns != stamp
 
@@ -114,7 +114,7 @@ def test_rerun_skips_and_overwrite_redoes(chain_run, ckpt, folder):
 def test_spectral_inversions_through_the_job(ckpt, folder, tmp_path, inversion):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     summary = _run(ckpt, folder, tmp_path / "out", uri, inversion=inversion, iterations=4, target_lufs=-16.0, true_peak_dbtp=-1.0,
-                   ray=False)
+                   ray=False, pictures=True)
     assert (summary["ok"], summary["failed"], summary["passed_over"], summary["mode"]) == (5, 3, 1, "in-process")
     written = {str(p.relative_to(tmp_path / "out" / "audio")) for p in (tmp_path / "out" / "audio").rglob("*") if p.is_file()}
     assert written == _expected_outputs()

@@ -20,7 +20,7 @@ REFERENCE_TRACK = MUSIC / "d01_librosa_brahms_hungarian_dance_5.flac"
 def test_master_with_preset_reference_and_amount(ray_local, tmp_path, capsys):
     out = tmp_path / "mastered"
     code = main(["master", "--input", str(MUSIC), "--out", str(out), "--preset", "streaming", "--reference",
-                 str(REFERENCE_TRACK), "--amount", "0.7", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
+                 str(REFERENCE_TRACK), "--amount", "0.7", "--pictures", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ok"] == 3
