@@ -314,6 +314,8 @@ class EvalConfig:
     ``given`` (damaged files at the clean files' relative paths). Excerpts of ``clip_seconds``
     are centred; shorter files than ``min_seconds`` and clips quieter than ``silence_db`` (RMS,
     dBFS) are recorded as failures. ``inversions``: empty for every one the model can do.
+    ``effects``: the effects of our degrader that damage (:data:`DAMAGE_EFFECTS`, chain order);
+    the others take their neutral values from the same draw (:func:`automaster.degrade.only_effects`).
     """
 
     seed: int = 1
@@ -324,6 +326,7 @@ class EvalConfig:
     min_seconds: float = 1.0
     silence_db: float = -70.0
     inversions: tuple[str, ...] = ()
+    effects: tuple[str, ...] = DAMAGE_EFFECTS
 
     def __post_init__(self) -> None:
         if self.degrader not in (*DEGRADERS, GIVEN):
@@ -333,6 +336,11 @@ class EvalConfig:
         unknown = [i for i in self.inversions if i not in INVERSIONS]
         if unknown:
             raise ConfigError(f"unknown inversion(s) {', '.join(unknown)}; choose from {', '.join(INVERSIONS)}")
+        if not self.effects or set(self.effects) - set(DAMAGE_EFFECTS):
+            raise ConfigError(f"effects: expected a comma-separated subset of {', '.join(DAMAGE_EFFECTS)} (or all), "
+                              f"got {','.join(self.effects)!r}")
+        if set(self.effects) != set(DAMAGE_EFFECTS) and self.degrader != "ours":
+            raise ConfigError(f"--effects restricts our degrader's damage; the {self.degrader!r} degrader has its own")
 
 
 @dataclass(frozen=True)
