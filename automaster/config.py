@@ -110,6 +110,10 @@ class LossConfig:
 # The effects of the demastering chain that can be drawn alone (automaster.effects.params; the
 # headroom gain always applies).
 DAMAGE_EFFECTS = ("eq", "compressor", "reverb", "echo")
+# The restore preset's level gain is capped where the true-peak limiter would cut peaks by more than
+# this (dB): chosen on fma_mini's validation split among 0, 0.5, 1, 2 and no bound (BENCHMARKS.md,
+# "Attribution of every stage": the best mean MR-STFT; limiting costs SI-SDR, a static gain does not).
+MAX_LIMITING_DB = 1.0
 
 
 def parse_effects(text: str) -> tuple[str, ...]:
@@ -265,6 +269,8 @@ class MasterConfig:
     baseline's (None: every forecast). ``level_model``: a checkpoint with a level head (the
     spectral restorer's) that estimates the original master's loudness for the ``restore`` preset
     when the restoration model has no level head of its own (None: keep the restored level).
+    ``max_limiting_db``: that level gain is capped where the true-peak limiter would cut peaks by
+    more than this (None: no cap; :func:`automaster.mastering.finishing.level_gain_bound_db`).
     """
 
     inversion: str = "chain"
@@ -284,6 +290,7 @@ class MasterConfig:
     min_echo_gain: float = 0.15
     max_forecast_error: float | None = 0.8
     level_model: str | None = None
+    max_limiting_db: float | None = MAX_LIMITING_DB
 
     def __post_init__(self) -> None:
         if self.inversion not in INVERSIONS:
@@ -294,6 +301,8 @@ class MasterConfig:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if not (0.0 <= self.amount <= 1.0):
             raise ConfigError(f"amount must be in [0, 1], got {self.amount}")
+        if self.max_limiting_db is not None and not self.max_limiting_db >= 0:  # NaN included
+            raise ConfigError(f"max_limiting_db must be >= 0 (or None), got {self.max_limiting_db}")
         if self.max_forecast_error is not None and not self.max_forecast_error >= 0:  # NaN included
             raise ConfigError(f"max_forecast_error must be >= 0 (or inf), got {self.max_forecast_error}")
         if not (self.chunk_s > 0 and self.context_s > 0 and self.chunk_s >= 4 * self.context_s):
