@@ -284,6 +284,7 @@ def _job_config(
         "peak_ceiling": evaluation.peak_ceiling, "effects": ",".join(evaluation.effects) if degrader == "ours" else None,
         "echo_removal": mastering.echo_removal,
         "max_forecast_error": mastering.max_forecast_error, "level_model": model_settings.get("level_model"),
+        "max_limiting_db": mastering.max_limiting_db,
         "true_params": {
             "ours": "all (our degrader records them)", "pedalboard": "mapped ones (automaster.pedalboard_damage)",
             GIVEN: "none",
