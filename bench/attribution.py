@@ -19,9 +19,10 @@ others neutral, the same draw), and pedalboard's chain (``pedalboard``). Paths:
 * ``default-noceiling``: the same with the ceiling at +30 dBTP (the limiter never acts; the
   0 dBFS trim, a plain gain, remains).
 
-``--max-limiting-db`` sets the level gain's bound on the limiter's reduction (the product's
-``MasterConfig.max_limiting_db``; ``inf``: unbounded, as before issue 21). Measures against the clean clip,
-as the evaluate job measures them (:class:`automaster.evaluation.metrics.Reference`): SI-SDR gain over
+``--max-limiting-db`` sets the level gain's bound on the limiter's reduction for ``default`` (the
+product's ``MasterConfig.max_limiting_db``; ``inf``: unbounded, as before issue 21); ``--bounds
+0,1,inf`` adds a ``default@<bound>`` path for each (how the bound was chosen, on validation).
+Measures against the clean clip, as the evaluate job measures them (:class:`automaster.evaluation.metrics.Reference`): SI-SDR gain over
 the damaged input (dB), MR-STFT as a ratio to the input's, the loudness error (LU) and, for the paths
 with a limiter, its largest gain reduction (means over the clips; MR-STFT: the ratio of the means).
 Writes the rows and means to ``--out`` (JSON) and prints Markdown tables of the means;
