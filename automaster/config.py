@@ -110,6 +110,10 @@ class LossConfig:
 # The effects of the demastering chain that can be drawn alone (automaster.effects.params; the
 # headroom gain always applies).
 DAMAGE_EFFECTS = ("eq", "compressor", "reverb", "echo")
+# The restore preset's level gain is capped where the true-peak limiter would cut peaks by more than
+# this (dB): chosen on fma_mini's validation split among 0, 0.5, 1, 2 and no bound (BENCHMARKS.md,
+# "Attribution of every stage": the best mean MR-STFT; limiting costs SI-SDR, a static gain does not).
+MAX_LIMITING_DB = 1.0
 
 
 def parse_effects(text: str) -> tuple[str, ...]:
@@ -265,6 +269,8 @@ class MasterConfig:
     baseline's (None: every forecast). ``level_model``: a checkpoint with a level head (the
     spectral restorer's) that estimates the original master's loudness for the ``restore`` preset
     when the restoration model has no level head of its own (None: keep the restored level).
+    ``max_limiting_db``: that level gain is capped where the true-peak limiter would cut peaks by
+    more than this (None: no cap; :func:`automaster.mastering.finishing.level_gain_bound_db`).
     """
 
     inversion: str = "chain"
@@ -284,6 +290,7 @@ class MasterConfig:
     min_echo_gain: float = 0.15
     max_forecast_error: float | None = 0.8
     level_model: str | None = None
+    max_limiting_db: float | None = MAX_LIMITING_DB
 
     def __post_init__(self) -> None:
         if self.inversion not in INVERSIONS:
@@ -294,6 +301,8 @@ class MasterConfig:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if not (0.0 <= self.amount <= 1.0):
             raise ConfigError(f"amount must be in [0, 1], got {self.amount}")
+        if self.max_limiting_db is not None and not self.max_limiting_db >= 0:  # NaN included
+            raise ConfigError(f"max_limiting_db must be >= 0 (or None), got {self.max_limiting_db}")
         if self.max_forecast_error is not None and not self.max_forecast_error >= 0:  # NaN included
             raise ConfigError(f"max_forecast_error must be >= 0 (or inf), got {self.max_forecast_error}")
         if not (self.chunk_s > 0 and self.context_s > 0 and self.chunk_s >= 4 * self.context_s):
@@ -314,6 +323,8 @@ class EvalConfig:
     ``given`` (damaged files at the clean files' relative paths). Excerpts of ``clip_seconds``
     are centred; shorter files than ``min_seconds`` and clips quieter than ``silence_db`` (RMS,
     dBFS) are recorded as failures. ``inversions``: empty for every one the model can do.
+    ``effects``: the effects of our degrader that damage (:data:`DAMAGE_EFFECTS`, chain order);
+    the others take their neutral values from the same draw (:func:`automaster.degrade.only_effects`).
     """
 
     seed: int = 1
@@ -324,6 +335,7 @@ class EvalConfig:
     min_seconds: float = 1.0
     silence_db: float = -70.0
     inversions: tuple[str, ...] = ()
+    effects: tuple[str, ...] = DAMAGE_EFFECTS
 
     def __post_init__(self) -> None:
         if self.degrader not in (*DEGRADERS, GIVEN):
@@ -333,6 +345,11 @@ class EvalConfig:
         unknown = [i for i in self.inversions if i not in INVERSIONS]
         if unknown:
             raise ConfigError(f"unknown inversion(s) {', '.join(unknown)}; choose from {', '.join(INVERSIONS)}")
+        if not self.effects or set(self.effects) - set(DAMAGE_EFFECTS):
+            raise ConfigError(f"effects: expected a comma-separated subset of {', '.join(DAMAGE_EFFECTS)} (or all), "
+                              f"got {','.join(self.effects)!r}")
+        if set(self.effects) != set(DAMAGE_EFFECTS) and self.degrader != "ours":
+            raise ConfigError(f"--effects restricts our degrader's damage; the {self.degrader!r} degrader has its own")
 
 
 @dataclass(frozen=True)

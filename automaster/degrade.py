@@ -142,14 +142,16 @@ def clip_rms_db(audio: np.ndarray) -> float:
 
 
 def degrade_clip(
-    clean: np.ndarray, sample_rate: int, seed: int, key: str, config: DegradeConfig = DegradeConfig()
+    clean: np.ndarray, sample_rate: int, seed: int, key: str, config: DegradeConfig = DegradeConfig(),
+    effects: tuple[str, ...] = DAMAGE_EFFECTS,
 ) -> Degraded:
     """One clip ``(C, T)`` damaged with parameters drawn from ``(seed, key)`` at the model's hop
     (what the evaluate job and the level fit do); ``audio`` and ``params`` keep the batch axis.
+    ``effects``: those that damage, the others neutral (:func:`only_effects`; the same draw).
 
     Raises:
         ValueError: the draw needs more headroom than ``output_gain_db``'s range allows.
     """
     gen = make_generator(seed, key)
-    params = draw_params(1 + clean.shape[-1] // HOP_LENGTH, gen, config, clip_rms_db=clip_rms_db(clean))
+    params = only_effects(draw_params(1 + clean.shape[-1] // HOP_LENGTH, gen, config, clip_rms_db=clip_rms_db(clean)), effects)
     return degrade(torch.from_numpy(np.ascontiguousarray(clean, dtype=np.float32))[None], sample_rate, params, gen, config)

@@ -52,6 +52,15 @@ def test_max_forecast_error_must_be_a_share(value):
     assert MasterConfig(max_forecast_error=float("inf")).max_forecast_error == float("inf")
 
 
+@pytest.mark.parametrize("value", [float("nan"), -0.5])
+def test_max_limiting_db_must_be_a_bound(value):
+    from automaster.config import MasterConfig
+
+    with pytest.raises(ConfigError, match="max_limiting_db must be >= 0"):
+        MasterConfig(max_limiting_db=value)
+    assert MasterConfig(max_limiting_db=None).max_limiting_db is None
+
+
 def test_unknown_key_in_file_is_error(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[model]\ndepth = 3\n")

@@ -9,7 +9,7 @@ from automaster.cli.common import (
     location, log, out_location, print_summary,
 )
 from automaster.cli.repair import add_repair_options, master_config, model_or_shipped
-from automaster.config import DEGRADERS, INVERSIONS, ConfigError, EvalConfig
+from automaster.config import DAMAGE_EFFECTS, DEGRADERS, INVERSIONS, ConfigError, EvalConfig, parse_effects
 
 EVAL_DEFAULTS = EvalConfig()  # the defaults the command shows and uses
 
@@ -25,6 +25,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--degrader", choices=DEGRADERS, help="who damages the clean clips: our chain (default) or "
                    "Spotify's pedalboard (another implementation)")
     p.add_argument("--degraded", help="folder of degraded files at the clean files' relative paths (instead of a degrader)")
+    p.add_argument("--effects", help=f"comma-separated: damage with these of our degrader's effects alone "
+                   f"({','.join(DAMAGE_EFFECTS)}; the others neutral, the same draw; default all)")
     p.add_argument("--inversions", help=f"comma-separated: {','.join(INVERSIONS)} (default: every one the model can do)")
     p.add_argument("--split", choices=["training", "validation", "test", "all"],
                    help="corpus split (default: test for an FMA root, every file for a plain folder)")
@@ -43,9 +45,15 @@ def _evaluation(args: argparse.Namespace) -> EvalConfig:
     """The EvalConfig of the parsed options."""
     inversions = tuple(i.strip() for i in args.inversions.split(",") if i.strip()) if args.inversions else ()
     try:
+        effects = parse_effects(args.effects) if args.effects is not None else DAMAGE_EFFECTS
+    except ValueError as exc:
+        raise UsageError(f"--effects: {exc}") from None
+    if args.degraded and effects != DAMAGE_EFFECTS:
+        raise UsageError("--degraded gives the damaged files; --effects cannot be used with it")
+    try:
         return EvalConfig(
             seed=args.seed, degrader=args.degrader or EVAL_DEFAULTS.degrader, inversions=inversions,
-            clip_seconds=args.clip_seconds, mono=args.mono,
+            clip_seconds=args.clip_seconds, mono=args.mono, effects=effects,
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

@@ -13,8 +13,10 @@ with what it did and the loudness (LUFS) and true peak (dBTP) after it:
 4. ``loudness``: a static gain to the target (:mod:`automaster.mastering.presets`); the
    ``restore`` preset keeps the level, or applies ``level_gain_db`` (the restoration model's
    estimate of the original master's level) when given, scaled by ``amount`` (0 dB leaves the
-   audio untouched); other presets ignore it. A gain above ``MAX_GAIN_DB`` is refused with a
-   note (the ceiling still applies). A target too loud for the limiter alone
+   audio untouched); either way the gain stops where the limiter would cut peaks by more than
+   ``settings.max_limiting_db`` (:data:`automaster.config.MAX_LIMITING_DB`; a result further over
+   the ceiling is turned down instead: a static gain, no distortion). Other presets ignore it.
+   A gain above ``MAX_GAIN_DB`` is refused with a note (the ceiling still applies). A target too loud for the limiter alone
    (dynamic music at a club level) is reached with a soft clipper before the limiter.
 5. ``limiter``: the true-peak limiter at the ceiling (BS.1770 4x meter); reports its largest
    gain reduction and a gain-reduction curve.
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from automaster.config import MAX_LIMITING_DB
 from automaster.dsp import loudness as meter
 from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, master_loudness, true_peak_limit
 from automaster.dsp.tone import ToneProfile, match_tone
@@ -54,10 +57,13 @@ class FinishSettings:
     true_peak_dbtp: float | None = None
     amount: float = 1.0
     reference: ToneProfile | None = None
+    max_limiting_db: float | None = MAX_LIMITING_DB  # the restore preset's bound on limiting (None: none)
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.amount <= 1.0):
             raise ValueError(f"--amount must be in [0, 1], got {self.amount}")
+        if self.max_limiting_db is not None and not self.max_limiting_db >= 0:  # NaN included
+            raise ValueError(f"max_limiting_db must be >= 0, got {self.max_limiting_db}")
         self.levels()  # an unknown preset fails here, at setup
 
     def levels(self) -> Levels:
@@ -100,17 +106,37 @@ def _stage(name: str, applied: bool, note: str, audio: np.ndarray, sr: int, prev
     return {"stage": name, "applied": applied, "note": note, **levels, **extra}
 
 
-def _loudness_stage(lufs: float | None, levels: Levels, gain_db: float | None) -> tuple[float | None, str]:
-    """The target (LUFS) the loudness stage aims at, or None, and its note (``lufs``: the
-    loudness it starts from, None for silence)."""
+def level_gain_bound_db(true_peak_dbtp: float | None, ceiling_dbtp: float | None, max_limiting_db: float | None) -> float:
+    """The largest level gain (dB) after which the true-peak limiter at ``ceiling_dbtp`` cuts
+    peaks of audio at ``true_peak_dbtp`` by at most ``max_limiting_db``: negative when it is
+    already further over the ceiling (it is turned down, a static gain, instead of limited); inf
+    without a ceiling, a bound or a peak (silence)."""
+    if ceiling_dbtp is None or max_limiting_db is None or true_peak_dbtp is None or not math.isfinite(true_peak_dbtp):
+        return math.inf
+    return ceiling_dbtp + max_limiting_db - true_peak_dbtp
+
+
+def _loudness_stage(
+    prev: dict[str, Any], levels: Levels, gain_db: float | None, max_limiting_db: float | None = None
+) -> tuple[float | None, str]:
+    """The target (LUFS) the loudness stage aims at, or None, and its note (``prev``: the record
+    of the stage before, whose loudness and true peak it starts from)."""
+    lufs = prev["lufs"]
     if lufs is None or not math.isfinite(lufs):
         return None, "silent: no loudness gain"
     if levels.use_level_gain:
-        if gain_db is None:
-            return None, "restore preset without a level model: kept the restored level"
-        if gain_db == 0.0:  # no gain (or amount 0): the same path as none, so the audio is untouched
-            return None, "level model: the original master's level as estimated, +0.0 dB (level kept)"
-        target, note = lufs + gain_db, f"level model: the original master's level as estimated, {gain_db:+.1f} dB"
+        # The restore preset: the restored level, moved by the level model's gain when there is
+        # one, and never into more than max_limiting_db of limiting (a static gain costs no distortion).
+        note = ("restore preset without a level model: kept the restored level" if gain_db is None
+                else f"level model: the original master's level as estimated, {gain_db:+.1f} dB")
+        gain_db = 0.0 if gain_db is None else gain_db
+        bound = level_gain_bound_db(prev["true_peak_dbtp"], levels.ceiling_dbtp, max_limiting_db)
+        if gain_db > bound:
+            gain_db = bound
+            note = f"{note}; {bound:+.1f} dB so that the limiter cuts at most {max_limiting_db:.1f} dB"
+        elif gain_db == 0.0:  # no gain (or amount 0): the same path as none, so the audio is untouched
+            return None, note if note.endswith("level") else f"{note} (level kept)"
+        target = lufs + gain_db
     elif levels.target_lufs is None:
         return None, "no loudness target"
     else:
@@ -212,18 +238,29 @@ def _amount_stage(y: np.ndarray, original: np.ndarray, sr: int, amount: float, r
     return y
 
 
-def _level_stages(y: np.ndarray, sr: int, levels: Levels, level_gain_db: float | None, report: dict[str, Any]) -> np.ndarray:
+def _level_stages(
+    y: np.ndarray, sr: int, levels: Levels, level_gain_db: float | None, report: dict[str, Any],
+    max_limiting_db: float | None = None,
+) -> np.ndarray:
     """The loudness stage, the soft clipper when the limiter alone fell short, and the limiter
-    (records each, so the clipper's share of the loudness shows as a stage of its own)."""
+    (records each, so the clipper's share of the loudness shows as a stage of its own);
+    ``max_limiting_db`` bounds the ``restore`` preset's level gain (:func:`level_gain_bound_db`)."""
     stages, ceiling = report["stages"], levels.ceiling_dbtp
-    target, note = _loudness_stage(stages[-1]["lufs"], levels, level_gain_db)
+    target, note = _loudness_stage(stages[-1], levels, level_gain_db, max_limiting_db)
     report["target_lufs"] = target
     report["loudness_from"] = ("level model" if levels.use_level_gain else levels.loudness_from) if target is not None else None
     if target is None and ceiling is None:
         stages.append(_stage("loudness", False, note, y, sr, prev=stages[-1]))
         stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr, prev=stages[-1]))
         return y
-    out, pre_limit, gain, drive, measured = _loudness_and_limit(y, sr, target, ceiling)
+    if levels.use_level_gain and target is not None and max_limiting_db is not None:
+        # the bounded level gain, once: no second aim, no soft clipper (they would limit harder)
+        gain = target - stages[-1]["lufs"]
+        pre_limit = y * np.float32(10.0 ** (gain / 20.0))
+        out, stats = master_loudness(pre_limit, sr, None, ceiling)
+        drive, measured = None, _levels_of(stats)
+    else:
+        out, pre_limit, gain, drive, measured = _loudness_and_limit(y, sr, target, ceiling)
     report["loudness_gain_db"], report["soft_clip_drive_db"] = gain, drive
     if target is not None:
         note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into the soft clipper (the limiter alone fell short)")
@@ -288,7 +325,8 @@ def finish(
     report["stages"].append(_stage("restore", restored, restore_note, y, sr, prev=report["input"]))
     y = _reference_stage(y, sr, settings, report)
     y = _amount_stage(y, original, sr, settings.amount, report)
-    y = _level_stages(y, sr, levels, None if level_gain_db is None else settings.amount * level_gain_db, report)
+    gain = None if level_gain_db is None else settings.amount * level_gain_db
+    y = _level_stages(y, sr, levels, gain, report, settings.max_limiting_db)
     y = _ceiling_stage(y, sr, report)
     report["applied"] = _applied(report)
     return y, report

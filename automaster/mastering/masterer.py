@@ -125,7 +125,7 @@ class Masterer:
         self.reference = load_reference(self.cfg.reference) if self.cfg.reference else None
         self.finish_settings = FinishSettings(
             preset=self.cfg.preset, target_lufs=self.cfg.target_lufs, true_peak_dbtp=self.cfg.true_peak_dbtp,
-            amount=self.cfg.amount, reference=self.reference,
+            amount=self.cfg.amount, reference=self.reference, max_limiting_db=self.cfg.max_limiting_db,
         )
 
     def _load_level_model(self) -> nn.Module | None:

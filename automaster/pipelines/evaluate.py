@@ -88,7 +88,8 @@ class Evaluator:
             from automaster.degrade import degrade_clip
 
             try:
-                result = degrade_clip(clean, MODEL_RATE, cfg.seed, row["track_id"], DegradeConfig(peak_ceiling=cfg.peak_ceiling))
+                result = degrade_clip(clean, MODEL_RATE, cfg.seed, row["track_id"], DegradeConfig(peak_ceiling=cfg.peak_ceiling),
+                                      effects=cfg.effects)
             except ValueError as exc:  # a headroom beyond the table's range
                 raise FileError(f"cannot degrade: {exc}") from None
             truth = {k: v[0].numpy() for k, v in result.params.items()}
@@ -280,8 +281,10 @@ def _job_config(
         "clip_seconds": evaluation.clip_seconds, "mono": evaluation.mono, "sample_rate": MODEL_RATE,
         "inversions": list(evaluation.inversions), "iterations": mastering.iterations, "init_phase": mastering.init_phase,
         "momentum": mastering.momentum, "target_lufs": mastering.target_lufs, "true_peak_dbtp": mastering.true_peak_dbtp,
-        "peak_ceiling": evaluation.peak_ceiling, "echo_removal": mastering.echo_removal,
+        "peak_ceiling": evaluation.peak_ceiling, "effects": ",".join(evaluation.effects) if degrader == "ours" else None,
+        "echo_removal": mastering.echo_removal,
         "max_forecast_error": mastering.max_forecast_error, "level_model": model_settings.get("level_model"),
+        "max_limiting_db": mastering.max_limiting_db,
         "true_params": {
             "ours": "all (our degrader records them)", "pedalboard": "mapped ones (automaster.pedalboard_damage)",
             GIVEN: "none",

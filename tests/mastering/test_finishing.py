@@ -81,6 +81,11 @@ def test_a_zero_level_gain_is_bit_identical_to_none(materials):
     kept, _ = finish(hot, hot, sr, FinishSettings())
     zero, report = finish(hot, hot, sr, FinishSettings(), level_gain_db=0.0)
     assert np.array_equal(zero, kept)
+    assert "limiter cuts at most 1.0 dB" in report["stages"][3]["note"]  # turned down, not limited hard
+    unbounded = FinishSettings(max_limiting_db=None)
+    kept, _ = finish(hot, hot, sr, unbounded)
+    zero, report = finish(hot, hot, sr, unbounded, level_gain_db=0.0)
+    assert np.array_equal(zero, kept)
     assert report["target_lufs"] is None and "level kept" in report["stages"][3]["note"]
     muted, _ = finish(hot, hot, sr, FinishSettings(amount=0.0), level_gain_db=6.0)  # amount 0 scales it to 0 dB
     assert np.array_equal(muted, finish(hot, hot, sr, FinishSettings(amount=0.0))[0])
@@ -158,3 +163,52 @@ def test_levels_info_summarises_the_run(materials):
     hiss = (3e-3 * rng.standard_normal((2, 44100 * 3))).astype(np.float32)
     _, report = finish(hiss, hiss, 44100, FinishSettings(preset="club"))
     assert levels_info(hiss, 44100, report)["loudness_note"].startswith("refused")
+
+
+@pytest.mark.parametrize("gain_db", [3.0, 6.0, 12.0])
+@pytest.mark.parametrize("bound_db", [0.0, 1.0])
+def test_the_level_gain_never_asks_the_limiter_for_more_than_its_bound(materials, gain_db, bound_db):
+    """A model's level gain is capped where the -1 dBTP limiter would cut more than the bound."""
+    audio, sr = materials["stereo"]
+    peaky = audio * np.float32(10 ** (-3 / 20) / np.abs(audio).max())  # about -3 dBTP: +2 dB reaches the ceiling
+    out, report = finish(peaky, peaky, sr, FinishSettings(max_limiting_db=bound_db), level_gain_db=gain_db)
+    assert report["limiter_max_reduction_db"] <= bound_db + 0.1
+    assert true_peak_dbtp(out, sr) <= -1.0
+    headroom = -1.0 + bound_db - true_peak_dbtp(peaky, sr)
+    assert report["loudness_gain_db"] == pytest.approx(min(gain_db, headroom), abs=0.05)
+    assert "so that the limiter cuts at most" in report["stages"][3]["note"]
+
+
+def test_a_level_gain_within_the_bound_is_applied_whole(materials):
+    audio, sr = materials["stereo"]
+    quiet = audio * np.float32(10 ** (-12 / 20) / np.abs(audio).max())
+    out, report = finish(quiet, quiet, sr, FinishSettings(max_limiting_db=1.0), level_gain_db=6.0)
+    assert report["loudness_gain_db"] == pytest.approx(6.0, abs=0.01) and "limiter cuts" not in report["stages"][3]["note"]
+    assert _lufs(out, sr) == pytest.approx(_lufs(quiet, sr) + 6.0, abs=0.05)
+    unbounded, report = finish(quiet, quiet, sr, FinishSettings(max_limiting_db=None), level_gain_db=6.0)
+    np.testing.assert_allclose(out, unbounded, atol=1e-6)  # nothing for the limiter to do either way
+
+
+def test_a_negative_bound_is_refused():
+    with pytest.raises(ValueError, match="max_limiting_db must be >= 0"):
+        FinishSettings(max_limiting_db=-1.0)
+
+
+def test_a_hot_input_is_turned_down_rather_than_limited_beyond_the_bound(materials):
+    """The restore preset without a model gain: a static gain down takes what the limiter would
+    have cut beyond the bound (no distortion); the ceiling still holds."""
+    audio, sr = materials["stereo"]
+    hot = audio * np.float32(10 ** (4 / 20) / np.abs(audio).max())
+    out, report = finish(hot, hot, sr, FinishSettings(max_limiting_db=1.0))
+    assert report["loudness_gain_db"] == pytest.approx(-1.0 + 1.0 - true_peak_dbtp(hot, sr), abs=0.01)
+    assert report["loudness_gain_db"] < -3.0
+    assert report["limiter_max_reduction_db"] <= 1.1 and true_peak_dbtp(out, sr) <= -1.0
+
+
+def test_audio_under_the_ceiling_without_a_level_gain_is_left_alone(materials):
+    """The bound acts only where the limiter would: a clip under -1 dBTP passes unchanged."""
+    audio, sr = materials["stereo"]
+    calm = audio * np.float32(10 ** (-3 / 20) / np.abs(audio).max())
+    out, report = finish(calm, calm, sr, FinishSettings(max_limiting_db=0.0))
+    np.testing.assert_allclose(out, calm, atol=1e-6)
+    assert report["loudness_gain_db"] == 0.0 and report["limiter_max_reduction_db"] == 0.0

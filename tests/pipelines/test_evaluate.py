@@ -205,3 +205,53 @@ def test_a_bad_value_is_named_by_its_flag(ckpt, data_dir, tmp_path, capsys, args
     code = main(["evaluate", "--model", ckpt, "--clean", str(data_dir / "music"), "--out", str(tmp_path / "x"), *args])
     assert code == 2 and capsys.readouterr().err.strip() == line
     assert not (tmp_path / "x").exists()  # refused before anything started
+
+
+# ---------------------------------------------------------------------------- --effects
+
+
+def test_effects_damage_only_the_named_effects_from_the_same_draw(ckpt, data_dir):
+    """``--effects compressor,echo``: those take the full chain's drawn values, every other effect
+    its neutral ones; echo alone is undone exactly by its true inverse (nothing else touched it)."""
+    from automaster.degrade import degrade_clip
+    from automaster.effects.echo import echo_inverse_time
+    from automaster.effects.params import BY_NAME
+    from automaster.dsp.metrics import si_sdr
+
+    row = {"track_id": "000010", "path": str(data_dir / "fma/fma_small/000/000010.mp3"), "rel_path": "000/000010.mp3"}
+    truth = {}
+    for effects in (("eq", "compressor", "reverb", "echo"), ("compressor", "echo")):
+        settings = EvalConfig(seed=1, degrader="ours", clip_seconds=2.0, mono=True, inversions=("chain",), effects=effects)
+        result = Evaluator(ckpt, settings, MasterConfig(iterations=2, seed=0)).evaluate(row)
+        assert result["status"] == "ok", result["reason"]
+        truth[effects] = result["true_params"]
+    every, some = truth[("eq", "compressor", "reverb", "echo")], truth[("compressor", "echo")]
+    for name, value in some.items():
+        effect = BY_NAME[name].effect
+        if effect in ("compressor", "echo"):
+            assert value == pytest.approx(every[name]), name  # the same draw
+        elif BY_NAME[name].neutral is not None and name != "output_gain_db":
+            assert value == pytest.approx(BY_NAME[name].neutral), name
+    assert every["reverb_wet"] > 0 and some["reverb_wet"] == 0 and every["eq_high_gain_db"] != 0
+
+    audio, _ = sf.read(D01, frames=3 * SR, dtype="float32", always_2d=True)
+    clean = np.ascontiguousarray(audio.T)
+    damaged = degrade_clip(clean, SR, 1, "t", effects=("echo",))
+    p = {k: float(v.mean()) for k, v in damaged.params.items()}
+    undone = echo_inverse_time(damaged.audio[0].numpy(), SR, p["echo_delay_s"], p["echo_gain"])
+    assert p["echo_gain"] > 0.05 and si_sdr(undone, clean) > 40.0  # the echo, and nothing else
+    full = degrade_clip(clean, SR, 1, "t").audio[0].numpy()
+    assert si_sdr(full, clean) < si_sdr(damaged.audio[0].numpy(), clean) - 3.0
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["--effects", "eq,chorus"], "automaster evaluate: error: --effects: expected a comma-separated subset of eq, compressor, reverb, echo (or all), got 'eq,chorus'"),
+        (["--effects", "eq", "--degrader", "pedalboard"], "automaster evaluate: error: --effects restricts our degrader's damage; the 'pedalboard' degrader has its own"),
+    ],
+)
+def test_bad_effects_exit_2_in_one_line(ckpt, data_dir, tmp_path, capsys, args, text):
+    code = main(["evaluate", "--model", ckpt, "--clean", str(data_dir / "music"), "--out", str(tmp_path / "x"), *args])
+    assert code == 2 and capsys.readouterr().err.strip() == text
+    assert not (tmp_path / "x").exists()
