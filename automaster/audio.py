@@ -20,6 +20,7 @@ import contextvars
 import dataclasses
 import io
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -269,6 +270,13 @@ def read_audio(
             ctx = int(round(_RESAMPLE_CONTEXT_S * native_sr))
             pre = min(ctx, start)
             post = ctx if count is not None else 0
+        if not resampling and not mono:  # the mastering path: straight into (C, T), one copy of the file
+            with _decoder_notes(name):
+                audio = _decode_channels(f, name, start, count, header_frames - start)
+            if audio.shape[1] == 0:
+                where = f" at {offset_s:.3f} s" if start > 0 else ""
+                raise AudioError(name, f"no audio frames{where} (decoder returned nothing)")
+            return _sanitise_channels(name, audio), native_sr
         frames = _read_frames(f, name, start - pre, None if count is None else pre + count + post)
 
     got = frames.shape[0] - pre  # frames of the window proper (context trimmed below)
@@ -324,6 +332,47 @@ def _decode_frames(f: sf.SoundFile, name: str, start: int, count: int | None) ->
     if not blocks:
         return np.zeros((0, f.channels), np.float32)
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+
+
+def _decode_channels(f: sf.SoundFile, name: str, start: int, count: int | None, expected: int) -> np.ndarray:
+    """Decode ``count`` frames (all if None) from ``start`` into a ``(C, T)`` float32 array sized
+    from the header (grown if the decoder gives more, trimmed if less): the file is held once,
+    plus one block, instead of as blocks, their concatenation and its transpose."""
+    size = max(1, expected if count is None else min(count, max(expected, 1)))
+    out = np.empty((f.channels, size), np.float32)
+    filled = 0
+    remaining = count
+    try:
+        if start > 0:
+            f.seek(start)
+        while remaining is None or remaining > 0:
+            n = _READ_BLOCK if remaining is None else min(_READ_BLOCK, remaining)
+            block = f.read(n, dtype="float32", always_2d=True)
+            got = block.shape[0]
+            if got == 0:
+                break
+            if filled + got > out.shape[1]:  # the header undercounted (an MP3's is an estimate)
+                grown = np.empty((f.channels, max(filled + got, out.shape[1] + out.shape[1] // 4)), np.float32)
+                grown[:, :filled] = out[:, :filled]
+                out = grown
+            out[:, filled : filled + got] = block.T
+            filled += got
+            if remaining is not None:
+                remaining -= got
+            if got < n:
+                break
+    except (sf.SoundFileError, RuntimeError) as exc:
+        raise AudioError(name, f"decoding failed, file corrupt or truncated ({str(exc).strip()})") from exc
+    except MemoryError as exc:
+        raise AudioError(name, "out of memory while decoding") from exc
+    return out if filled == out.shape[1] else np.ascontiguousarray(out[:, :filled])  # a header that overcounted
+
+
+def _sanitise_channels(name: str, audio: np.ndarray) -> np.ndarray:
+    """:func:`_sanitise` for ``(C, T)``, with no temporary when every sample is finite."""
+    if audio.size == 0 or (np.isfinite(audio.max()) and np.isfinite(audio.min())):
+        return np.ascontiguousarray(audio)
+    return np.ascontiguousarray(_sanitise(name, audio.T).T)
 
 
 def _sanitise(name: str, frames: np.ndarray) -> np.ndarray:
@@ -484,32 +533,36 @@ def write_audio(
     if np.asarray(audio).dtype == np.int16:
         if subtype != "PCM_16" or fmt not in ("WAV", "FLAC"):
             raise ValueError(f"cannot write {name!r}: int16 samples are written as PCM_16 WAV/FLAC only, not {fmt} {subtype}")
-        frames = _as_frames(name, audio, np.int16)  # (T, C): stored as they are, nothing to check
+        channels = _as_channels(name, audio, np.int16)  # (C, T): stored as they are, nothing to check
     else:
-        frames = _checked_float_frames(name, audio, fmt, subtype)
+        channels = _checked_float_channels(name, audio, fmt, subtype)
     if storage.is_local(name):
         with storage.atomic_local_path(name) as tmp:
-            _encode(tmp, frames, int(sample_rate), fmt, subtype)
+            _encode(tmp, channels, int(sample_rate), fmt, subtype)
     else:
         buf = io.BytesIO()
-        _encode(buf, frames, int(sample_rate), fmt, subtype)
+        _encode(buf, channels, int(sample_rate), fmt, subtype)
         storage.write_bytes_atomic(name, buf.getvalue())
 
 
-def _checked_float_frames(name: str, audio: np.ndarray, fmt: str, subtype: str) -> np.ndarray:
-    frames = _as_frames(name, audio, np.float32)  # (T, C) float32
-    if not np.isfinite(frames).all():
+def _checked_float_channels(name: str, audio: np.ndarray, fmt: str, subtype: str) -> np.ndarray:
+    """``(C, T)`` float samples checked for NaN/Inf and, for formats that clip, peaks above 1,
+    without a temporary the size of the audio (min and max propagate NaN)."""
+    x = _as_channels(name, audio, np.float32)
+    hi, lo = float(np.max(x)), float(np.min(x))
+    if not (math.isfinite(hi) and math.isfinite(lo)):
         raise ValueError(f"cannot write {name!r}: audio contains NaN/Inf")
-    peak = float(np.max(np.abs(frames)))
+    peak = max(hi, -lo)
     if peak > 1.0 and (fmt, subtype) not in _FLOAT_STORAGE:
         raise ValueError(
             f"cannot write {name!r}: peak {peak:.4f} ({20 * np.log10(peak):+.2f} dBFS) exceeds full "
             f"scale and {fmt} {subtype} would clip it; apply headroom first or write FLOAT WAV"
         )
-    return frames
+    return x
 
 
-def _as_frames(name: str, audio: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+def _as_channels(name: str, audio: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """``(C, T)`` (a view where it can be: the encoder transposes a block at a time)."""
     x = np.asarray(audio)
     if x.ndim == 1:
         x = x[None, :]
@@ -524,13 +577,14 @@ def _as_frames(name: str, audio: np.ndarray, dtype: type = np.float32) -> np.nda
         raise ValueError(f"cannot write {name!r}: audio has no samples, shape {x.shape}")
     if not np.issubdtype(x.dtype, np.floating) and x.dtype != dtype:
         raise ValueError(f"cannot write {name!r}: expected float samples, got {x.dtype}")
-    return np.ascontiguousarray(x.T, dtype=dtype)
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
-def _encode(target, frames: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> None:
-    """Encode ``(T, C)`` to a path or file object in blocks (one huge Vorbis write crashed libsndfile)."""
+def _encode(target, channels: np.ndarray, sample_rate: int, fmt: str, subtype: str) -> None:
+    """Encode ``(C, T)`` to a path or file object in blocks, each transposed to frames as it is
+    written (no copy of the whole file; one huge Vorbis write crashed libsndfile)."""
     if isinstance(target, str):
         target = os.fsencode(target)  # a name that is not UTF-8 (surrogate-escaped) written as it is
-    with sf.SoundFile(target, "w", sample_rate, frames.shape[1], subtype=subtype, format=fmt) as f:
-        for i in range(0, frames.shape[0], _WRITE_BLOCK):
-            f.write(frames[i : i + _WRITE_BLOCK])
+    with sf.SoundFile(target, "w", sample_rate, channels.shape[0], subtype=subtype, format=fmt) as f:
+        for i in range(0, channels.shape[1], _WRITE_BLOCK):
+            f.write(np.ascontiguousarray(channels[:, i : i + _WRITE_BLOCK].T))

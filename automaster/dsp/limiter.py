@@ -247,7 +247,7 @@ class _Stage:
             self.ceiling = 10.0 ** (ceiling_dbtp / 20.0)
             self.aim = self.ceiling * 10.0 ** (-LIMITER_MARGIN_DB / 20.0)  # what the limiter acts above
             _, self.bound = _peak_bounds(x, _gain_bound(_taps_for(x, sample_rate)))
-            self.seg = np.zeros(x.shape[1], x.dtype)  # the envelope, measured where a gain makes it count
+            self.seg: np.ndarray | None = None  # the envelope, measured where a gain makes it count (when one does)
             self.exact = np.zeros(self.bound.size, bool)
 
     def loudness_at(self, gain: float) -> float:
@@ -265,6 +265,8 @@ class _Stage:
             return y, self.loudness_at(g), self.peak * g, GainReduction()
         # The limiter reads the envelope where it can exceed its aim; zeros elsewhere change nothing.
         need = ~self.exact & (self.bound * g > self.aim * (1.0 - 1e-6))
+        if self.seg is None:  # a mono envelope the length of the input: only when limiting
+            self.seg = np.zeros(x.shape[1], x.dtype)
         _peak_segments(x, self.sample_rate, self.seg, np.flatnonzero(need))
         self.exact[need] = True
         y = (x * g).astype(self.dtype, copy=False) if gain_db != 0.0 else x.copy()  # limited in place
@@ -309,8 +311,11 @@ def master_loudness(
     sample_rate: int,
     target_lufs: float | None,
     ceiling_dbtp: float | None,
+    gain_db: float | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Gain to ``target_lufs``, then the true-peak limiter at ``ceiling_dbtp``; either may be ``None``.
+    ``gain_db`` instead of a target: that static gain, once (no corrective passes), without a
+    copy of the input made for it.
 
     The limiter lowers loudness when it works; so when both are on and the result is more than
     ``MASTER_LOUDNESS_AIM_LU`` from the target, the gain before the limiter is corrected and the
@@ -329,12 +334,13 @@ def master_loudness(
     x, shape, dtype = _as_channels_first(audio)
     stage = _Stage(x, sample_rate, dtype, ceiling_dbtp)
     lufs_before = stage.loudness_at(1.0)
-    base_gain = 0.0
-    if target_lufs is not None and math.isfinite(lufs_before):
+    base_gain = 0.0 if gain_db is None else min(float(gain_db), MASTER_MAX_GAIN_DB)
+    if gain_db is None and target_lufs is not None and math.isfinite(lufs_before):
         base_gain = min(float(target_lufs - lufs_before), MASTER_MAX_GAIN_DB)
+    fixed = gain_db is not None
     y, lufs_after, peak_after, reduction = stage.render(base_gain)
     gain_db = base_gain
-    if target_lufs is not None and ceiling_dbtp is not None and math.isfinite(lufs_after):
+    if not fixed and target_lufs is not None and ceiling_dbtp is not None and math.isfinite(lufs_after):
         first = (gain_db, y, lufs_after, peak_after, reduction)
         gain_db, y, lufs_after, peak_after, reduction = _corrected_gain_db(stage, target_lufs, base_gain, first)
     stats = {

@@ -120,11 +120,24 @@ def _floored(db: np.ndarray, reference_max_db: float) -> np.ndarray:
     return np.maximum(db, reference_max_db - FLOOR_BELOW_PEAK_DB)
 
 
+_WIDTH_BLOCK = 1 << 16
+
+
 def stereo_width_db(audio: np.ndarray) -> float:
-    """Side-to-mid energy ratio in dB (``-inf`` for mono)."""
-    mid, side = mid_side(audio)
-    e_mid = float(np.dot(mid.astype(np.float64), mid))
-    e_side = float(np.dot(side.astype(np.float64), side))
+    """Side-to-mid energy ratio in dB (``-inf`` for mono).
+
+    Summed a block at a time in float64 with numpy's pairwise sum: no temporary the size of the
+    audio, and the same digits in every process (a BLAS dot product's order depends on its
+    threads, so a Ray worker and the driver disagreed in the last digits)."""
+    x = _channels(audio)
+    if x.shape[0] == 1:
+        return float("-inf")
+    e_mid = e_side = 0.0
+    for i in range(0, x.shape[1], _WIDTH_BLOCK):
+        block = x[:, i : i + _WIDTH_BLOCK].astype(np.float64)
+        mid, side = block.mean(axis=0), 0.5 * (block[0] - block[1])
+        e_mid += float(np.sum(mid * mid))
+        e_side += float(np.sum(side * side))
     if e_side == 0.0:
         return float("-inf")
     return float("inf") if e_mid == 0.0 else 10.0 * math.log10(e_side / e_mid)

@@ -46,6 +46,7 @@ LOUDNESS_TOLERANCE_LU = 0.15  # a loudness stage this far off its target gets a 
 GAIN_REDUCTION_HOP_S = 0.01  # resolution of the reported gain-reduction curve
 MAX_DRIVE_DB = 12.0  # soft-clipper drive searched this far either side of plain normalisation's gain
 SATURATION_STEPS = 12  # bisection steps of the soft clipper's drive
+_BOUND_MARGIN_DB = 1e-3  # the level gain's bound stops this short of it (float32 rounding)
 
 
 @dataclass(frozen=True)
@@ -76,23 +77,33 @@ def _measure(audio: np.ndarray, sr: int) -> dict[str, float | None]:
             "true_peak_dbtp": finite_or_none(meter.true_peak_dbtp(audio, sr))}
 
 
-def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, hop_s: float = GAIN_REDUCTION_HOP_S) -> np.ndarray:
-    """The limiter's gain (dB, <= 0) per ``hop_s`` window, from its input and output ``(C, T)``.
+def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, hop_s: float = GAIN_REDUCTION_HOP_S,
+                      before_gain_db: float = 0.0) -> np.ndarray:
+    """The limiter's gain (dB, <= 0) per ``hop_s`` window, from its input (``before`` times
+    ``before_gain_db``) and output ``(C, T)``.
 
     The limiter applies one gain to all channels, so ``after / before`` at the window's largest
-    input sample is that gain; silent windows read 0 dB.
+    input sample is that gain; silent windows read 0 dB. Computed a block of windows at a time:
+    no temporary the size of the audio.
     """
     hop = max(1, int(round(hop_s * sample_rate)))
-    n = before.shape[-1] // hop * hop
-    if n == 0:
+    windows = before.shape[-1] // hop
+    if windows == 0:
         return np.zeros(0, np.float32)
-    env = np.abs(before[:, :n]).max(axis=0).reshape(-1, hop)  # (W, hop)
-    idx = env.argmax(axis=1) + np.arange(env.shape[0]) * hop
-    ch = np.abs(before[:, idx]).argmax(axis=0)
-    b = before[ch, idx].astype(np.float64)
-    a = after[ch, idx].astype(np.float64)
-    ratio = np.where(np.abs(b) > 1e-9, np.abs(a) / np.maximum(np.abs(b), 1e-30), 1.0)
-    return np.minimum(20.0 * np.log10(np.maximum(ratio, 1e-6)), 0.0).astype(np.float32)
+    out = np.empty(windows, np.float32)
+    step = max(1, (1 << 18) // hop)  # windows per block
+    g = 10.0 ** (before_gain_db / 20.0)
+    for w0 in range(0, windows, step):
+        w1 = min(windows, w0 + step)
+        b_blk, a_blk = before[:, w0 * hop : w1 * hop], after[:, w0 * hop : w1 * hop]
+        env = np.abs(b_blk).max(axis=0).reshape(-1, hop)  # (W, hop)
+        idx = env.argmax(axis=1) + np.arange(env.shape[0]) * hop
+        ch = np.abs(b_blk[:, idx]).argmax(axis=0)
+        b = b_blk[ch, idx].astype(np.float64) * g
+        a = a_blk[ch, idx].astype(np.float64)
+        ratio = np.where(np.abs(b) > 1e-9, np.abs(a) / np.maximum(np.abs(b), 1e-30), 1.0)
+        out[w0:w1] = np.minimum(20.0 * np.log10(np.maximum(ratio, 1e-6)), 0.0)
+    return out
 
 
 def _stage(name: str, applied: bool, note: str, audio: np.ndarray, sr: int, prev: dict[str, Any] | None = None,
@@ -113,7 +124,8 @@ def level_gain_bound_db(true_peak_dbtp: float | None, ceiling_dbtp: float | None
     without a ceiling, a bound or a peak (silence)."""
     if ceiling_dbtp is None or max_limiting_db is None or true_peak_dbtp is None or not math.isfinite(true_peak_dbtp):
         return math.inf
-    return ceiling_dbtp + max_limiting_db - true_peak_dbtp
+    # 0.001 dB short: the gained float32 samples' rounding must not land a peak above the ceiling
+    return ceiling_dbtp + max_limiting_db - true_peak_dbtp - _BOUND_MARGIN_DB
 
 
 def _loudness_stage(
@@ -185,20 +197,25 @@ def _loudness_and_limit(y: np.ndarray, sr: int, target: float | None, ceiling: f
     ``LOUDNESS_TOLERANCE_LU`` short, and, if the limiter alone still cannot get there, with a
     soft clipper before it (:func:`_saturate_to`).
 
-    Returns ``(output, the limiter's input, gain_db, clipper drive_db or None, the output's
-    levels as the limiter measured them or None)``.
+    Returns ``(output, the limiter's input before its gain, gain_db, clipper drive_db or None,
+    the output's levels as the limiter measured them or None)``: the limiter's input is ``y``
+    at ``gain_db`` (not copied), or the clipper's output (its gain in it already: read it at 0 dB).
     """
     out, stats = master_loudness(y, sr, target, ceiling)
     gain = float(stats["gain_db"]) if math.isfinite(stats["gain_db"]) else 0.0
     miss = None if target is None or ceiling is None else target - stats["lufs_after"]
     if miss is None or not math.isfinite(miss) or abs(miss) <= LOUDNESS_TOLERANCE_LU:
-        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None, _levels_of(stats)
+        return out, y, gain, None, _levels_of(stats)
+    out = None  # the first pass goes before the second is rendered (memory)
     out2, stats2 = master_loudness(y, sr, target + miss, ceiling)
     if abs(target - stats2["lufs_after"]) < abs(miss):
-        out, stats, miss = out2, stats2, target - stats2["lufs_after"]
+        stats, miss = stats2, target - stats2["lufs_after"]
         gain = float(stats["gain_db"])
+    else:
+        out2, stats = master_loudness(y, sr, None, ceiling, gain_db=gain)  # the first pass again, deterministic
     if miss <= LOUDNESS_TOLERANCE_LU:
-        return out, y * np.float32(10.0 ** (gain / 20.0)), gain, None, _levels_of(stats)
+        return out2, y, gain, None, _levels_of(stats)
+    out2 = None
     out, clipped, drive = _saturate_to(y, sr, target, ceiling)
     return out, clipped, drive, drive, None
 
@@ -256,11 +273,10 @@ def _level_stages(
     if levels.use_level_gain and target is not None and max_limiting_db is not None:
         # the bounded level gain, once: no second aim, no soft clipper (they would limit harder)
         gain = target - stages[-1]["lufs"]
-        pre_limit = y * np.float32(10.0 ** (gain / 20.0))
-        out, stats = master_loudness(pre_limit, sr, None, ceiling)
-        drive, measured = None, _levels_of(stats)
+        out, stats = master_loudness(y, sr, None, ceiling, gain_db=gain)
+        limiter_input, drive, measured = y, None, _levels_of(stats)
     else:
-        out, pre_limit, gain, drive, measured = _loudness_and_limit(y, sr, target, ceiling)
+        out, limiter_input, gain, drive, measured = _loudness_and_limit(y, sr, target, ceiling)
     report["loudness_gain_db"], report["soft_clip_drive_db"] = gain, drive
     if target is not None:
         note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into the soft clipper (the limiter alone fell short)")
@@ -269,9 +285,10 @@ def _level_stages(
     else:  # the linear gain, then the clipper's own share
         stages.append(_stage("loudness", True, note, y * np.float32(10.0 ** (drive / 20.0)), sr))
         stages.append(_stage("soft clip", True, f"tanh soft clipper at the {ceiling:.1f} dBTP ceiling, driven {drive:+.2f} dB",
-                             pre_limit, sr))
+                             limiter_input, sr))
     y = np.ascontiguousarray(out, dtype=np.float32)
-    gr = gain_reduction_db(pre_limit, y, sr) if ceiling is not None else np.zeros(0, np.float32)
+    input_gain = 0.0 if drive is not None else gain  # the clipper's output has its drive in it
+    gr = gain_reduction_db(limiter_input, y, sr, before_gain_db=input_gain) if ceiling is not None else np.zeros(0, np.float32)
     report["gain_reduction_db"] = gr
     report["limiter_max_reduction_db"] = max(0.0, float(-gr.min())) if gr.size else 0.0
     report["limiter_mean_reduction_db"] = max(0.0, float(-gr.mean())) if gr.size else 0.0
