@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     mlflow_cmd = Path(sys.executable).parent / "mlflow"  # the environment's own (make demo's .venv has no PATH entry)
     mlflow_cmd = str(mlflow_cmd) if mlflow_cmd.exists() else "mlflow"
     print(
-        f"\nReports: {out / 'mastered' / 'report'} (one JSON and picture per file), {out / 'mastered' / 'summary.json'}\n"
+        f"\nReports: {out / 'mastered' / 'report'} (one per file), {out / 'mastered' / 'summary.json'}"
+        + (f", {mastered['overview']}" if mastered.get("overview") else "") + "\n"
         f"MLflow:  {mlflow_cmd} ui --backend-store-uri {uri}   (then http://127.0.0.1:5000)\n"
         f"The demo's model: {verdict(best)}\n"
         "For a real master of your own music: automaster master --input song.wav --out mastered.wav"
