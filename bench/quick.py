@@ -61,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--music", type=Path, default=HERE / "tests" / "data" / "music", help="folder of audio to master")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds (the fastest is kept)")
-    parser.add_argument("--lock", type=Path, default=Path(tempfile.gettempdir()) / "automaster-bench.lock")
+    parser.add_argument("--lock", type=Path, default=Path(tempfile.gettempdir()) / "bench.lock",
+                        help="held while timing, so two benchmarks never share the cores (the one bench/ uses)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench", help="where the figures' JSON goes")
     args = parser.parse_args()
     if args.rounds < 1:
