@@ -1,4 +1,5 @@
-# automaster: `make demo` runs the demo, `make test` runs the tests (each installs first).
+# automaster: `make demo` runs the demo, `make test` runs the tests, `make bench` a short benchmark (each installs
+# first into .venv); `make clean` removes what they wrote (results/, mlflow.db, mlruns/), not .venv.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench docs clean
 
 install: $(STAMP)
 
@@ -27,7 +28,10 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow"
 
 bench: $(STAMP)
-	$(PY) bench/run_all.py
+	$(PY) bench/quick.py
+
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs serve
 
 clean:
 	rm -rf results mlflow.db mlruns .pytest_cache

@@ -1,9 +1,14 @@
-"""``automaster <command>``: thin entry points that parse arguments and call one function.
+"""automaster: master your music with a model trained to undo mastering damage.
 
-A user's mistake (bad argument, missing folder, unknown config key) prints one line and exits 2;
-a job that ran exits 0 even when some tracks failed (they are in its summary), 1 when nothing
-could be processed. One module per command (its ``add_parser`` and ``run``); what they share is
-in :mod:`.common` and, for ``master`` and ``evaluate``, :mod:`.repair`.
+Give it a mix or a damaged master and it gives back a mastered file: loud enough, never above
+-1 dBTP, its echo and level restored, optionally matched to a reference track. It can also make
+its own training data (demaster a corpus of music), train and search models on Ray, and compare
+the runs it logged to MLflow.
+
+Developers: one module per command (its ``add_parser`` and ``run``); what they share is in
+:mod:`.common` and, for ``master`` and ``evaluate``, :mod:`.repair`. A user's mistake prints one
+line and exits 2; a job that ran exits 0 even when some items failed (they are in its summary),
+1 when nothing could be processed.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import argparse
 import sys
 from typing import Callable, Sequence
 
+from automaster import __version__
 from automaster.cli import compare, demaster, demo, evaluate, master, train, tune
 from automaster.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, setup_logging
 from automaster.cli.repair import default_inversion
@@ -20,15 +26,33 @@ from automaster.config import ConfigError
 __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "build_parser", "default_inversion", "main"]
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    demaster.add_parser, train.add_parser, demo.add_parser, master.add_parser, evaluate.add_parser, tune.add_parser,
+    master.add_parser, demo.add_parser, demaster.add_parser, train.add_parser, tune.add_parser, evaluate.add_parser,
     compare.add_parser,
 ]
+
+DESCRIPTION = """\
+Master your music with a model trained to undo mastering damage: loud enough, never above
+-1 dBTP, its echo and level restored, optionally matched to a reference track. It also makes
+its own training data, trains and searches models on Ray and keeps every run in MLflow."""
+
+EXAMPLES = """\
+examples:
+  automaster master --input song.wav --out mastered.wav       master one file
+  automaster master --input mixes/ --out mastered/            master a folder (resumes)
+  automaster demo                                             try everything on the bundled music
+  automaster demaster --corpus ~/music --out results/paired   make training pairs
+  automaster train --data results/paired --out results/train  train on Ray Train
+  automaster compare                                          the MLflow runs, best first
+
+'automaster COMMAND --help' tells more; the documentation is in docs/ (mkdocs serve)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``automaster`` parser with every command of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(prog="automaster", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="automaster", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
     return parser
