@@ -28,7 +28,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.signal
 
 from automaster.dsp import loudness as meter
 
@@ -92,6 +91,7 @@ def average_spectrum(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.nd
     n = int(2 ** round(math.log2(FRAME_S * sample_rate)))
     if x.shape[-1] < n:  # shorter than one frame: one zero-padded frame
         x = np.pad(x, (0, n - x.shape[-1]))
+    import scipy.signal  # here, not at import: 0.6 s of a one-file master's start-up
     freqs, power = scipy.signal.welch(x.astype(np.float64), fs=sample_rate, window="hann", nperseg=n,
                                       noverlap=n // 2, detrend=False, scaling="density")
     return freqs, power
@@ -204,11 +204,13 @@ def _fir(curve_db: np.ndarray, sample_rate: int) -> np.ndarray:
     nyq = sample_rate / 2.0
     freqs = np.linspace(0.0, nyq, 1025)
     gain_db = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(GRID_HZ), curve_db) * _edge_fade(freqs, nyq)
+    import scipy.signal  # here, not at import: 0.6 s of a one-file master's start-up
     return scipy.signal.firwin2(n_taps, freqs, 10.0 ** (gain_db / 20.0), fs=sample_rate, window="hann")
 
 
 def _filter(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
     half = (taps.size - 1) // 2
+    import scipy.signal  # here, not at import: 0.6 s of a one-file master's start-up
     y = scipy.signal.oaconvolve(x.astype(np.float64), taps, mode="full")
     return y[half : half + x.shape[-1]]
 
