@@ -1,0 +1,1 @@
+"""Restoration stages learned from statistics of the waveform (issue 21)."""
