@@ -131,13 +131,18 @@ class LocalRunner:
         self.folder, self.cfg = folder, cfg
 
     def run(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for item in items:
-            try:
-                with _alarm(time_limit_s(item, self.cfg)):
-                    result = run_item(self.processor, item, self.folder)
-            except ItemTimeout as exc:  # raised outside run_item's own boundary (while publishing)
-                result = _failure(item, str(exc))
-            yield result  # outside the alarm: the caller's time is not the item's
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS thread, as each Ray worker has (Ray sets OMP_NUM_THREADS=1): a dot product
+        # summed by two threads differs in its last bits, and outputs must not depend on the mode.
+        with threadpool_limits(limits=1):
+            for item in items:
+                try:
+                    with _alarm(time_limit_s(item, self.cfg)):
+                        result = run_item(self.processor, item, self.folder)
+                except ItemTimeout as exc:  # raised outside run_item's own boundary (while publishing)
+                    result = _failure(item, str(exc))
+                yield result  # outside the alarm: the caller's time is not the item's
 
 
 def _failure(item: dict[str, Any], reason: str, **extra: Any) -> dict[str, Any]:
@@ -155,7 +160,10 @@ class _Worker:
     """A Ray actor: builds the processor once, then runs items (see :class:`RayRunner`)."""
 
     def __init__(self, processor: type, kwargs: dict[str, Any], out: str, log_file: str | None, verbose: bool):
+        from threadpoolctl import threadpool_limits
+
         route_logs(log_file, verbose, console=False)
+        threadpool_limits(limits=1)  # one BLAS thread whatever the worker's environment (see LocalRunner)
         self.processor = processor(**kwargs)
         self.folder = OutputFolder(out)
 
