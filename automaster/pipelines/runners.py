@@ -282,6 +282,9 @@ def route_logs(log_file: str | None, verbose: bool, console: bool = True) -> Non
         from automaster.pipelines.runtime import RAY_LOGGERS, loggers_to_root
 
         loggers_to_root(("mlflow", "alembic", *RAY_LOGGERS))
+        # Python warnings (matplotlib's "Glyph ... missing from font(s)" for a title in a script
+        # its font lacks) become log records of "py.warnings": in the log file, off the console.
+        logging.captureWarnings(True)
     if console and not verbose:
         for h in root.handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):

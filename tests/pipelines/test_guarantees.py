@@ -298,3 +298,36 @@ def test_a_full_disk_is_named_stops_the_job_and_leaves_no_partial_output(tmp_pat
         assert not list((small / "out/.automaster").glob("staging/**/*.bin"))
         runs = mlflow.MlflowClient(uri).search_runs([mlflow.get_experiment_by_name("test-guarantees").experiment_id])
         assert runs[0].info.status == "FAILED"
+
+
+# 7. -------------------------------------------------------------------- smaller
+
+
+class PlottingProcessor(UpperProcessor):
+    """Draws a title its font lacks glyphs for (a file name in Chinese), as a report picture would."""
+
+    def process(self, item, staging):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        ax.set_title("\u66f2\u540d.wav")
+        fig.savefig(staging.path(f"png/{item['key']}.png"))
+        plt.close(fig)
+        return super().process(item, staging)
+
+
+def test_a_missing_glyph_warning_goes_to_the_log_not_the_console(tmp_path, uri, capfd):
+    items = make_items(tmp_path / "in", {"a": "alpha"})
+    spec = _spec(tmp_path / "out", uri)
+    spec.processor = PlottingProcessor
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        summary = run_job(spec, items, [], RunOptions(progress=False, ray=False))
+    assert summary["ok"] == 1
+    assert "Glyph" not in capfd.readouterr().err
+    assert "missing from font" in Path(summary["log_file"]).read_text()
