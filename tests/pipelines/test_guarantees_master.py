@@ -136,3 +136,14 @@ def test_ray_and_in_process_outputs_are_byte_identical(ray_local, ckpt, good, tm
     assert any(str(f).startswith("audio/") for f in files) and any(str(f).startswith("report/") for f in files)
     differ = [str(f) for f in files if (tmp_path / "local" / f).read_bytes() != (tmp_path / "ray" / f).read_bytes()]
     assert differ == []  # reports included (width_out_db differed in its last digits: BLAS threads)
+
+
+def test_an_input_above_full_scale_gets_a_repair_note(ckpt, good, tmp_path):
+    data, sr = sf.read(good["wav_float"], dtype="float32")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sf.write(folder / "hot.wav", data * (4.0 / max(1e-9, float(abs(data).max()))), sr, subtype="FLOAT")  # +12 dBFS
+    summary = run_master(ckpt, str(folder), str(tmp_path / "out"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                         progress=False, ray=False)
+    notes = summary["notes"]["hot.wav"]
+    assert any("peaks at +12.0 dBFS, above full scale" in n and "nothing was clipped" in n for n in notes), notes
