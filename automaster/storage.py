@@ -128,6 +128,17 @@ def makedirs(uri: str | os.PathLike) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def remove_file(uri: str | os.PathLike) -> None:
+    """Delete the file at ``uri``; nothing happens if it is not there."""
+    if is_local(uri):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local_path(uri))
+        return
+    fs, path = resolve(uri)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.delete_file(path)
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     """The whole content of the file at ``uri``."""
     if is_local(uri):

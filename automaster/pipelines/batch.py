@@ -55,6 +55,8 @@ class JobSpec:
         experiment, run_name, tracking_uri, params: the MLflow run.
         files: ``{relative path: bytes}`` written once the folder is checked (a dataset's
             metadata): they describe the outputs, so they follow the settings.
+        inputs: the input roots (files and folders) recorded in the manifest; None: the values
+            of :data:`INPUT_FLAGS` in ``paths`` (``--input``, ``--input 2``, ``--corpus``...).
     """
 
     job: str
@@ -70,6 +72,7 @@ class JobSpec:
     tracking_uri: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    inputs: list[str] | None = None
 
 
 @dataclass
@@ -146,20 +149,27 @@ def max_workers() -> int:
     return max(64, MAX_WORKERS_PER_CPU * (os.cpu_count() or 1))
 
 
-# Flags whose values are the roots of a job's inputs (one path or a list), and those that name a
-# file whose content decides every output (hashed into the manifest).
+# Flags whose values are the roots of a job's inputs (one path or a list; ``--input 2`` counts
+# as ``--input``), and those that name a file whose content decides every output (hashed into
+# the manifest).
 INPUT_FLAGS = ("--input", "--corpus", "--clean", "--degraded")
-DECISIVE_FLAGS = ("--reference", "--references")
+DECISIVE_FLAGS = ("--reference",)
+
+
+def _flag_paths(spec: JobSpec) -> list[tuple[str, str]]:
+    """``(flag, path)`` of every input root named in ``spec.paths``."""
+    out = []
+    for flag, value in spec.paths.items():
+        if flag.split(" ")[0] in INPUT_FLAGS:
+            out += [(flag, v) for v in ([value] if isinstance(value, str) else list(value or [])) if v]
+    return out
 
 
 def input_roots(spec: JobSpec) -> list[str]:
-    """The job's input roots, absolute and sorted (local ones by their real path)."""
-    roots = []
-    for flag in INPUT_FLAGS:
-        value = spec.paths.get(flag)
-        for v in ([value] if isinstance(value, str) else list(value or [])):
-            roots.append(os.path.realpath(storage.local_path(v)) if storage.is_local(v) else v)
-    return sorted(set(roots))
+    """The job's input roots (``spec.inputs``, else from its flags), absolute and sorted (local
+    ones by their real path: the same folder by another name is the same input)."""
+    given = spec.inputs if spec.inputs is not None else [v for _, v in _flag_paths(spec)]
+    return sorted({os.path.realpath(storage.local_path(v)) if storage.is_local(v) else v for v in given})
 
 
 def decisive_files(spec: JobSpec) -> dict[str, str]:
@@ -177,16 +187,13 @@ def decisive_files(spec: JobSpec) -> dict[str, str]:
 def prepare(spec: JobSpec, options: RunOptions) -> tuple[OutputFolder, dict[str, dict[str, Any]], int]:
     """Check, lock and sweep the output folder; returns it, the complete items' records and the
     number of stale files removed. Raises ConfigError (exit 2) before anything starts."""
-    check_workers(options.workers)
-    for flag in INPUT_FLAGS:
-        value = spec.paths.get(flag)
-        for v in ([value] if isinstance(value, str) else list(value or [])):
-            if storage.is_local(v):
-                from automaster.pipelines.outfolder import path_problem
+    from automaster.pipelines.outfolder import path_problem
 
-                problem = path_problem(storage.local_path(v))
-                if problem and problem != "exists and is not a folder":  # a file is a fine input
-                    raise ConfigError(f"{flag} {storage.display(v)}: {problem}")
+    check_workers(options.workers)
+    for flag, value in _flag_paths(spec):
+        problem = path_problem(storage.local_path(value)) if storage.is_local(value) else None
+        if problem and problem != "exists and is not a folder":  # a file is a fine input
+            raise ConfigError(f"{flag.split(' ')[0]} {storage.display(value)}: {problem}")
     folder = OutputFolder(spec.out)
     folder.check_usable()
     folder.acquire_lock(spec.job)

@@ -291,27 +291,13 @@ class OutputFolder:
 
     def forget(self, record: dict[str, Any]) -> None:
         """Un-complete an item: its record first (never trusted again), then the outputs it lists."""
-        path = storage.join(self.state, ITEMS_DIR, _record_name(record["key"]))
-        if storage.is_local(path):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(storage.local_path(path))
-        else:
-            fs, p = storage.resolve(path)
-            with contextlib.suppress(FileNotFoundError, OSError):
-                fs.delete_file(p)
+        storage.remove_file(storage.join(self.state, ITEMS_DIR, _record_name(record["key"])))
         self.unpublish(record.get("outputs", []))
 
     def unpublish(self, outputs: list[str]) -> None:
         """Remove published outputs (relative paths) of an item that is not complete after all."""
         for rel in outputs:
-            target = storage.join(self.out, *rel.split("/"))
-            if storage.is_local(target):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(storage.local_path(target))
-            else:
-                fs, p = storage.resolve(target)
-                with contextlib.suppress(FileNotFoundError, OSError):
-                    fs.delete_file(p)
+            storage.remove_file(storage.join(self.out, *rel.split("/")))
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Mark an item complete (after its outputs are published)."""

@@ -13,19 +13,8 @@ import soundfile as sf
 
 from automaster.cli import main
 from automaster.pipelines.master import run_master
-from tests.audio_fixtures import make_good_inputs
 from tests.pipelines.test_guarantees import _mount_tmpfs, read_only_folder
-from tests.test_mastering import make_checkpoint
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp("ckpt"))
-
-
-@pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    return make_good_inputs(tmp_path_factory.mktemp("good"), duration_s=1.5)
+from tests.pipelines.test_reliability import ckpt, good  # noqa: F401  (fixtures: a tiny model, real music)
 
 
 def _master(ckpt, folder, out, uri, *extra):
