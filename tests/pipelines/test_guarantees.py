@@ -10,6 +10,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,8 @@ from automaster.config import ConfigError
 from automaster.pipelines import tracking
 from automaster.pipelines.batch import JobSpec, RunOptions, format_summary, run_job
 from tests.pipelines.batch_helpers import UpperProcessor, make_items
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _spec(out: Path, uri: str, inputs: Path | list[str] | None = None, **kw) -> JobSpec:
@@ -319,15 +322,19 @@ class PlottingProcessor(UpperProcessor):
         return super().process(item, staging)
 
 
-def test_a_missing_glyph_warning_goes_to_the_log_not_the_console(tmp_path, uri, capfd):
+def test_a_missing_glyph_warning_goes_to_the_log_not_the_console(tmp_path, uri):
+    """In a process of its own, as a command runs (pytest records warnings itself)."""
     items = make_items(tmp_path / "in", {"a": "alpha"})
-    spec = _spec(tmp_path / "out", uri)
-    spec.processor = PlottingProcessor
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("always")
-        summary = run_job(spec, items, [], RunOptions(progress=False, ray=False))
-    assert summary["ok"] == 1
-    assert "Glyph" not in capfd.readouterr().err
-    assert "missing from font" in Path(summary["log_file"]).read_text()
+    script = (
+        "import json, sys\n"
+        "from automaster.pipelines.batch import RunOptions, run_job\n"
+        "from tests.pipelines.test_guarantees import PlottingProcessor, _spec\n"
+        f"spec = _spec({str(tmp_path / 'out')!r}, {uri!r})\n"
+        "spec.processor = PlottingProcessor\n"
+        f"print(run_job(spec, json.loads({json.dumps(items)!r}), [], RunOptions(progress=False, ray=False))['ok'])\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "1", res.stderr
+    assert "Glyph" not in res.stderr
+    assert "missing from font" in (tmp_path / "out/logs/upper.log").read_text()
