@@ -26,11 +26,12 @@ from typing import Any, Sequence
 log = logging.getLogger("automaster")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-EXIT_CODES_HELP = (
-    "exit codes: 0 the job ran (failed items listed in its summary; a job MLflow could not record says so in one "
-    "line); 1 nothing could be processed, or the job stopped (no space left on device; a re-run resumes); "
-    "2 a mistake in the arguments or an unusable path, before anything starts; 130 interrupted"
-)
+EXIT_CODES_HELP = """\
+exit codes:
+  0    the job ran (failed items are listed in its summary; a job MLflow could not record says so in one line)
+  1    nothing could be processed, or the job stopped (no space left on device; a re-run resumes)
+  2    a mistake in the arguments or an unusable path, before anything starts
+  130  interrupted (finished outputs are kept; a re-run resumes)"""
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root (bundled music, shipped models)
 
 
