@@ -10,6 +10,8 @@ a finished one. An object-store put only becomes visible when complete, so it is
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import logging
 import os
 import pathlib
@@ -23,7 +25,10 @@ import pyarrow.fs as pafs
 logger = logging.getLogger(__name__)
 
 _LOCAL = pafs.LocalFileSystem()
-TMP_SUFFIX = ".tmp"  # temporary files are ".<name>.<random>.tmp" next to their destination
+# Temporary files are ".automaster-tmp-<name>.<random>.tmp" next to their destination: a name
+# reserved for this program, so that a start-up sweep never takes a user's own ".draft.tmp".
+TMP_PREFIX = ".automaster-tmp-"
+TMP_SUFFIX = ".tmp"
 _TMP_STEM_BYTES = 200  # of <name> in a temporary file's name (most file systems allow 255 bytes)
 
 
@@ -123,6 +128,17 @@ def makedirs(uri: str | os.PathLike) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def remove_file(uri: str | os.PathLike) -> None:
+    """Delete the file at ``uri``; nothing happens if it is not there."""
+    if is_local(uri):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local_path(uri))
+        return
+    fs, path = resolve(uri)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.delete_file(path)
+
+
 def read_bytes(uri: str | os.PathLike) -> bytes:
     """The whole content of the file at ``uri``."""
     if is_local(uri):
@@ -179,7 +195,8 @@ def open_input_file(uri: str | os.PathLike) -> pafs.NativeFile:
 def atomic_local_path(path: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it to ``path``.
 
-    The temporary name is hidden (``.name.XXXX.tmp``) so that folder listings skip it. If the
+    The temporary name is hidden and reserved (``.automaster-tmp-name.XXXX.tmp``) so that folder
+    listings skip it and :func:`remove_stale_temporaries` removes only ours. If the
     body raises, the temporary file is removed and ``path`` is left as it was.
     """
     path = local_path(path)
@@ -187,7 +204,7 @@ def atomic_local_path(path: str | os.PathLike) -> Iterator[str]:
     os.makedirs(folder, exist_ok=True)
     # A name's first bytes only: a name near the 255-byte limit has no room for the hidden prefix and suffix.
     stem = name.encode("utf-8", "surrogateescape")[:_TMP_STEM_BYTES].decode("utf-8", "surrogateescape")
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=TMP_SUFFIX, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{stem}.", suffix=TMP_SUFFIX, dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -271,19 +288,118 @@ def scan_files(uri: str | os.PathLike, recursive: bool = True) -> tuple[list[str
     return [join(uri, r) for r in rel], []
 
 
-def remove_stale_temporaries(uri: str | os.PathLike) -> int:
-    """Delete the hidden ``.<name>.<random>.tmp`` files that killed writers left under the local
-    folder ``uri``; returns how many. Call only while no writer runs (under the job's lock)."""
+def remove_stale_temporaries(uri: str | os.PathLike, recursive: bool = False) -> int:
+    """Delete the ``.automaster-tmp-*.tmp`` files that killed writers of this program left in the
+    local folder ``uri`` (and its sub-folders when ``recursive``); returns how many. A user's own
+    temporaries (``.draft.tmp``) never match. Call only while no writer runs (under the job's lock)."""
     if not is_local(uri) or not os.path.isdir(local_path(uri)):
         return 0
     removed = 0
-    for folder, _, files in os.walk(local_path(uri)):
+    for folder, dirs, files in os.walk(local_path(uri)):
         for name in files:
-            if name.startswith(".") and name.endswith(TMP_SUFFIX):
+            if name.startswith(TMP_PREFIX) and name.endswith(TMP_SUFFIX):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(folder, name))
                     removed += 1
+        if not recursive:
+            dirs.clear()
     return removed
+
+
+def fingerprint(uri: str | os.PathLike) -> dict[str, object]:
+    """``{"size", "mtime_ns", "blake2b"}`` of a file: what says whether an input changed.
+
+    The hash reads every byte (BLAKE2b runs at about 350 MB/s: 20 ms for a 7 MB 30 s FLAC, a few
+    per cent of mastering it). Remote files report ``mtime_ns`` as pyarrow gives it (or None).
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    if is_local(uri):
+        path = local_path(uri)
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": digest.hexdigest()}
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    with fs.open_input_stream(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    mtime = info.mtime_ns if info.mtime is not None else None
+    return {"size": info.size, "mtime_ns": mtime, "blake2b": digest.hexdigest()}
+
+
+def same_file(uri: str | os.PathLike, recorded: dict[str, object] | None) -> bool:
+    """True when the file at ``uri`` is still the one ``recorded`` (:func:`fingerprint`).
+
+    Same size and modification time: trusted without reading (as make and rsync do); a touched
+    file whose bytes are unchanged is still the same; a missing file or record is not."""
+    if not recorded or "blake2b" not in recorded:
+        return False
+    try:
+        if is_local(uri):
+            st = os.stat(local_path(uri))
+            size, mtime = st.st_size, st.st_mtime_ns
+        else:
+            fs, path = resolve(uri)
+            info = fs.get_file_info(path)
+            size, mtime = info.size, (info.mtime_ns if info.mtime is not None else None)
+        if size != recorded.get("size"):
+            return False
+        if mtime is not None and mtime == recorded.get("mtime_ns"):
+            return True
+        return fingerprint(uri)["blake2b"] == recorded["blake2b"]
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------- full disks
+
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+FULL_FREE_BYTES = 4 << 20  # less free than this after a failed write: the disk is full
+
+
+class DiskFullError(OSError):
+    """No space left on the device of a job's output: the job stops (every later item would fail)."""
+
+    def __init__(self, where: str):
+        super().__init__(errno.ENOSPC, f"no space left on device: {display(where)}")
+        self.where = where
+
+    def __str__(self) -> str:
+        return self.strerror or "no space left on device"
+
+
+def free_bytes(uri: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the local file system of ``uri`` (or its nearest existing
+    parent); None for remote URIs or where it cannot be told."""
+    if not is_local(uri):
+        return None
+    path = local_path(uri)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def is_disk_full(exc: BaseException, where: str | os.PathLike | None = None) -> bool:
+    """True when ``exc`` (or one it was raised from) is ENOSPC/EDQUOT, or when it is another write
+    error and ``where`` has next to no space left: libsndfile reports a full disk as "System
+    error." without the errno."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _FULL_ERRNOS:
+            return True
+        e = e.__cause__ or e.__context__
+    if where is None:
+        return False
+    free = free_bytes(where)
+    return free is not None and free < FULL_FREE_BYTES
 
 
 def _fsync_path(path: str) -> None:

@@ -1,9 +1,23 @@
 """What every ``automaster`` command shares: exit codes, the usage error, logging, the common
-flags and the checks of paths given on the command line."""
+flags and the checks of paths given on the command line.
+
+Exit codes (:data:`EXIT_CODES_HELP`, shown by ``automaster --help``):
+
+* 0: the job ran; items that failed are listed in its summary (``summary.json``). A job whose
+  MLflow store could not record it (locked, corrupt, unreachable) still exits 0 when its outputs
+  are written, and says so in one line: ``not recorded in MLflow: <why>``.
+* 1: the job ran but produced nothing (every item failed), or it stopped: no space left on the
+  output's device (finished items are kept; a re-run resumes).
+* 2: a mistake in the arguments or an unusable path (read-only or uncreatable ``--out``, a
+  symbolic link loop, ``--out`` holding other settings' or other inputs' outputs, a busy
+  ``--out``): one line, before any cluster starts and before anything is written.
+* 130: interrupted (Ctrl-C); finished outputs are kept and a re-run resumes.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +25,13 @@ from typing import Any, Sequence
 
 log = logging.getLogger("automaster")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES_HELP = """\
+exit codes:
+  0    the job ran (failed items are listed in its summary; a job MLflow could not record says so in one line)
+  1    nothing could be processed, or the job stopped (no space left on device; a re-run resumes)
+  2    a mistake in the arguments or an unusable path, before anything starts
+  130  interrupted (finished outputs are kept; a re-run resumes)"""
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root (bundled music, shipped models)
 
 
@@ -69,7 +89,7 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
 
 def add_workers(p: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--gpu`` of the batch jobs that run one model per actor."""
-    p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu)")
+    p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu; at most 4 per CPU of this machine, and at least 64 allowed)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
 
 
@@ -109,7 +129,12 @@ def location(value: str, must_exist: bool = False, flag: str = "") -> str:
             f"{flag + ' ' if flag else ''}{value!r} is a relative path inside a submitted Ray job, whose working directory is a "
             "temporary copy; pass an absolute path or a URI (s3://, gs://)"
         )
-    path = path.resolve()
+    try:
+        path = path.resolve()
+    except (RuntimeError, OSError) as exc:  # Python 3.11 raises RuntimeError for a loop
+        loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+        raise UsageError(f"{flag + ' ' if flag else ''}{value!r}: "
+                         f"{'a symbolic link loop' if loop else (exc.strerror or str(exc)).lower()}") from None
     if must_exist and not path.exists():
         raise UsageError(f"{flag + ' ' if flag else ''}{value!r} does not exist")
     return str(path)
@@ -124,9 +149,16 @@ def out_location(value: str, flag: str = "--out") -> str:
 
 
 def check_workers(workers: int | None) -> None:
-    """``--workers``: ``None`` (not given) or ``>= 0``."""
-    if workers is not None and workers < 0:
-        raise UsageError(f"--workers {workers}: must be >= 0 (0: one per CPU, or per GPU with --gpu)")
+    """``--workers``: ``None`` (not given) or between 0 and
+    :func:`automaster.pipelines.batch.max_workers` (4 per CPU, at least 64)."""
+    from automaster.config import ConfigError
+    from automaster.pipelines.batch import check_workers as check
+
+    if workers is not None:
+        try:
+            check(workers)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _cwd_is_ray_working_dir() -> bool:

@@ -123,6 +123,25 @@ def save_checkpoint(
     return model_path
 
 
+def load_failure(exc: BaseException, path: Path) -> str:
+    """Why ``torch.load(weights_only=True)`` refused ``path``, in one line and never blank.
+
+    Torch's own message for a pickle with code in it advises re-running with
+    ``weights_only=False``, which would run that code: its advice is left out, its finding kept."""
+    import pickle
+
+    text = str(exc).strip()
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        found = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln or "Unsupported" in ln), "")
+        found = found.removeprefix("WeightsUnpickler error: ")
+        return ("it holds pickled objects that are not plain data (tensors, numbers, strings)"
+                + (f" ({found.rstrip('.')})" if found else "") + "; refused without running them")
+    if isinstance(exc, EOFError) or (path.is_file() and path.stat().st_size == 0):
+        return "the file is empty or cut short (an interrupted copy or download?)"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else f"{type(exc).__name__} (the file is damaged or not a checkpoint)"
+
+
 def _read_payload(path: str | os.PathLike, map_location: Any) -> tuple[dict[str, Any], Path, Path]:
     model_path, config_path = checkpoint_paths(path)
     if not model_path.is_file():
@@ -130,7 +149,7 @@ def _read_payload(path: str | os.PathLike, map_location: Any) -> tuple[dict[str,
     try:
         payload = torch.load(model_path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load on foreign bytes raises many types (even IndexError)
-        raise CheckpointError(f"{model_path} is not a readable checkpoint: {exc}") from None
+        raise CheckpointError(f"{model_path} is not a readable checkpoint: {load_failure(exc, model_path)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT or "model" not in payload:
         raise CheckpointError(f"{model_path} is not an automaster checkpoint (no {FORMAT!r} model state)")
     if payload.get("version", 0) > VERSION:

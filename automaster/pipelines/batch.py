@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from automaster import storage
 from automaster.config import BatchConfig, ConfigError
 from automaster.pipelines.outfolder import OutputFolder, json_default, make_manifest
-from automaster.pipelines.runners import LocalRunner, RayRunner, route_logs, run_item  # noqa: F401  (run_item: API)
+from automaster.pipelines.runners import LocalRunner, RayRunner, item_inputs, route_logs, run_item  # noqa: F401  (run_item: API)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ class JobSpec:
         experiment, run_name, tracking_uri, params: the MLflow run.
         files: ``{relative path: bytes}`` written once the folder is checked (a dataset's
             metadata): they describe the outputs, so they follow the settings.
+        inputs: the input roots (files and folders) recorded in the manifest; None: the values
+            of :data:`INPUT_FLAGS` in ``paths`` (``--input``, ``--input 2``, ``--corpus``...).
     """
 
     job: str
@@ -70,6 +72,7 @@ class JobSpec:
     tracking_uri: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
+    inputs: list[str] | None = None
 
 
 @dataclass
@@ -128,21 +131,74 @@ def use_ray(n_items: int, options: RunOptions) -> bool:
     return n_items > options.batch.local_max_items
 
 
+MAX_WORKERS_PER_CPU = 4  # --workers above this many per CPU of the machine is a typo, not a plan
+
+
 def check_workers(workers: int) -> None:
+    """``workers`` between 0 (one per CPU/GPU) and :func:`max_workers`."""
     if workers < 0:
         raise ConfigError(f"--workers {workers}: must be >= 0 (0: one per CPU, or per GPU with --gpu)")
+    if workers > max_workers():
+        raise ConfigError(f"--workers {workers}: at most {max_workers()} ({MAX_WORKERS_PER_CPU} per CPU of this machine; "
+                          "0: one per CPU)")
+
+
+def max_workers() -> int:
+    """The largest ``--workers``: :data:`MAX_WORKERS_PER_CPU` per CPU, at least 64 (a cluster's
+    driver may run on a small head node)."""
+    return max(64, MAX_WORKERS_PER_CPU * (os.cpu_count() or 1))
+
+
+# Flags whose values are the roots of a job's inputs (one path or a list; ``--input 2`` counts
+# as ``--input``), and those that name a file whose content decides every output (hashed into
+# the manifest).
+INPUT_FLAGS = ("--input", "--corpus", "--clean", "--degraded")
+DECISIVE_FLAGS = ("--reference",)
+
+
+def _flag_paths(spec: JobSpec) -> list[tuple[str, str]]:
+    """``(flag, path)`` of every input root named in ``spec.paths``."""
+    out = []
+    for flag, value in spec.paths.items():
+        if flag.split(" ")[0] in INPUT_FLAGS:
+            out += [(flag, v) for v in ([value] if isinstance(value, str) else list(value or [])) if v]
+    return out
+
+
+def input_roots(spec: JobSpec) -> list[str]:
+    """The job's input roots (``spec.inputs``, else from its flags), absolute and sorted (local
+    ones by their real path: the same folder by another name is the same input)."""
+    given = spec.inputs if spec.inputs is not None else [v for _, v in _flag_paths(spec)]
+    return sorted({os.path.realpath(storage.local_path(v)) if storage.is_local(v) else v for v in given})
+
+
+def decisive_files(spec: JobSpec) -> dict[str, str]:
+    """``{name: SHA-256}`` of the files named by :data:`DECISIVE_FLAGS` (``reference``)."""
+    from automaster.pipelines.outfolder import file_sha256
+
+    out = {}
+    for flag in DECISIVE_FLAGS:
+        value = spec.paths.get(flag)
+        if isinstance(value, str) and value and storage.is_file(value):
+            out[flag.lstrip("-")] = file_sha256(value)
+    return out
 
 
 def prepare(spec: JobSpec, options: RunOptions) -> tuple[OutputFolder, dict[str, dict[str, Any]], int]:
     """Check, lock and sweep the output folder; returns it, the complete items' records and the
     number of stale files removed. Raises ConfigError (exit 2) before anything starts."""
+    from automaster.pipelines.outfolder import path_problem
+
     check_workers(options.workers)
+    for flag, value in _flag_paths(spec):
+        problem = path_problem(storage.local_path(value)) if storage.is_local(value) else None
+        if problem and problem != "exists and is not a folder":  # a file is a fine input
+            raise ConfigError(f"{flag.split(' ')[0]} {storage.display(value)}: {problem}")
     folder = OutputFolder(spec.out)
     folder.check_usable()
-    storage.makedirs(spec.out)
     folder.acquire_lock(spec.job)
     try:
-        swept = folder.sweep()
+        swept = folder.sweep(written=(SUMMARY, *spec.files))
         from automaster.pipelines.outfolder import file_sha256
 
         model_hash = None if spec.model is None else file_sha256(spec.model)
@@ -151,12 +207,33 @@ def prepare(spec: JobSpec, options: RunOptions) -> tuple[OutputFolder, dict[str,
             from automaster.model.checkpoint import checkpoint_paths
 
             settings["level_model_sha256"] = file_sha256(str(checkpoint_paths(settings["level_model"])[0]))
-        folder.check_manifest(make_manifest(spec.job, settings, model_hash), options.overwrite)
+        manifest = make_manifest(spec.job, settings, model_hash, input_roots(spec), decisive_files(spec))
+        folder.check_manifest(manifest, options.overwrite)
         records = {} if options.overwrite else folder.records()
     except BaseException:
         folder.release_lock()
         raise
     return folder, records, swept
+
+
+def split_done(
+    folder: OutputFolder, items: list[dict[str, Any]], records: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(todo, done records, redone items)``: an item whose record's input fingerprints no longer
+    match its input (edited in place, another file of the same name) is redone, and its old
+    record and outputs are removed first, so that no output is left that its input disowns."""
+    todo, done, redone = [], [], []
+    for item in items:
+        record = records.get(item["key"])
+        if record is None:
+            todo.append(item)
+        elif all(storage.same_file(p, (record.get("inputs") or {}).get(p)) for p in item_inputs(item)):
+            done.append(record)
+        else:
+            folder.forget(record)
+            todo.append(item)
+            redone.append(item)
+    return todo, done, redone
 
 
 def run_job(
@@ -168,14 +245,19 @@ def run_job(
     log_run: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
     collisions: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """Run ``items`` (dicts with ``key``, ``path``, ``rel_path``, optional ``duration_s``).
+    """Run ``items`` (dicts with ``key``, ``path``, ``rel_path``, optional ``duration_s`` and
+    ``extra_inputs``: other files the item reads, fingerprinted with its ``path``).
 
     ``passed_over``: inputs seen but not taken, each with ``path`` and ``reason``. ``summarise(summary,
     results)`` adds the job's own figures; ``log_run(summary, results)`` logs the job's own MLflow
-    metrics and artifacts. Returns the summary (also ``<out>/summary.json``).
+    metrics and artifacts. Returns the summary (also ``<out>/summary.json``). MLflow never fails
+    the job: a store that cannot record leaves ``summary["mlflow_problem"]`` (one line).
 
     Raises:
-        ConfigError: the output folder cannot be used (other settings, locked, a file).
+        ConfigError: the output folder cannot be used (other settings or inputs, locked, a file,
+            read-only), or an input path is a symbolic link loop.
+        automaster.storage.DiskFullError: the output's disk filled up; the job stopped (finished
+            items are kept and resume; the unfinished item's partial outputs were removed).
     """
     from automaster.pipelines import tracking
 
@@ -185,34 +267,56 @@ def run_job(
         route_logs(log_file, options.verbose)
         for rel, data in spec.files.items():
             storage.write_bytes_atomic(storage.join(spec.out, rel), data)
-        todo = [it for it in items if it["key"] not in records]
-        done = [records[it["key"]] for it in items if it["key"] in records]
+        todo, done, redone = split_done(folder, items, records)
         ray_mode = use_ray(len(todo), options) if todo else False
         workers = _start_backend(spec, options) if ray_mode else 1
-        log.info("%s: %d items, %d complete from an earlier run, %d to do (%s)", spec.job, len(items), len(done), len(todo),
-                 f"Ray, {workers} workers" if ray_mode else "in-process")
-        tracking.end_stale_runs(spec.experiment, _tags(spec), spec.tracking_uri)  # we hold the lock: theirs died
-        with tracking.start_run(spec.experiment, spec.run_name, spec.tracking_uri, tags=_tags(spec)) as run:
-            tracking.log_params({**spec.params, "workers": workers, "mode": "ray" if ray_mode else "in-process"})
+        log.info("%s: %d items, %d complete from an earlier run, %d to do of which %d redone for a changed input (%s)",
+                 spec.job, len(items), len(done), len(todo), len(redone), f"Ray, {workers} workers" if ray_mode else "in-process")
+        run = tracking.JobRun(spec.experiment, spec.run_name, spec.tracking_uri, _tags(spec))
+        run.start()
+        run.call("log the parameters", tracking.log_params,
+                 {**spec.params, "workers": workers, "mode": "ray" if ray_mode else "in-process"})
+        status = "FAILED"
+        try:
             results = list(_execute(spec, folder, todo, options, ray_mode, workers, log_file))
+            full = next((r for r in results if r.get("disk_full")), None)
             summary = build_summary(spec, results, done, passed_over, collisions or [], ray_mode, workers, swept)
-            summary["mlflow_run_id"] = run.info.run_id
-            summary["tracking_uri"] = tracking.resolve_tracking_uri(spec.tracking_uri)
-            summary["log_file"] = log_file
+            summary.update(redone=len(redone), redone_files=[it["rel_path"] for it in redone], log_file=log_file,
+                           mlflow_run_id=run.run_id, tracking_uri=run.uri)
             if summarise is not None:
                 summarise(summary, results + [{**r, "status": "ok"} for r in done])
-            storage.write_bytes_atomic(storage.join(spec.out, SUMMARY), json.dumps(
-                summary, indent=2, sort_keys=True, default=json_default).encode())
-            tracking.log_json(json.loads(json.dumps(summary, default=json_default)), SUMMARY)
-            _log_counts(summary)
-            if log_run is not None:
-                try:
-                    log_run(summary, results)
-                except Exception as exc:  # the outputs are written: a failed artifact must not fail the job
-                    log.warning("MLflow artifacts not logged: %s", exc)
+            written = _write_summary(spec, summary)
+            run.call("log the summary", tracking.log_json, json.loads(json.dumps(summary, default=json_default)), SUMMARY)
+            run.call("log the counts", _log_counts, summary)
+            if log_run is not None and full is None:
+                run.call("log the job's metrics and artifacts", log_run, summary, results)
+            if full is not None or not written:
+                raise storage.DiskFullError(spec.out)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            run.finish(status)
+        if run.problem is not None:
+            summary["mlflow_problem"] = run.problem
+            _write_summary(spec, summary)
     finally:
         folder.release_lock()
     return summary
+
+
+def _write_summary(spec: JobSpec, summary: dict[str, Any]) -> bool:
+    """Write ``<out>/summary.json``; False when the disk is full (the write is atomic: no half file)."""
+    data = json.dumps(summary, indent=2, sort_keys=True, default=json_default).encode()
+    try:
+        storage.write_bytes_atomic(storage.join(spec.out, SUMMARY), data)
+    except OSError as exc:
+        if not storage.is_disk_full(exc, spec.out):
+            raise
+        log.warning("summary.json not written: %s", exc)
+        return False
+    return True
 
 
 def _start_backend(spec: JobSpec, options: RunOptions) -> int:
@@ -244,13 +348,19 @@ def _execute(
         runner = LocalRunner(spec.processor, spec.processor_kwargs, folder, options.batch)
     failed = 0
     with _progress(len(todo), spec.job, options.progress) as bar:
-        for result in runner.run(todo):
+        results = runner.run(todo)
+        for result in results:
             failed += result["status"] != "ok"
             if result["status"] != "ok":
                 log.info("%s: %s", storage.display(result["rel_path"]), result["reason"])
             bar.set_postfix_str(f"{failed} failed" if failed else "", refresh=False)
             bar.update(1)
             yield result
+            if result.get("disk_full"):  # every later item would fail the same way: stop
+                log.warning("%s: stopping the job: %s", spec.job, result["reason"])
+                results.close()  # the runner's own clean-up (Ray: its actors stopped)
+                folder.clear_staging()  # what the stopped items had begun to write
+                return
 
 
 @contextlib.contextmanager
@@ -306,14 +416,17 @@ def format_summary(job: str, summary: dict[str, Any], extra: str = "") -> str:
         f"{job}: {summary['ok']} ok, {summary['failed']} failed, {summary['skipped']} skipped (complete from an "
         f"earlier run), {summary['passed_over']} passed over; {summary['mode']}{extra}"
     ]
+    if summary.get("redone"):
+        lines.append(f"  redone: {summary['redone']} changed inputs (their earlier outputs were replaced)")
     lines += [f"  failed: {storage.display_name(f['rel_path'])}: {f['reason']}" for f in summary["failures"][:10]]
     if len(summary["failures"]) > 10:
         lines.append(f"  ... {len(summary['failures']) - 10} more in summary.json")
     lines += [f"  repaired: {kind.replace('_', ' ')}: {n['count']} in {n['files']} files" for kind, n in summary["repairs"].items()]
     lines += [f"  renamed: {storage.display_name(c['rel_path'])} -> {storage.display_name(c['output'])} ({c['reason']})"
               for c in summary["name_collisions"]]
-    lines += [
-        f"  outputs: {summary['out']}", f"  summary: {storage.join(summary['out'], SUMMARY)}", f"  log:     {summary['log_file']}",
-        f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}",
-    ]
+    lines += [f"  outputs: {summary['out']}", f"  summary: {storage.join(summary['out'], SUMMARY)}", f"  log:     {summary['log_file']}"]
+    if summary.get("mlflow_problem"):
+        lines.append(f"  not recorded in MLflow: {summary['mlflow_problem']}")
+    else:
+        lines.append(f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}")
     return storage.display("\n".join(lines))

@@ -2,14 +2,18 @@
 
 Everything a batch job keeps for itself lives in ``<out>/.automaster/``:
 
-* ``manifest.json``: the job, the code version, the settings that affect outputs and the model's
-  SHA-256. A re-run with the same ones resumes; with others it is refused (unless overwriting).
+* ``manifest.json``: the job, the code version, the settings that affect outputs, the SHA-256 of
+  every file that decides them (the model, a reference) and the input roots (sorted). A re-run
+  with the same ones resumes; with others, or from other inputs, it is refused (unless
+  overwriting).
 * ``lock``: held (``flock``) while a run writes; a second run into the same folder is refused.
   The kernel drops the lock when its process dies, so a killed run never leaves a stale lock.
 * ``items/<hash>.json``: one record per finished item, written *after* all of its outputs are
-  published. Resume trusts only items with a record whose outputs all exist.
+  published, with its input's fingerprint (size, mtime, BLAKE2b). Resume trusts only items with
+  a record whose outputs all exist and whose input is unchanged; a changed input is redone.
 * ``staging/``: where an item's outputs are written before they are published (renamed into
-  place); whatever a killed run left there is swept away at the next start.
+  place); whatever a killed run left there is swept away at the next start, with the reserved
+  ``.automaster-tmp-*`` temporaries of the files the job writes itself (never a user's file).
 
 Remote outputs (``s3://``, ``gs://``) get the manifest and records but no lock (object stores
 have no such thing): one run at a time is then the user's responsibility.
@@ -18,12 +22,15 @@ have no such thing): one run at a time is then the user's responsibility.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import posixpath
 import shutil
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -70,12 +77,21 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def make_manifest(job: str, settings: dict[str, Any], model_sha256: str | None = None) -> dict[str, Any]:
-    """What an output folder records about the outputs in it."""
-    return {
+def make_manifest(
+    job: str, settings: dict[str, Any], model_sha256: str | None = None, inputs: list[str] | None = None,
+    files: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What an output folder records about the outputs in it: ``inputs`` (the input roots, kept
+    sorted) and ``files`` (``{name: SHA-256}`` of the files that decide the outputs)."""
+    manifest = {
         "job": job, "version": code_version(), "model_sha256": model_sha256,
         "settings": json.loads(json.dumps(settings, sort_keys=True, default=str)),
     }
+    if inputs is not None:
+        manifest["inputs"] = sorted(inputs)
+    if files:
+        manifest["files_sha256"] = dict(sorted(files.items()))
+    return manifest
 
 
 # Settings that are paths to weights whose hash is recorded beside them: the hash decides. (The
@@ -90,14 +106,40 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for key in ("job", "model_sha256"):
         if old.get(key) != new.get(key):
             diffs.append(f"{key}: {old.get(key)} -> {new.get(key)}")
+    a_files, b_files = old.get("files_sha256") or {}, new.get("files_sha256") or {}
+    for name in sorted(set(a_files) | set(b_files)):
+        if a_files.get(name) != b_files.get(name):
+            diffs.append(f"{name} SHA-256: {a_files.get(name, '(none)')} -> {b_files.get(name, '(none)')}")
     a, b = flatten(old.get("settings", {})), flatten(new.get("settings", {}))
     for key in sorted(set(a) | set(b)):
         hashed = _HASHED_PATHS.get(key)
-        if hashed and a.get(hashed) and b.get(hashed):
-            continue  # compared by the hash
+        if (hashed and a.get(hashed) and b.get(hashed)) or (key in a_files and key in b_files):
+            continue  # compared by the hash (a reference's is in files_sha256)
         if a.get(key) != b.get(key):
             diffs.append(f"{key}: {a.get(key, '(unset)')} -> {b.get(key, '(unset)')}")
     return diffs
+
+
+def path_problem(path: str) -> str | None:
+    """Why the local ``path`` cannot be used as a folder, or None: a symbolic link loop, a file,
+    a component that is not a folder. (A path that does not exist yet is fine.)"""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None if not os.path.islink(path) else "a symbolic link to nothing"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return _why(exc)
+    return None if stat.S_ISDIR(st.st_mode) else "exists and is not a folder"
+
+
+def _why(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower() if exc.errno != errno.EROFS else "read-only file system"
+
+
+def _roots(paths: list[str]) -> str:
+    return ", ".join(storage.display(p) for p in paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
 
 
 def _record_name(key: str) -> str:
@@ -122,9 +164,24 @@ class OutputFolder:
     # ---------------------------------------------------------------- checks before any work
 
     def check_usable(self, flag: str = "--out") -> None:
-        """Refuse an ``out`` that exists and is not a folder."""
-        if storage.exists(self.out) and not storage.is_dir(self.out):
-            raise OutputFolderError(f"{flag} {self.out}: exists and is not a folder")
+        """Refuse, in one line, an ``out`` that is a file, a symbolic link loop, or a local folder
+        that cannot be created or written into (read-only, no permission); creates it."""
+        if not storage.is_local(self.out):
+            if storage.exists(self.out) and not storage.is_dir(self.out):
+                raise OutputFolderError(f"{flag} {self.out}: exists and is not a folder")
+            return
+        path = storage.local_path(self.out)
+        problem = path_problem(path)
+        if problem:
+            raise OutputFolderError(f"{flag} {storage.display(self.out)}: {problem}")
+        try:
+            os.makedirs(path, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=storage.TMP_PREFIX + "probe.", suffix=storage.TMP_SUFFIX, dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            what = "cannot be created" if not os.path.isdir(path) else "cannot be written into"
+            raise OutputFolderError(f"{flag} {storage.display(self.out)}: {what} ({_why(exc)})") from None
 
     def acquire_lock(self, job: str) -> None:
         """Hold the folder's lock for this process, or raise naming the run that holds it."""
@@ -165,6 +222,14 @@ class OutputFolder:
         if old is not None and old.get("version") != manifest["version"]:
             log.warning("%s was made by automaster %s, this is %s", self.out, old.get("version"), manifest["version"])
         diffs = [] if old is None else _differences(old, manifest)
+        old_inputs, new_inputs = (old or {}).get("inputs"), manifest.get("inputs")
+        if old_inputs is not None and new_inputs is not None and old_inputs != new_inputs and not overwrite:
+            raise OutputFolderError(
+                f"--out {self.out} holds the outputs of other inputs ({_roots(old_inputs)}; now {_roots(new_inputs)}); "
+                "use another --out, the same --input to resume, or --overwrite to replace them"
+            )
+        if old_inputs != new_inputs and old_inputs is not None:
+            diffs.append("inputs")
         if diffs and not overwrite:
             raise OutputFolderError(
                 f"--out {self.out} holds outputs made with other settings ({'; '.join(diffs)}); "
@@ -177,13 +242,24 @@ class OutputFolder:
 
     # ---------------------------------------------------------------- records and staging
 
-    def sweep(self) -> int:
-        """Remove what killed runs left: the staging folder and hidden temporaries; returns files."""
+    def sweep(self, written: tuple[str, ...] = ()) -> int:
+        """Remove what killed runs left, where this job writes: the staging folder, and the reserved
+        ``.automaster-tmp-*`` temporaries in ``out`` itself, in the state folder and in the folders
+        of ``written`` (relative paths of files the job writes there); returns how many files.
+        A user's own files, whatever their names, are never touched (``--out`` may be ``--input``)."""
         removed = storage.remove_stale_temporaries(self.out)
+        removed += storage.remove_stale_temporaries(self.state, recursive=True)
+        for folder in sorted({posixpath.dirname(rel) for rel in written} - {""}):
+            removed += storage.remove_stale_temporaries(storage.join(self.out, *folder.split("/")))
+        return removed + self.clear_staging()
+
+    def clear_staging(self) -> int:
+        """Remove the staging folder (no item may be running); returns how many files it held."""
         staging = storage.join(self.state, STAGING_DIR)
-        if storage.is_local(staging) and os.path.isdir(storage.local_path(staging)):
-            removed += sum(len(files) for _, _, files in os.walk(storage.local_path(staging)))
-            shutil.rmtree(storage.local_path(staging), ignore_errors=True)
+        if not (storage.is_local(staging) and os.path.isdir(storage.local_path(staging))):
+            return 0
+        removed = sum(len(files) for _, _, files in os.walk(storage.local_path(staging)))
+        shutil.rmtree(storage.local_path(staging), ignore_errors=True)
         return removed
 
     def clear_records(self) -> None:
@@ -212,6 +288,16 @@ class OutputFolder:
             if all(storage.exists(storage.join(self.out, rel)) for rel in record.get("outputs", [])):
                 out[record["key"]] = record
         return out
+
+    def forget(self, record: dict[str, Any]) -> None:
+        """Un-complete an item: its record first (never trusted again), then the outputs it lists."""
+        storage.remove_file(storage.join(self.state, ITEMS_DIR, _record_name(record["key"])))
+        self.unpublish(record.get("outputs", []))
+
+    def unpublish(self, outputs: list[str]) -> None:
+        """Remove published outputs (relative paths) of an item that is not complete after all."""
+        for rel in outputs:
+            storage.remove_file(storage.join(self.out, *rel.split("/")))
 
     def write_record(self, record: dict[str, Any]) -> None:
         """Mark an item complete (after its outputs are published)."""

@@ -36,11 +36,18 @@ def time_limit_s(item: dict[str, Any], cfg: BatchConfig) -> float:
     return cfg.item_timeout_base_s + cfg.item_timeout_per_audio_s * float(duration)
 
 
+def item_inputs(item: dict[str, Any]) -> list[str]:
+    """The files an item reads: its ``path`` and any ``extra_inputs`` (a per-song reference)."""
+    return [item["path"], *item.get("extra_inputs", ())]
+
+
 def run_item(processor: Any, item: dict[str, Any], folder: OutputFolder) -> dict[str, Any]:
     """Process one item: outputs staged, published, then its record written; never raises.
 
     The one per-item boundary of every job: returns ``status`` ``ok`` or ``error`` with
-    ``reason``, the processor's figures, ``outputs``, ``repairs`` (counts) and timings.
+    ``reason``, the processor's figures, ``outputs``, ``repairs`` (counts), timings and
+    ``inputs`` (the fingerprint of every file it read, :func:`automaster.storage.fingerprint`).
+    A full disk sets ``disk_full``: the item's partial outputs are removed and the job stops.
     """
     result: dict[str, Any] = {**item, "rel_path": item.get("rel_path", item["key"]), "status": "ok", "reason": "",
                               "t_start": time.time()}
@@ -48,22 +55,49 @@ def run_item(processor: Any, item: dict[str, Any], folder: OutputFolder) -> dict
     staging = folder.staging()
     with repairs() as repaired:
         try:
+            # Taken before the processor reads: an input changed meanwhile mismatches, and is redone.
+            result["inputs"] = _fingerprints(item)
             figures = processor.process(item, staging) or {}
             result.update(figures)
             result["outputs"] = staging.publish()
         except (AudioError, FileError, ItemTimeout) as exc:
             result.update(status="error", reason=str(exc))
+            _disk_full(result, exc, staging.folder, folder.out)
         except Exception as exc:  # the per-item boundary of a batch job: record, never abort the batch
-            log.error("%s failed unexpectedly:\n%s", storage.display(item["path"]), traceback.format_exc())
-            result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
+            if not _disk_full(result, exc, staging.folder, folder.out):
+                log.error("%s failed unexpectedly:\n%s", storage.display(item["path"]), traceback.format_exc())
+                result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         finally:
             staging.discard()
     result["repairs"] = dict(repaired)
     result["seconds"] = time.perf_counter() - t0
     result["t_end"] = time.time()
     if result["status"] == "ok":
-        folder.write_record(result)
+        try:
+            folder.write_record(result)
+        except OSError as exc:  # published but not recorded: removed, so that the item is complete or absent
+            folder.unpublish(result.get("outputs", []))
+            if not _disk_full(result, exc, folder.state, folder.out):
+                result.update(status="error", reason=f"its record could not be written: {exc}")
     return result
+
+
+def _fingerprints(item: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for path in item_inputs(item):
+        try:
+            out[path] = storage.fingerprint(path)
+        except OSError:  # unreadable: the processor says why when it opens it
+            pass
+    return out
+
+
+def _disk_full(result: dict[str, Any], exc: BaseException, where: str, out: str) -> bool:
+    """Mark ``result`` failed for a full disk when ``exc`` is one (checked at ``where``)."""
+    if not storage.is_disk_full(exc, where):
+        return False
+    result.update(status="error", reason=f"no space left on device: {storage.display(out)}", disk_full=True)
+    return True
 
 
 @contextlib.contextmanager
@@ -97,13 +131,18 @@ class LocalRunner:
         self.folder, self.cfg = folder, cfg
 
     def run(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for item in items:
-            try:
-                with _alarm(time_limit_s(item, self.cfg)):
-                    result = run_item(self.processor, item, self.folder)
-            except ItemTimeout as exc:  # raised outside run_item's own boundary (while publishing)
-                result = _failure(item, str(exc))
-            yield result  # outside the alarm: the caller's time is not the item's
+        from threadpoolctl import threadpool_limits
+
+        # One BLAS thread, as each Ray worker has (Ray sets OMP_NUM_THREADS=1): a dot product
+        # summed by two threads differs in its last bits, and outputs must not depend on the mode.
+        with threadpool_limits(limits=1):
+            for item in items:
+                try:
+                    with _alarm(time_limit_s(item, self.cfg)):
+                        result = run_item(self.processor, item, self.folder)
+                except ItemTimeout as exc:  # raised outside run_item's own boundary (while publishing)
+                    result = _failure(item, str(exc))
+                yield result  # outside the alarm: the caller's time is not the item's
 
 
 def _failure(item: dict[str, Any], reason: str, **extra: Any) -> dict[str, Any]:
@@ -121,7 +160,10 @@ class _Worker:
     """A Ray actor: builds the processor once, then runs items (see :class:`RayRunner`)."""
 
     def __init__(self, processor: type, kwargs: dict[str, Any], out: str, log_file: str | None, verbose: bool):
+        from threadpoolctl import threadpool_limits
+
         route_logs(log_file, verbose, console=False)
+        threadpool_limits(limits=1)  # one BLAS thread whatever the worker's environment (see LocalRunner)
         self.processor = processor(**kwargs)
         self.folder = OutputFolder(out)
 
@@ -156,12 +198,21 @@ class RayRunner:
 
     def run(self, items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
 
         pending = deque((item, 1) for item in items)
         idle = [self._start() for _ in range(max(1, min(self.workers, len(items))))]
-        ray.get([a.ready.remote() for a in idle])  # a processor that cannot start fails the job here
         inflight: dict[Any, tuple[Any, dict[str, Any], int, float]] = {}
+        try:
+            ray.get([a.ready.remote() for a in idle])  # a processor that cannot start fails the job here
+            yield from self._loop(pending, idle, inflight)
+        finally:  # also when the job stops early (a full disk): no actor outlives its job
+            for actor in [*idle, *(a for a, *_ in inflight.values())]:
+                ray.kill(actor, no_restart=True)
+
+    def _loop(self, pending: deque, idle: list[Any], inflight: dict[Any, tuple[Any, dict[str, Any], int, float]]) -> Iterator[dict[str, Any]]:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
         while pending or inflight:
             while idle and pending:
                 actor = idle.pop()
@@ -171,8 +222,7 @@ class RayRunner:
             for ref in ready:
                 actor, item, attempt, _ = inflight.pop(ref)
                 try:
-                    yield ray.get(ref)
-                    idle.append(actor)
+                    result = ray.get(ref)
                 except (RayActorError, GetTimeoutError) as exc:
                     idle.append(self._start())
                     if attempt < self.cfg.max_attempts:
@@ -181,6 +231,9 @@ class RayRunner:
                     else:
                         yield _failure(item, f"its worker process died {attempt} times while processing it "
                                              "(a crash in a decoder or out of memory); not retried")
+                    continue
+                idle.append(actor)
+                yield result
             now = time.monotonic()
             for ref, (actor, item, attempt, started) in list(inflight.items()):
                 limit = time_limit_s(item, self.cfg)
@@ -189,8 +242,6 @@ class RayRunner:
                     ray.kill(actor, no_restart=True)
                     idle.append(self._start())
                     yield _failure(item, f"exceeded its time limit of {limit:.0f} s; its worker was stopped")
-        for actor in idle:
-            ray.kill(actor, no_restart=True)
 
 
 # ------------------------------------------------------------------------------- logs
@@ -201,6 +252,14 @@ class _ConsoleFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return record.name.startswith("automaster") and record.levelno >= logging.WARNING
+
+
+class _LogFileHandler(logging.FileHandler):
+    """The job's log file; a record that cannot be written (a full disk) is dropped, instead of
+    logging's "--- Logging error ---" traceback on the console for each one."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
 
 
 def route_logs(log_file: str | None, verbose: bool, console: bool = True) -> None:
@@ -214,7 +273,7 @@ def route_logs(log_file: str | None, verbose: bool, console: bool = True) -> Non
             old.close()
     if log_file is not None and not any(getattr(h, "_automaster_job", False) for h in root.handlers):
         os.makedirs(os.path.dirname(log_file), exist_ok=True)
-        handler = logging.FileHandler(log_file, encoding="utf-8", errors="backslashreplace")
+        handler = _LogFileHandler(log_file, encoding="utf-8", errors="backslashreplace")
         handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"))
         handler._automaster_job = True  # type: ignore[attr-defined]
         root.addHandler(handler)
@@ -223,6 +282,9 @@ def route_logs(log_file: str | None, verbose: bool, console: bool = True) -> Non
         from automaster.pipelines.runtime import RAY_LOGGERS, loggers_to_root
 
         loggers_to_root(("mlflow", "alembic", *RAY_LOGGERS))
+        # Python warnings (matplotlib's "Glyph ... missing from font(s)" for a title in a script
+        # its font lacks) become log records of "py.warnings": in the log file, off the console.
+        logging.captureWarnings(True)
     if console and not verbose:
         for h in root.handlers:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):

@@ -90,11 +90,91 @@ def init_ray(
         address="local", num_cpus=num_cpus, logging_level=logging.WARNING, log_to_driver=log_to_driver,
         runtime_env={"env_vars": env_vars}, **kwargs,
     )
+    start_reaper()
     node_ip = ray.util.get_node_ip_address()
     log.info("started a local Ray on %s (%s CPUs)", node_ip, num_cpus or os.cpu_count())
     if node_ip != "127.0.0.1":
         ray.shutdown()
         raise RuntimeError(f"the local Ray bound {node_ip}, not 127.0.0.1; refusing to run it on the network")
+
+
+# ------------------------------------------------------------------------ a local Ray's reaper
+
+# Runs beside a driver that started its own Ray. While the driver lives it notes, every
+# half second, every process descended from the Ray processes the driver started (the raylet's
+# agents and workers among them: Ray renames them, so neither their command line nor their
+# environment names the session). When the driver is gone (its end of the pipe on our stdin
+# closes: a normal exit, an exception or a kill -9 alike), it stops those still alive: TERM, then
+# KILL a second later. Without it, the DashboardAgent and RuntimeEnvAgent of a killed driver stay
+# up for more than a minute (their raylet check ends in a GCS call that retries for 60 s).
+_REAPER = r"""
+import os, select, signal, sys, time
+roots = {int(p) for p in sys.argv[1:]}
+def table():
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                procs[int(name)] = (int(fields[1]), fields[19])
+            except (OSError, IndexError, ValueError):
+                pass
+    return procs
+seen = {}
+def note():
+    procs = table()
+    mine = {p for p in roots if p in procs}
+    grew = True
+    while grew:
+        more = {p for p, (ppid, _) in procs.items() if ppid in mine} - mine
+        grew = bool(more)
+        mine |= more
+    for p in mine:
+        seen.setdefault(p, procs[p][1])
+    return procs
+while True:
+    procs = note()
+    if not any(p in procs and procs[p][1] == start for p, start in seen.items()):
+        sys.exit(0)  # the driver shut its Ray down and lives on: nothing left to watch
+    ready, _, _ = select.select([sys.stdin], [], [], 0.5)
+    if ready and not os.read(sys.stdin.fileno(), 4096):
+        break
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    note()
+    procs = table()
+    alive = [p for p, start in seen.items() if p in procs and procs[p][1] == start]
+    if not alive:
+        break
+    for p in alive:
+        try:
+            os.kill(p, sig)
+        except OSError:
+            pass
+    time.sleep(1.0)
+"""
+_reapers: list = []  # the Popen objects: their stdin pipes must stay open while this process lives
+
+
+def start_reaper() -> None:
+    """Start the reaper (:data:`_REAPER`) of the local Ray this process just started (Linux)."""
+    import subprocess
+    import sys
+
+    import ray
+
+    if not sys.platform.startswith("linux"):
+        return
+    node = ray._private.worker._global_node
+    roots = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process is not None]
+    if not roots:
+        return
+    reaper = subprocess.Popen(
+        [sys.executable, "-c", _REAPER, *map(str, roots)], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,  # a Ctrl-C to the job's group must not stop it first
+    )
+    _reapers.append(reaper)
+    log.info("reaper %d watches the local Ray's processes %s", reaper.pid, roots)
 
 
 RAY_LOGGERS = ("ray", "ray.data", "ray.train", "ray.tune")

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -153,3 +154,115 @@ def log_bytes_artifact(data: bytes, name: str, artifact_path: str | None = None)
 
 def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True, default=str)
+
+
+# ------------------------------------------------------------------ a run that cannot sink a job
+
+# Waits between the tries of an MLflow call that found its store locked (SQLite: another process
+# writing). Each try also waits out the busy timeout MLflow sets on SQLite (20 s) before it fails:
+# a lock held past about a minute leaves the job unrecorded, not stopped.
+RETRY_DELAYS_S: tuple[float, ...] = (1.0, 4.0)
+# The end of a run gets longer: a run left RUNNING reads as a job still going.
+END_RETRY_DELAYS_S: tuple[float, ...] = (1.0, 4.0, 8.0)
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen, out, e = set(), [], exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        out.append(e)
+        e = e.__cause__ or e.__context__
+    return out
+
+
+def is_locked(exc: BaseException) -> bool:
+    """True when ``exc`` says the store is locked by another process (worth trying again)."""
+    return any("locked" in str(e).lower() for e in _chain(exc))
+
+
+def problem_reason(exc: BaseException, uri: str) -> str:
+    """One line on why MLflow could not record: the innermost error's first line and the store."""
+    inner = next((e for e in reversed(_chain(exc)) if str(e).strip()), exc)
+    if "sqlite3" in type(inner).__module__ or type(inner).__module__.startswith("sqlalchemy"):
+        inner = next((e for e in _chain(exc) if type(e).__module__ == "sqlite3"), inner)
+    text = str(inner).strip().splitlines()[0] if str(inner).strip() else type(inner).__name__
+    text = text.removeprefix("(sqlite3.OperationalError) ").removeprefix("(sqlite3.DatabaseError) ")
+    return f"{text[:200]} ({uri})"
+
+
+class JobRun:
+    """One MLflow run of a batch job that can never fail the job: the outputs come first.
+
+    Every call goes through :meth:`call`: a locked store is retried with backoff
+    (:data:`RETRY_DELAYS_S`); any other failure (a corrupt or unreachable store), or a lock that
+    outlasts the tries, sets :attr:`problem` (one line), logs the details to the job's log, and
+    every later call is skipped. :meth:`finish` ends the run FINISHED, or FAILED when something
+    was not recorded or the job failed, retrying a lock for longer, so that no run is left RUNNING
+    (a run that still cannot be ended is ended KILLED by the next job into the same folder).
+    """
+
+    def __init__(self, experiment: str, run_name: str | None, tracking_uri: str | None, tags: dict[str, str]):
+        self.experiment, self.run_name, self.tags = experiment, run_name, tags
+        self.uri = resolve_tracking_uri(tracking_uri)
+        self.run_id: str | None = None
+        self.problem: str | None = None
+
+    def start(self) -> None:
+        """End the job's stale runs (the caller holds its folder's lock), then start this run."""
+        import mlflow
+
+        def begin() -> Any:
+            configure(self.uri, self.experiment)
+            end_stale_runs(self.experiment, self.tags, self.uri)
+            while mlflow.active_run() is not None:  # a run an earlier job in this process could not end
+                mlflow.end_run("KILLED")
+            return mlflow.start_run(run_name=self.run_name, tags=self.tags)
+
+        run = self.call("start the run", begin)
+        if run is not None:
+            self.run_id = run.info.run_id
+            log.info("MLflow run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
+
+    def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``, retried while the store is locked; None once it failed."""
+        if self.problem is not None:
+            return None
+        for delay in (*RETRY_DELAYS_S, None):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:  # MLflow's, SQLAlchemy's, requests': any of them may surface here
+                if delay is not None and is_locked(exc):
+                    log.info("MLflow store locked (%s); trying again in %g s", what, delay)
+                    time.sleep(delay)
+                    continue
+                self.problem = problem_reason(exc, self.uri)
+                log.warning("MLflow could not %s; the job goes on without recording: %s", what, self.problem)
+                log.info("MLflow error in full", exc_info=True)
+                return None
+        return None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FAILED if something was not recorded); never raises."""
+        import mlflow
+
+        if self.run_id is None:
+            return
+        if self.problem is not None and status == "FINISHED":
+            status = "FAILED"
+        try:
+            if mlflow.active_run() is not None and mlflow.active_run().info.run_id == self.run_id:
+                mlflow.end_run(status)  # pops the active run first, then writes the status
+                return
+        except Exception as exc:
+            log.info("MLflow run %s not ended at once: %s", self.run_id, exc)
+        for delay in (*END_RETRY_DELAYS_S, None):
+            try:
+                mlflow.MlflowClient(self.uri).set_terminated(self.run_id, status)
+                return
+            except Exception as exc:
+                if delay is None or not is_locked(exc):
+                    self.problem = self.problem or problem_reason(exc, self.uri)
+                    log.warning("MLflow run %s could not be ended (%s); the next job into this folder ends it",
+                                self.run_id, problem_reason(exc, self.uri))
+                    return
+                time.sleep(delay)

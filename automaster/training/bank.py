@@ -121,14 +121,18 @@ def bank_from_corpus(
                 log.warning("skipping %s: %s", track.path, exc)
                 continue
             pcm = _pcm(audio[0])
-            if pcm is None or len(pcm) < SAMPLE_RATE:
+            if pcm is None or len(pcm) < SAMPLE_RATE:  # every dropped file is named, with why
+                why = f"silent (below {SILENCE_DB:g} dBFS RMS)" if pcm is None else f"shorter than 1 s ({len(pcm) / SAMPLE_RATE:.2f} s)"
+                log.warning("skipping %s: %s", track.path, why)
+                failed += 1
                 continue
             clips.append(pcm)
             ids.append(track.track_id)
     if not clips:
-        raise BankError(f"no usable audio in the {'/'.join(splits)} split of {', '.join(roots)} ({failed} unreadable)")
+        raise BankError(f"no usable audio in the {'/'.join(splits)} split of {', '.join(roots)} ({failed} unreadable, silent or too short)")
     bank = ClipBank(clips, ids)
-    log.info("bank: %d tracks, %.0f s from %s (%d unreadable)", len(bank), bank.seconds, ", ".join(roots), failed)
+    log.info("bank: %d tracks, %.0f s from %s (%d unreadable, silent or too short)", len(bank), bank.seconds,
+             ", ".join(roots), failed)
     return bank
 
 

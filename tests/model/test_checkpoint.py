@@ -1,4 +1,5 @@
 import json
+import os
 import pickle
 
 import pytest
@@ -172,3 +173,22 @@ def test_cached_load_reads_a_checkpoint_once_per_process_until_it_changes(tmp_pa
     assert not torch.equal(next(again[0].parameters()), next(first[0].parameters()))
     with pytest.raises(CheckpointError):
         load_model_cached(tmp_path / "missing")
+
+
+class _Runs:
+    def __reduce__(self):
+        return (os.system, ("echo should never run",))
+
+
+def test_malicious_and_empty_checkpoints_get_a_plain_reason(tmp_path, config):
+    (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
+    bogus = tmp_path / "model.pt"
+    torch.save({"format": "automaster-cascade", "model": _Runs()}, bogus)
+    with pytest.raises(CheckpointError) as refused:
+        load_model(tmp_path)
+    message = str(refused.value)
+    assert "not plain data" in message and "posix.system" in message and "refused without running" in message
+    assert "weights_only" not in message and "False" not in message and "\n" not in message  # torch's advice left out
+    bogus.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"model.pt is not a readable checkpoint: the file is empty or cut short"):
+        load_model(tmp_path)

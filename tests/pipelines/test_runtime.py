@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,57 @@ def test_two_node_cluster_refuses_local_paths(tmp_path):
     assert "s3://" in message and f"{SHARED_PATHS_ENV}=/" in message
     assert "SHARED: accepted" in out, out
     assert not (tmp_path / "mlflow.db").exists()  # refused before any MLflow run
+
+
+def _descendants(root: int) -> set[int]:
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    parents[int(name)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    mine, grew = {root}, True
+    while grew:
+        more = {p for p, parent in parents.items() if parent in mine} - mine
+        grew, mine = bool(more), mine | more
+    return mine - {root}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_nothing_a_local_ray_started_outlives_its_killed_driver():
+    """kill -9 of a driver: its Ray's agents (DashboardAgent, RuntimeEnvAgent) and workers are
+    gone within a few seconds (they used to hold their ports and memory for more than a minute)."""
+    code = (
+        "import os, time\n"
+        "from automaster.pipelines.runtime import init_ray\n"
+        "init_ray(num_cpus=1)\n"
+        "import ray\n"
+        "print(ray.get(ray.remote(lambda: os.getpid()).remote()), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        worker = int(driver.stdout.readline())
+        started = _descendants(driver.pid)
+        names = {open(f"/proc/{p}/cmdline", "rb").read().split(b"\0")[0] for p in started if _alive(p)}
+        assert worker in started and {b"ray::DashboardAgent", b"ray::RuntimeEnvAgent"} <= names
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
+        time.sleep(0.25)
+    left = [open(f"/proc/{p}/cmdline", "rb").read()[:60] for p in started if _alive(p)]
+    assert left == []
