@@ -249,7 +249,7 @@ def reference_markdown(rows: list[dict[str, Any]]) -> str:
     """The reference table: tone, loudness, true peak, width moved toward / past the reference's
     (clips whose width differs from it by more than 1 dB) and clips whose EQ reached its bound."""
     lines = ["| damage | system | tone error (dB) | LUFS error (LU) | max true peak (dBTP) | width toward ref | width past ref "
-             "| mean |width − ref| (dB) | EQ at its bound |", "|" + "---|" * 9]
+             "| mean width distance to ref (dB) | EQ at its bound |", "|" + "---|" * 9]
     for degrader in dict.fromkeys(r["degrader"] for r in rows):
         for system in ("identity", "automaster chain reference", "matchering"):
             rs = [r for r in rows if r["degrader"] == degrader and r["system"] == system]
