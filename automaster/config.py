@@ -258,8 +258,9 @@ class MasterConfig:
     ``iterations``, ``momentum``, ``init_phase`` and ``seed`` are Griffin-Lim's (random phase
     seeded: the same file gives the same output). The stages after restoration
     (:mod:`automaster.mastering.finishing`): ``reference`` (an audio file whose tone, width and
-    loudness to match; None: none), ``amount`` (0..1: blend of input and result before the
-    loudness stage), ``preset`` (:data:`automaster.mastering.presets.PRESETS`; None: ``restore``,
+    loudness to match; None: none) with ``max_eq_db`` bounding its EQ (dB, either way, mid and
+    side), ``amount`` (0..1: blend of input and result before the loudness stage), ``preset``
+    (:data:`automaster.mastering.presets.PRESETS`; None: ``restore``,
     or the reference's loudness when there is one) with ``target_lufs``/``true_peak_dbtp``
     overriding its loudness and ceiling. ``chunk_s``/``context_s`` bound memory on long
     tracks; ``max_gain_db`` bounds the mask's gain per bin (a safety net for untrained models).
@@ -283,6 +284,7 @@ class MasterConfig:
     true_peak_dbtp: float | None = None
     amount: float = 1.0
     reference: str | None = None
+    max_eq_db: float = 6.0
     chunk_s: float = 30.0
     context_s: float = 2.0
     max_gain_db: float = 24.0
@@ -303,6 +305,8 @@ class MasterConfig:
             raise ConfigError(f"amount must be in [0, 1], got {self.amount}")
         if self.max_limiting_db is not None and not self.max_limiting_db >= 0:  # NaN included
             raise ConfigError(f"max_limiting_db must be >= 0 (or None), got {self.max_limiting_db}")
+        if not (math.isfinite(self.max_eq_db) and self.max_eq_db > 0):
+            raise ConfigError(f"--max-eq-db {self.max_eq_db:g}: must be a finite number of dB > 0")
         if self.max_forecast_error is not None and not self.max_forecast_error >= 0:  # NaN included
             raise ConfigError(f"max_forecast_error must be >= 0 (or inf), got {self.max_forecast_error}")
         if not (self.chunk_s > 0 and self.context_s > 0 and self.chunk_s >= 4 * self.context_s):

@@ -23,6 +23,11 @@ target, the reference's loudness), true peak (dBTP, 4x), tone error to the refer
 :func:`automaster.dsp.tone.tone_error_db`), seconds of processing per minute of audio, and each
 system's start-up (a fresh interpreter importing it and loading its model).
 
+``--reference-only`` runs only what takes a reference (``automaster chain reference`` and
+Matchering, next to the damaged clip) and adds the reference table: stereo width moved toward the
+reference's (input: the damaged clip) and past it, on the clips whose width differs from the
+reference's by more than 1 dB, and how many clips' EQ reached its bound (``--max-eq-db``).
+
 The peers are the ``bench`` extra (``pip install -e .[bench]``); automaster never imports them.
 Writes ``bench/results/peers-<date>.json`` and prints the Markdown table for BENCHMARKS.md.
 """
@@ -59,7 +64,7 @@ from automaster.dsp.constants import MODEL_RATE  # noqa: E402
 from automaster.dsp.limiter import true_peak_limit  # noqa: E402
 from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp  # noqa: E402
 from automaster.dsp.metrics import si_sdr  # noqa: E402
-from automaster.dsp.tone import tone_error_db, tone_profile  # noqa: E402
+from automaster.dsp.tone import stereo_width_db, tone_error_db, tone_profile  # noqa: E402
 from automaster.evaluation.metrics import Reference  # noqa: E402
 from automaster.mastering.finishing import FinishSettings, finish  # noqa: E402
 from automaster.mastering.presets import PRESETS  # noqa: E402
@@ -91,15 +96,19 @@ def _stub_torchaudio() -> None:
 class Peers:
     """The peer systems, loaded once: each maps ``(damaged (C, T), reference path)`` to audio."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, reference_only: bool = False) -> None:
         import matchering
+
+        self.tmp, self.mg = tmp, matchering
+        matchering.log(lambda *_: None)
+        if reference_only:
+            return
         import pyloudnorm
 
         _stub_torchaudio()
         from music_de_limiter import load_pretrained_model
 
-        self.tmp, self.mg, self.pyln = tmp, matchering, pyloudnorm
-        matchering.log(lambda *_: None)
+        self.pyln = pyloudnorm
         self.delimiter, rate = load_pretrained_model("cpu")
         assert rate == SR, rate
         self.delimiter.eval()
@@ -150,7 +159,17 @@ def _timed(fn: Callable[[], np.ndarray]) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - t
 
 
-def run_clip(ev: Evaluator, peers: Peers, track: Any, ref: Any, tmp: Path) -> list[dict[str, Any]]:
+def _eq_at_bound(tone: dict[str, Any] | None) -> bool | None:
+    """Whether the reference EQ reached its bound (older reports: +-12 dB, the side's boost +6)."""
+    if not tone or not tone.get("applied"):
+        return None
+    if "at_bound" in tone:
+        return bool(tone["at_bound"]["mid"] or tone["at_bound"]["side"])
+    return max(map(abs, tone["mid_eq_db"])) >= 11.99 or tone["side_eq_db"][1] >= 5.99 or tone["side_eq_db"][0] <= -11.99
+
+
+def run_clip(ev: Evaluator, peers: Peers, track: Any, ref: Any, tmp: Path, reference_only: bool = False,
+             max_eq_db: float | None = None) -> list[dict[str, Any]]:
     """Every system on one clip: rows of (system, measures)."""
     import soundfile as sf
 
@@ -166,18 +185,23 @@ def run_clip(ev: Evaluator, peers: Peers, track: Any, ref: Any, tmp: Path) -> li
     minutes = damaged.shape[-1] / SR / 60.0
 
     outputs: dict[str, tuple[np.ndarray, float, float, bool]] = {"identity": (damaged, 0.0, clean_lufs, True)}
-    for inversion in ev.cfg.inversions:
+    at_bound = None
+    eq_bound = {} if max_eq_db is None else {"max_eq_db": max_eq_db}
+    for inversion in ("chain",) if reference_only else ev.cfg.inversions:
         restored, t_restore = _timed(lambda i=inversion: ev.masterer.master_audio(damaged, SR, inversion=i)[0])
-        presets = list(PRESETS) if inversion == "chain" else ["restore"]
+        presets = [] if reference_only else list(PRESETS) if inversion == "chain" else ["restore"]
         for preset in presets:
             (out, _), t = _timed(lambda p=preset: finish(damaged, restored, SR, FinishSettings(preset=p)))
             target = PRESETS[preset].target_lufs
             outputs[f"automaster {inversion} {preset}"] = (out, t_restore + t, clean_lufs if target is None else target, inversion in ALIGNED)
         if inversion == "chain":
-            (out, _), t = _timed(lambda: finish(damaged, restored, SR, FinishSettings(reference=ref_profile)))
+            (out, report), t = _timed(lambda: finish(damaged, restored, SR, FinishSettings(reference=ref_profile, **eq_bound)))
             outputs["automaster chain reference"] = (out, t_restore + t, ref_profile.lufs, True)
-    for name, fn, target in (("matchering", peers.matchering, ref_profile.lufs), ("de-limiter", peers.de_limiter, clean_lufs),
-                             ("normalise+limit", peers.normalise_limit, -14.0)):
+            at_bound = _eq_at_bound(report["tone"])
+    others = [("matchering", peers.matchering, ref_profile.lufs)]
+    if not reference_only:
+        others += [("de-limiter", peers.de_limiter, clean_lufs), ("normalise+limit", peers.normalise_limit, -14.0)]
+    for name, fn, target in others:
         out, t = _timed(lambda f=fn: f(damaged, ref_path))
         outputs[name] = (out, t, target, True)
 
@@ -190,7 +214,8 @@ def run_clip(ev: Evaluator, peers: Peers, track: Any, ref: Any, tmp: Path) -> li
             "d_si_sdr_db": None if m["si_sdr_db"] is None else m["si_sdr_db"] - base_sdr,
             "mrstft": m["mrstft"], "mel_l1_db": m["mel_l1_db"], "lufs_err_lu": abs(lufs - target),
             "true_peak_dbtp": true_peak_dbtp(out, SR), "tone_err_db": tone_error_db(tone_profile(out, SR), ref_profile),
-            "s_per_min": seconds / minutes,
+            "s_per_min": seconds / minutes, "width_in_db": stereo_width_db(damaged), "width_out_db": stereo_width_db(out),
+            "width_ref_db": ref_profile.width_db, "eq_at_bound": at_bound if system == "automaster chain reference" else None,
         })
     return rows
 
@@ -220,6 +245,26 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float
     return table
 
 
+def reference_markdown(rows: list[dict[str, Any]]) -> str:
+    """The reference table: tone, loudness, true peak, width moved toward / past the reference's
+    (clips whose width differs from it by more than 1 dB) and clips whose EQ reached its bound."""
+    lines = ["| damage | system | tone error (dB) | LUFS error (LU) | max true peak (dBTP) | width toward ref | width past ref "
+             "| mean width distance to ref (dB) | EQ at its bound |", "|" + "---|" * 9]
+    for degrader in dict.fromkeys(r["degrader"] for r in rows):
+        for system in ("identity", "automaster chain reference", "matchering"):
+            rs = [r for r in rows if r["degrader"] == degrader and r["system"] == system]
+            apart = [r for r in rs if abs(r["width_in_db"] - r["width_ref_db"]) > 1.0]
+            toward = sum(abs(r["width_out_db"] - r["width_ref_db"]) < abs(r["width_in_db"] - r["width_ref_db"]) for r in apart)
+            past = sum((r["width_out_db"] - r["width_ref_db"]) * (r["width_in_db"] - r["width_ref_db"]) < 0 for r in apart)
+            gap = np.mean([abs(r["width_out_db"] - r["width_ref_db"]) for r in rs])
+            bound = [r["eq_at_bound"] for r in rs if r["eq_at_bound"] is not None]
+            lines.append(f"| {degrader} | {system} | {np.mean([r['tone_err_db'] for r in rs]):.2f} | "
+                         f"{np.mean([r['lufs_err_lu'] for r in rs]):.2f} | {max(r['true_peak_dbtp'] for r in rs):+.2f} | "
+                         f"{toward} of {len(apart)} | {past} of {len(apart)} | {gap:.2f} | "
+                         f"{f'{sum(bound)} of {len(bound)}' if bound else '-'} |")
+    return "\n".join(lines)
+
+
 def markdown(table: dict[str, Any], startup: dict[str, float]) -> str:
     head = ("| damage | system | ΔSI-SDR (dB) | MR-STFT | mel L1 (dB) | LUFS error (LU) | max true peak (dBTP) "
             "| tone error (dB) | s per min of audio |")
@@ -243,6 +288,8 @@ def main() -> None:
     parser.add_argument("--model", default=str(HERE / "models" / "reference"))
     parser.add_argument("--inversions", default="chain,mask,griffinlim")
     parser.add_argument("--degraders", default=",".join(DEGRADERS))
+    parser.add_argument("--reference-only", action="store_true", help="only the systems that take a reference, and their table")
+    parser.add_argument("--max-eq-db", type=float, help="the reference EQ's bound (default: automaster's)")
     parser.add_argument("--out", default=str(HERE / "bench" / "results" / f"peers-{time.strftime('%Y-%m-%d')}.json"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -256,18 +303,18 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        peers = Peers(tmp)
+        peers = Peers(tmp, args.reference_only)
         for degrader in args.degraders.split(","):
             evaluation = EvalConfig(seed=1, degrader=degrader, clip_seconds=args.clip_s, inversions=tuple(args.inversions.split(",")))
             # The restoration alone (preset none): the bench applies each preset to the same restored audio.
             ev = Evaluator(args.model, evaluation, MasterConfig(preset="none", seed=1, chunk_s=max(30.0, args.clip_s)))
             if not rows:  # warm-up (numba compiles, first-call allocations): not timed
-                run_clip(ev, peers, tracks[0], refs[tracks[0].track_id], tmp)
+                run_clip(ev, peers, tracks[0], refs[tracks[0].track_id], tmp, args.reference_only, args.max_eq_db)
             for t in tracks:
-                for r in run_clip(ev, peers, t, refs[t.track_id], tmp):
+                for r in run_clip(ev, peers, t, refs[t.track_id], tmp, args.reference_only, args.max_eq_db):
                     rows.append({"degrader": degrader, **r})
                 log.info("%s %s done (load %s)", degrader, t.track_id, os.getloadavg()[0])
-    startup = startup_seconds(args.model)
+    startup = {} if args.reference_only else startup_seconds(args.model)
     table = summarise(rows)
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), one thread",
@@ -277,7 +324,7 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1, default=float))
-    print(markdown(table, startup))
+    print(reference_markdown(rows) if args.reference_only else markdown(table, startup))
     print(f"\n{len(tracks)} clips x {len(args.degraders.split(','))} damages; load {load_before} -> {result['load_after']}; {args.out}")
 
 

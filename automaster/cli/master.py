@@ -34,6 +34,9 @@ def add_product_options(p: argparse.ArgumentParser) -> None:
                    "job (replaces --input; relative paths are read from the CSV's folder)")
     p.add_argument("--amount", type=float, default=MASTER_DEFAULTS.amount,
                    help="0..1: blend of the input and the restored, tone-matched result before the loudness stage (default 1)")
+    p.add_argument("--max-eq-db", type=float, default=MASTER_DEFAULTS.max_eq_db,
+                   help="bound of the reference-matching EQ, either way, mid and side, its broadband side (width) gain "
+                   f"included (default {MASTER_DEFAULTS.max_eq_db:g} dB)")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -39,7 +39,8 @@ def master_config(args: argparse.Namespace, **fields: Any) -> MasterConfig:
         return MasterConfig(
             iterations=args.iterations, init_phase=args.init_phase, target_lufs=args.target_lufs,
             true_peak_dbtp=args.true_peak, echo_removal=args.echo_removal,
-            max_forecast_error=args.max_forecast_error, level_model=level_model_or_shipped(args.level_model), **fields,
+            max_forecast_error=args.max_forecast_error, level_model=level_model_or_shipped(args.level_model),
+            max_eq_db=getattr(args, "max_eq_db", MASTER_DEFAULTS.max_eq_db), **fields,  # master has it, evaluate not
         )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None

@@ -8,11 +8,16 @@ the mean as mid and the first two for the side.
   93 ms at any rate), smoothed over ``SMOOTHING_OCTAVES`` around each point of a log-frequency
   grid (``GRID_HZ``, 1/12 octave from 20 Hz to 20 kHz), plus the loudness and stereo width.
   Profiles of files at different sample rates share the grid, so they compare directly.
-* :func:`match_tone`: a tone-matching EQ, one linear-phase FIR for the mid and one for the side
-  (frequency sampling of the smoothed dB difference to the reference, bounded to +-``MAX_EQ_DB``,
-  faded to 0 dB below ``EQ_LOW_HZ`` and above ``EQ_HIGH_HZ``), so the result takes the
-  reference's mid spectrum and, through the side's own curve, its side spectrum and width. The
-  filters are zero-delay (centred), so the result aligns sample for sample with the input.
+* :func:`match_tone`: a tone-matching EQ, one linear-phase FIR for the mid and one for the side:
+  the dB difference of the spectra to the reference's, measured from the level about which it best
+  fits the bound (``max_eq_db``, default ``MAX_EQ_DB``; the one that least changes the energy
+  among those), clipped to +-the bound and smoothed over ``EQ_SMOOTHING_OCTAVES`` (broad strokes,
+  no notches; still within the bound), faded to its level below ``EQ_LOW_HZ`` and above
+  ``EQ_HIGH_HZ``. The side's curve carries a broadband gain, within the same bound, that takes the
+  stereo width toward the reference's and never past it: the width after the EQ is predicted
+  from the average spectra through the designed filters (the mid's EQ changes the mid's energy,
+  and so the width), then landed exactly by a last broadband side gain. The filters are
+  zero-delay (centred), so the result aligns sample for sample with the input.
 * :func:`tone_error_db`: the distance users hear as "sounds like the reference": the mean absolute
   dB difference of the 1/3-octave band levels of the mid average spectra (``TONE_BANDS_HZ``,
   31.5 Hz to 16 kHz) after loudness matching (the output's levels shifted by the loudness
@@ -35,8 +40,15 @@ GRID_HZ = 20.0 * 2.0 ** (np.arange(0, 10 * 12 + 1) / 12.0)  # 1/12 octave, 20 Hz
 SMOOTHING_OCTAVES = 1.0 / 3.0
 TONE_BANDS_HZ = 1000.0 * 2.0 ** (np.arange(-15, 15) / 3.0)  # 1/3-octave centres, 31.5 Hz .. 16 kHz
 FRAME_S = 4096 / 44100  # Welch frame (~93 ms: 10.8 Hz bins)
-MAX_EQ_DB = 12.0  # bound of the tone-matching EQ (either way)
-MAX_SIDE_BOOST_DB = 6.0  # the side is raised by less: a near-mono side is mostly noise
+FIR_S = 4096 / 44100  # length of the matching EQ's filters
+MAX_EQ_DB = 6.0  # default bound of the tone-matching EQ, either way, mid and side (--max-eq-db)
+# Standard deviation of the Gaussian (over log frequency) that smooths the bounded dB difference:
+# broad strokes, no notches (a second difference of at most max_eq_db * 0.97 / 3**2 per 1/12 octave).
+EQ_SMOOTHING_OCTAVES = 1.0 / 4.0
+# The width aims short of the reference's, on the source's side, by this share of the gap (at least
+# WIDTH_MARGIN_DB): the limiter after it moves the width by up to about 0.2 dB (measured on fma_mini).
+WIDTH_SHORT = 0.1
+WIDTH_MARGIN_DB = 0.25
 EQ_LOW_HZ, EQ_HIGH_HZ = 25.0, 18000.0  # the EQ fades to 0 dB outside this span (over an octave below, 1/3 above)
 FLOOR_BELOW_PEAK_DB = 80.0  # spectrum levels are floored this far below the spectrum's maximum
 SILENT_SIDE_DB = -60.0  # a side this far below the mid counts as none (mono): left alone
@@ -145,6 +157,11 @@ def stereo_width_db(audio: np.ndarray) -> float:
 
 def tone_profile(audio: np.ndarray, sample_rate: int) -> ToneProfile:
     """Smoothed mid/side spectra, 1/3-octave mid band levels, loudness (LUFS) and width (dB)."""
+    return _profile(audio, sample_rate)[0]
+
+
+def _profile(audio: np.ndarray, sample_rate: int) -> tuple[ToneProfile, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The :class:`ToneProfile` and the average spectra it came from: ``(freqs, mid power, side power)``."""
     x = _channels(audio)
     mid, side = mid_side(x)
     freqs, p_mid = average_spectrum(mid, sample_rate)
@@ -152,8 +169,9 @@ def tone_profile(audio: np.ndarray, sample_rate: int) -> ToneProfile:
     mid_db = _smoothed_db(freqs, p_mid, GRID_HZ, SMOOTHING_OCTAVES)
     side_db = _smoothed_db(freqs, p_side, GRID_HZ, SMOOTHING_OCTAVES)
     bands_db = _smoothed_db(freqs, p_mid, TONE_BANDS_HZ, 1.0 / 3.0)
-    return ToneProfile(mid_db=mid_db, side_db=side_db, lufs=meter.integrated_loudness(x, sample_rate),
-                       width_db=stereo_width_db(x), bands_db=bands_db)
+    profile = ToneProfile(mid_db=mid_db, side_db=side_db, lufs=meter.integrated_loudness(x, sample_rate),
+                          width_db=stereo_width_db(x), bands_db=bands_db)
+    return profile, (freqs, p_mid, p_side)
 
 
 def tone_error_db(output: ToneProfile, reference: ToneProfile) -> float:
@@ -178,32 +196,65 @@ def _edge_fade(freqs_hz: np.ndarray, nyquist_hz: float) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(np.pi * low)) * (0.5 - 0.5 * np.cos(np.pi * high))
 
 
-def matching_curves(source: ToneProfile, reference: ToneProfile) -> tuple[np.ndarray, np.ndarray, float]:
-    """EQ curves in dB on :data:`GRID_HZ` that take ``source`` to ``reference``: ``(mid, side, offset_db)``.
+def _smooth(curve_db: np.ndarray, octaves: float) -> np.ndarray:
+    """Gaussian smoothing over the 1/12-octave grid (``octaves``: the kernel's standard deviation)."""
+    import scipy.ndimage  # here, not at import: 0.6 s of a one-file master's start-up
+    return scipy.ndimage.gaussian_filter1d(curve_db, sigma=12.0 * octaves, mode="nearest")
 
-    Both curves are relative to one level offset (the median mid difference between 100 Hz and
-    10 kHz), so the mid keeps its overall level and the side's curve carries the width change.
-    A source without a side (mono) gets a 0 dB side curve.
+
+def _centre(diff_db: np.ndarray, bound_db: float, spectrum_db: np.ndarray) -> float:
+    """The level to measure a difference curve from: of the levels about which the most of the
+    curve (within the EQ's span) fits +-``bound_db``, the one whose EQ least changes the energy of
+    a signal with ``spectrum_db`` (dB on GRID_HZ): a gain-neutral EQ leaves the side's broadband
+    gain the most room to set the width."""
+    span = (GRID_HZ >= EQ_LOW_HZ) & (GRID_HZ <= EQ_HIGH_HZ)
+    core = diff_db[span]
+    levels = np.arange(core.min(), core.max() + 0.01, 0.01)  # (L,)
+    excess = np.maximum(np.abs(core[None] - levels[:, None]) - bound_db, 0.0).sum(axis=1)  # (L,)
+    best = levels[excess <= excess.min() + 1e-6]  # (B,)
+    weight = 10.0 ** ((spectrum_db[span] - spectrum_db[span].max()) / 10.0) * GRID_HZ[span]  # power per grid step
+    gains = 10.0 ** (np.clip(core[None] - best[:, None], -bound_db, bound_db) / 10.0)  # (B, F)
+    return float(best[np.argmin(np.abs(np.log(gains @ weight / weight.sum())))])
+
+
+def _at_bound(curve_db: np.ndarray, bound_db: float) -> bool:
+    """Whether an applied curve reaches its bound (within 0.05 dB)."""
+    return bool(np.any(np.abs(curve_db) >= bound_db - 0.05))
+
+
+def _bounded(diff_db: np.ndarray, bound_db: float) -> np.ndarray:
+    """``diff_db`` clipped to +-``bound_db``, then smoothed (an average: still within the bound)."""
+    return _smooth(np.clip(diff_db, -bound_db, bound_db), EQ_SMOOTHING_OCTAVES)
+
+
+def matching_curves(source: ToneProfile, reference: ToneProfile, max_eq_db: float = MAX_EQ_DB) -> tuple[np.ndarray, np.ndarray]:
+    """The dB differences (on :data:`GRID_HZ`) that take ``source``'s mid and side spectra to
+    ``reference``'s: ``(mid, side)``, each measured from the level about which it best fits
+    +-``max_eq_db`` and least changes the source's energy (the mid's level does not matter: the
+    loudness stage follows; the side's broadband gain is set by the width in :func:`match_tone`).
+    Not yet bounded nor smoothed.
     """
     top = float(max(source.mid_db.max(), reference.mid_db.max()))
-    diff_mid = _floored(reference.mid_db, top) - _floored(source.mid_db, top)
-    core = (GRID_HZ >= 100.0) & (GRID_HZ <= 10000.0)
-    offset = float(np.median(diff_mid[core]))
-    mid = np.clip(diff_mid - offset, -MAX_EQ_DB, MAX_EQ_DB)
-    has_side = math.isfinite(source.width_db) and source.width_db > SILENT_SIDE_DB
-    if not has_side:
-        return mid, np.zeros_like(mid), offset
-    diff_side = _floored(reference.side_db, top) - _floored(source.side_db, top)
-    side = np.clip(diff_side - offset, -MAX_EQ_DB, MAX_SIDE_BOOST_DB)
-    return mid, side, offset
+    curves = []
+    for src, ref in ((source.mid_db, reference.mid_db), (source.side_db, reference.side_db)):
+        diff = _floored(ref, top) - _floored(src, top)
+        curves.append(diff - _centre(diff, max_eq_db, src))
+    return curves[0], curves[1]
 
 
-def _fir(curve_db: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Linear-phase FIR (odd length, ~93 ms at any rate) with the gain ``curve_db`` on GRID_HZ."""
-    n_taps = int(2 ** round(math.log2(FRAME_S * sample_rate))) + 1
+def _gain_db(curve_db: np.ndarray, level_db: float, freqs_hz: np.ndarray, nyquist_hz: float) -> np.ndarray:
+    """The EQ's gain at ``freqs_hz``: ``curve_db`` (on GRID_HZ) faded to ``level_db`` outside the EQ's span."""
+    inside = np.interp(np.log(np.maximum(freqs_hz, 1.0)), np.log(GRID_HZ), curve_db)
+    return level_db + (inside - level_db) * _edge_fade(freqs_hz, nyquist_hz)
+
+
+def _fir(curve_db: np.ndarray, level_db: float, sample_rate: int) -> np.ndarray:
+    """Linear-phase FIR (odd length, ~``FIR_S`` at any rate) with the gain of :func:`_gain_db`."""
+    n_taps = int(2 ** round(math.log2(FIR_S * sample_rate))) + 1
     nyq = sample_rate / 2.0
-    freqs = np.linspace(0.0, nyq, 1025)
-    gain_db = np.interp(np.log(np.maximum(freqs, 1.0)), np.log(GRID_HZ), curve_db) * _edge_fade(freqs, nyq)
+    # Design points 1/48 octave apart: linearly spaced ones leave the low end to a handful.
+    freqs = np.concatenate([[0.0], 5.0 * 2.0 ** (np.arange(0.0, math.log2(nyq / 5.0), 1.0 / 48.0)), [nyq]])
+    gain_db = _gain_db(curve_db, level_db, freqs, nyq)
     import scipy.signal  # here, not at import: 0.6 s of a one-file master's start-up
     return scipy.signal.firwin2(n_taps, freqs, 10.0 ** (gain_db / 20.0), fs=sample_rate, window="hann")
 
@@ -215,40 +266,116 @@ def _filter(x: np.ndarray, taps: np.ndarray) -> np.ndarray:
     return y[half : half + x.shape[-1]]
 
 
-def apply_tone_eq(audio: np.ndarray, sample_rate: int, mid_db: np.ndarray, side_db: np.ndarray) -> np.ndarray:
+def apply_tone_eq(
+    audio: np.ndarray, sample_rate: int, mid_db: np.ndarray, side_db: np.ndarray, side_level_db: float = 0.0,
+) -> np.ndarray:
     """Filter the mid and side of ``audio`` ``(C, T)`` by the curves (dB on :data:`GRID_HZ`).
 
-    Mono gets the mid curve; more than two channels get the mid curve on every channel.
-    Returns float32 ``(C, T)`` aligned with the input.
+    The mid curve fades to 0 dB outside ``EQ_LOW_HZ``..``EQ_HIGH_HZ``, the side's to
+    ``side_level_db`` (its broadband gain). Mono gets the mid curve; more than two channels get
+    the mid curve on every channel. Returns float32 ``(C, T)`` aligned with the input.
     """
     x = _channels(audio)
-    mid_taps = _fir(mid_db, sample_rate)
+    mid_taps = _fir(mid_db, 0.0, sample_rate)
     if x.shape[0] != 2:
         return np.stack([_filter(ch, mid_taps) for ch in x]).astype(np.float32)
     mid, side = mid_side(x)
     m = _filter(mid, mid_taps)
-    s = _filter(side, _fir(side_db, sample_rate)) if np.any(side_db) else side.astype(np.float64)
+    flat = not np.any(side_db - side_level_db)
+    s = side * 10.0 ** (side_level_db / 20.0) if flat else _filter(side, _fir(side_db, side_level_db, sample_rate))
     return np.stack([m + s, m - s]).astype(np.float32)
 
 
-def match_tone(audio: np.ndarray, sample_rate: int, reference: ToneProfile) -> tuple[np.ndarray, dict[str, object]]:
+def _energy_db(freqs: np.ndarray, power: np.ndarray, curve_db: np.ndarray, level_db: float, sample_rate: int) -> float:
+    """The change of energy (dB) the EQ's filter makes on a signal of average power spectrum
+    ``power`` (on ``freqs``, evenly spaced from 0 Hz): through the designed filter's own response,
+    which smears the curve at the low end."""
+    taps = _fir(curve_db, level_db, sample_rate)
+    n_bins = 2 * (freqs.size - 1)
+    n_fft = n_bins * -(-taps.size // n_bins)  # a multiple of the spectrum's length, at least the filter's
+    gain = np.abs(np.fft.rfft(taps, n_fft)[:: n_fft // n_bins]) ** 2
+    return 10.0 * math.log10(max(float(np.dot(power, gain)), 1e-300) / max(float(power.sum()), 1e-300))
+
+
+def _width_aim(before_db: float, reference_db: float) -> float:
+    """The width to land on: the reference's, a little short of it on the source's side."""
+    gap = before_db - reference_db
+    short = max(WIDTH_MARGIN_DB, WIDTH_SHORT * abs(gap))
+    return reference_db + float(np.clip(gap, -short, short))
+
+
+def _side_for_width(
+    diff_db: np.ndarray, spectra: tuple[np.ndarray, np.ndarray, np.ndarray], mid_db: np.ndarray,
+    width_db: float, aim_db: float, bound_db: float, sample_rate: int,
+) -> tuple[np.ndarray, float]:
+    """``(side curve, broadband side gain)`` within +-``bound_db`` whose predicted width (from the
+    average spectra ``(freqs, mid power, side power)``) is nearest ``aim_db``.
+
+    The width after the EQ is the width before plus the side's energy change minus the mid's; the
+    side's grows with its broadband gain, so a bisection finds it. Every gain the side can take
+    reaches the width before (the mid's change is within the bound too), so the result lies between
+    the width before and the aim.
+    """
+    freqs, p_mid, p_side = spectra
+    mid_change = _energy_db(freqs, p_mid, mid_db, 0.0, sample_rate)
+
+    def curve(gain: float) -> tuple[np.ndarray, float]:
+        return _bounded(diff_db + gain, bound_db), float(np.clip(gain, -bound_db, bound_db))
+
+    def width(gain: float) -> float:
+        return width_db + _energy_db(freqs, p_side, *curve(gain), sample_rate) - mid_change
+
+    lo, hi = -bound_db - float(diff_db.max()), bound_db - float(diff_db.min())  # all at -bound .. all at +bound
+    for _ in range(30):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if width(mid) < aim_db else (lo, mid)
+    return curve(0.5 * (lo + hi))
+
+
+def match_tone(
+    audio: np.ndarray, sample_rate: int, reference: ToneProfile, max_eq_db: float = MAX_EQ_DB,
+) -> tuple[np.ndarray, dict[str, object]]:
     """Match the tonal balance and width of ``audio`` ``(C, T)`` to ``reference``.
 
-    Returns ``(matched (C, T) float32, info)``; ``info`` holds the largest cut and boost of each
-    curve (dB), the widths before/after/reference (dB), and the tone error before and after.
-    Silence is returned unchanged.
+    The mid gets the smooth matching curve; the side its own curve plus a broadband gain that
+    takes the width toward the reference's, never past it; both within +-``max_eq_db``. Returns
+    ``(matched (C, T) float32, info)``; ``info`` holds the applied curves (``eq_hz``,
+    ``eq_mid_db``, ``eq_side_db``: dB on the 1/12-octave grid), their ranges (``mid_eq_db``,
+    ``side_eq_db``: ``[min, max]``), ``side_gain_db`` (the side's broadband gain), ``max_eq_db``,
+    ``at_bound`` (``{"mid": bool, "side": bool}``: a curve reaches the bound), the widths
+    before/after/reference (dB) and the tone error before and after. Silence is returned unchanged.
     """
+    if not (math.isfinite(max_eq_db) and max_eq_db > 0):
+        raise ValueError(f"max_eq_db must be a finite number > 0, got {max_eq_db}")
     x = _channels(audio).astype(np.float32)
-    before = tone_profile(x, sample_rate)
+    before, spectra = _profile(x, sample_rate)
     if not math.isfinite(before.lufs):
         return x.copy(), {"applied": False, "note": "silent: no tone matching"}
-    mid_db, side_db, _ = matching_curves(before, reference)
-    y = apply_tone_eq(x, sample_rate, mid_db, side_db)
+    nyq = sample_rate / 2.0
+    mid_diff, side_diff = matching_curves(before, reference, max_eq_db)
+    mid_db, side_db, side_level = _bounded(mid_diff, max_eq_db), np.zeros_like(mid_diff), 0.0
+    stereo = x.shape[0] == 2 and math.isfinite(before.width_db) and before.width_db > SILENT_SIDE_DB
+    aim = _width_aim(before.width_db, reference.width_db) if stereo and math.isfinite(reference.width_db) else None
+    if aim is not None:
+        side_db, side_level = _side_for_width(side_diff, spectra, mid_db, before.width_db, aim, max_eq_db, sample_rate)
+    y = apply_tone_eq(x, sample_rate, mid_db, side_db, side_level)
+    if aim is not None:  # the prediction is close; a broadband side gain (exact) lands the width, within the bound
+        # The EQ's gains lie between the curve's and the level, so the room is theirs to the bound.
+        room = (-max_eq_db - min(float(side_db.min()), side_level), max_eq_db - max(float(side_db.max()), side_level))
+        fix = float(np.clip(aim - stereo_width_db(y), *room))
+        mid, side = mid_side(y)
+        side = side * np.float32(10.0 ** (fix / 20.0))
+        y = np.stack([mid + side, mid - side]).astype(np.float32)
+        side_db, side_level = side_db + fix, side_level + fix
     after = tone_profile(y, sample_rate)
+    eq_mid, eq_side = _gain_db(mid_db, 0.0, GRID_HZ, nyq), _gain_db(side_db, side_level, GRID_HZ, nyq)
     info = {
-        "applied": True,
-        "mid_eq_db": [round(float(mid_db.min()), 2), round(float(mid_db.max()), 2)],
-        "side_eq_db": [round(float(side_db.min()), 2), round(float(side_db.max()), 2)],
+        "applied": True, "max_eq_db": max_eq_db,
+        "mid_eq_db": [round(float(eq_mid.min()), 2), round(float(eq_mid.max()), 2)],
+        "side_eq_db": [round(float(eq_side.min()), 2), round(float(eq_side.max()), 2)],
+        "side_gain_db": round(side_level, 2),
+        "at_bound": {"mid": _at_bound(eq_mid, max_eq_db), "side": _at_bound(eq_side, max_eq_db)},
+        "eq_hz": GRID_HZ.round(1).tolist(), "eq_mid_db": eq_mid.round(2).tolist(), "eq_side_db": eq_side.round(2).tolist(),
         "width_before_db": _finite(before.width_db), "width_after_db": _finite(after.width_db),
         "width_reference_db": _finite(reference.width_db),
         "tone_error_before_db": _finite(tone_error_db(before, reference)),

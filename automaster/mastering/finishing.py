@@ -37,7 +37,7 @@ import numpy as np
 from automaster.config import MAX_LIMITING_DB
 from automaster.dsp import loudness as meter
 from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, master_loudness, true_peak_limit
-from automaster.dsp.tone import ToneProfile, match_tone
+from automaster.dsp.tone import MAX_EQ_DB, ToneProfile, match_tone
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none, peak_dbfs
 from automaster.mastering.presets import Levels, resolve_levels
 
@@ -51,7 +51,8 @@ _BOUND_MARGIN_DB = 1e-3  # the level gain's bound stops this short of it (float3
 
 @dataclass(frozen=True)
 class FinishSettings:
-    """What the user asked for: a preset (None: the default), overrides, amount and reference."""
+    """What the user asked for: a preset (None: the default), overrides, amount, reference and the
+    bound of the reference-matching EQ (dB, either way, mid and side)."""
 
     preset: str | None = None
     target_lufs: float | None = None
@@ -59,12 +60,15 @@ class FinishSettings:
     amount: float = 1.0
     reference: ToneProfile | None = None
     max_limiting_db: float | None = MAX_LIMITING_DB  # the restore preset's bound on limiting (None: none)
+    max_eq_db: float = MAX_EQ_DB
 
     def __post_init__(self) -> None:
         if not (0.0 <= self.amount <= 1.0):
             raise ValueError(f"--amount must be in [0, 1], got {self.amount}")
         if self.max_limiting_db is not None and not self.max_limiting_db >= 0:  # NaN included
             raise ValueError(f"max_limiting_db must be >= 0, got {self.max_limiting_db}")
+        if not (math.isfinite(self.max_eq_db) and self.max_eq_db > 0):
+            raise ValueError(f"--max-eq-db must be a finite number > 0, got {self.max_eq_db}")
         self.levels()  # an unknown preset fails here, at setup
 
     def levels(self) -> Levels:
@@ -235,10 +239,11 @@ def _reference_stage(y: np.ndarray, sr: int, settings: FinishSettings, report: d
         report["stages"].append(_stage("reference", False, "no reference" if settings.amount > 0 else "amount 0", y, sr,
                                        prev=report["stages"][-1]))
         return y
-    y, tone = match_tone(y, sr, settings.reference)
+    y, tone = match_tone(y, sr, settings.reference, settings.max_eq_db)
     report["tone"] = tone
     note = tone.get("note") or (f"mid EQ {tone['mid_eq_db'][0]:+.1f}..{tone['mid_eq_db'][1]:+.1f} dB, "
-                                f"side EQ {tone['side_eq_db'][0]:+.1f}..{tone['side_eq_db'][1]:+.1f} dB")
+                                f"side EQ {tone['side_eq_db'][0]:+.1f}..{tone['side_eq_db'][1]:+.1f} dB "
+                                f"(bound +-{tone['max_eq_db']:g} dB)")
     report["stages"].append(_stage("reference", bool(tone["applied"]), note, y, sr))
     return y
 

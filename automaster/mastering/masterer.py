@@ -126,6 +126,7 @@ class Masterer:
         self.finish_settings = FinishSettings(
             preset=self.cfg.preset, target_lufs=self.cfg.target_lufs, true_peak_dbtp=self.cfg.true_peak_dbtp,
             amount=self.cfg.amount, reference=self.reference, max_limiting_db=self.cfg.max_limiting_db,
+            max_eq_db=self.cfg.max_eq_db,
         )
 
     def _load_level_model(self) -> nn.Module | None:
