@@ -290,20 +290,19 @@ def run_master(
     if not items:
         raise ConfigError(f"--input {', '.join(map(storage.display, inputs))}: no audio files (WAV/FLAC/OGG/MP3/AIFF)")
     device = "cuda" if gpu else "cpu"
-    if pairs is not None:  # what decides the outputs: each file's reference, by its content
-        from automaster.pipelines.outfolder import file_sha256
-
-        settings["references"] = {it["key"]: file_sha256(it["reference"]) for it in items}
+    for item in items:  # a file's own reference decides its output: fingerprinted with it (a changed one redoes that file)
+        if item.get("reference"):
+            item["extra_inputs"] = [item["reference"]]
     settings["pictures"] = bool(pictures)
     spec = JobSpec(
         job="master", out=out, settings={k: v for k, v in settings.items() if k != "model"}, processor=MasterProcessor,
         processor_kwargs={"model": model, "config": config, "device": device, "pictures": pictures},
         paths={"--model": model, "--out": out, "--reference": config.reference, "--references": references,
                **{f"--input {n + 1}" if len(inputs) > 1 else "--input": i for n, i in enumerate(inputs[:20])}},
-        model=model_file(model), device=device,
+        model=model_file(model), device=device, inputs=inputs,
         experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
         params={"input": inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs", "out": out, "gpu": gpu,
-                "overwrite": overwrite, **{k: v for k, v in settings.items() if k != "references"}},
+                "overwrite": overwrite, **settings},
     )
     run = RunOptions(workers=workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
                      progress=progress, batch=batch)
