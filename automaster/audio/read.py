@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -130,8 +131,9 @@ def _read_frames(f: sf.SoundFile, name: str, start: int, count: int | None) -> n
         return _decode_frames(f, name, start, count)
 
 
-def _decode_frames(f: sf.SoundFile, name: str, start: int, count: int | None) -> np.ndarray:
-    blocks = []
+def _blocks(f: sf.SoundFile, name: str, start: int, count: int | None) -> Iterator[np.ndarray]:
+    """``count`` frames (all if None) from ``start``, a ``(n, C)`` float32 block at a time; a
+    decoder's failure is an :class:`AudioError` naming the file."""
     remaining = count
     try:
         if start > 0:
@@ -140,16 +142,20 @@ def _decode_frames(f: sf.SoundFile, name: str, start: int, count: int | None) ->
             n = _READ_BLOCK if remaining is None else min(_READ_BLOCK, remaining)
             block = f.read(n, dtype="float32", always_2d=True)
             if block.shape[0] == 0:
-                break
-            blocks.append(block)
+                return
+            yield block
             if remaining is not None:
                 remaining -= block.shape[0]
             if block.shape[0] < n:
-                break
+                return
     except (sf.SoundFileError, RuntimeError) as exc:
         raise AudioError(name, f"decoding failed, file corrupt or truncated ({str(exc).strip()})") from exc
     except MemoryError as exc:
         raise AudioError(name, "out of memory while decoding") from exc
+
+
+def _decode_frames(f: sf.SoundFile, name: str, start: int, count: int | None) -> np.ndarray:
+    blocks = list(_blocks(f, name, start, count))
     if not blocks:
         return np.zeros((0, f.channels), np.float32)
     return blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
@@ -162,30 +168,14 @@ def _decode_channels(f: sf.SoundFile, name: str, start: int, count: int | None, 
     size = max(1, expected if count is None else min(count, max(expected, 1)))
     out = np.empty((f.channels, size), np.float32)
     filled = 0
-    remaining = count
-    try:
-        if start > 0:
-            f.seek(start)
-        while remaining is None or remaining > 0:
-            n = _READ_BLOCK if remaining is None else min(_READ_BLOCK, remaining)
-            block = f.read(n, dtype="float32", always_2d=True)
-            got = block.shape[0]
-            if got == 0:
-                break
-            if filled + got > out.shape[1]:  # the header undercounted (an MP3's is an estimate)
-                grown = np.empty((f.channels, max(filled + got, out.shape[1] + out.shape[1] // 4)), np.float32)
-                grown[:, :filled] = out[:, :filled]
-                out = grown
-            out[:, filled : filled + got] = block.T
-            filled += got
-            if remaining is not None:
-                remaining -= got
-            if got < n:
-                break
-    except (sf.SoundFileError, RuntimeError) as exc:
-        raise AudioError(name, f"decoding failed, file corrupt or truncated ({str(exc).strip()})") from exc
-    except MemoryError as exc:
-        raise AudioError(name, "out of memory while decoding") from exc
+    for block in _blocks(f, name, start, count):
+        got = block.shape[0]
+        if filled + got > out.shape[1]:  # the header undercounted (an MP3's is an estimate)
+            grown = np.empty((f.channels, max(filled + got, out.shape[1] + out.shape[1] // 4)), np.float32)
+            grown[:, :filled] = out[:, :filled]
+            out = grown
+        out[:, filled : filled + got] = block.T
+        filled += got
     return out if filled == out.shape[1] else np.ascontiguousarray(out[:, :filled])  # a header that overcounted
 
 
