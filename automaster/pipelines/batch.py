@@ -57,6 +57,8 @@ class JobSpec:
             metadata): they describe the outputs, so they follow the settings.
         inputs: the input roots (files and folders) recorded in the manifest; None: the values
             of :data:`INPUT_FLAGS` in ``paths`` (``--input``, ``--input 2``, ``--corpus``...).
+        worker_memory_bytes: one worker's peak memory, as the job estimates it: the default
+            worker count is cut to what the cluster's memory holds.
     """
 
     job: str
@@ -73,6 +75,7 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     files: dict[str, bytes] = field(default_factory=dict)
     inputs: list[str] | None = None
+    worker_memory_bytes: float | None = None
 
 
 @dataclass
@@ -328,7 +331,19 @@ def _start_backend(spec: JobSpec, options: RunOptions) -> int:
         if runtime.cluster_gpus() == 0:
             raise ConfigError("--gpu given but the Ray cluster has no GPU")
         return options.workers or runtime.cluster_gpus()
-    return options.workers or runtime.cluster_cpus()
+    return options.workers or _workers_for_memory(spec, runtime.cluster_cpus(), runtime.cluster_memory_bytes())
+
+
+def _workers_for_memory(spec: JobSpec, cpus: int, memory_bytes: float) -> int:
+    """One worker per CPU, but no more than the cluster's memory holds at the job's estimate of
+    one worker's peak (``spec.worker_memory_bytes``: long files need more)."""
+    if not spec.worker_memory_bytes or memory_bytes <= 0:
+        return cpus
+    fit = max(1, int(memory_bytes // spec.worker_memory_bytes))
+    if fit < cpus:
+        log.warning("%d workers, not %d: each may need %.1f GiB (the longest file) of the cluster's %.1f GiB",
+                    fit, cpus, spec.worker_memory_bytes / 2**30, memory_bytes / 2**30)
+    return min(cpus, fit)
 
 
 def _tags(spec: JobSpec) -> dict[str, str]:

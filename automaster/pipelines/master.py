@@ -219,6 +219,19 @@ def level_notes(audio: np.ndarray, levels: dict[str, Any], target_lufs: float | 
     return notes
 
 
+# One worker's peak memory (BENCHMARKS.md "Mastering at peer speed"): the process, the model and
+# the chunked analysis, plus the input and the output held whole (float32) and their transients.
+WORKER_BASE_BYTES = 600 * 2**20
+WORKER_BYTES_PER_SAMPLE = 12  # per sample per channel: 30 s stereo ~30 MB, 10 min stereo ~600 MB
+
+
+def worker_memory_bytes(items: list[dict[str, Any]], channels: int = 2) -> float:
+    """What one master worker may need at its peak, for the longest of ``items`` (an unreadable
+    length counts as 10 minutes): the default worker count respects it as well as the CPUs."""
+    longest = max(((it.get("duration_s") or 600.0) for it in items), default=600.0)
+    return WORKER_BASE_BYTES + WORKER_BYTES_PER_SAMPLE * channels * 48000 * longest
+
+
 def check_levels(target_lufs: float | None, true_peak_dbtp: float | None) -> None:
     """Refuse level targets outside what any master could be (exit 2 on the command line)."""
     if target_lufs is not None and not (MIN_LUFS <= target_lufs <= MAX_LUFS):
@@ -299,7 +312,7 @@ def run_master(
         processor_kwargs={"model": model, "config": config, "device": device, "pictures": pictures},
         paths={"--model": model, "--out": out, "--reference": config.reference, "--references": references,
                **{f"--input {n + 1}" if len(inputs) > 1 else "--input": i for n, i in enumerate(inputs[:20])}},
-        model=model_file(model), device=device, inputs=inputs,
+        model=model_file(model), device=device, inputs=inputs, worker_memory_bytes=worker_memory_bytes(items),
         experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
         params={"input": inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs", "out": out, "gpu": gpu,
                 "overwrite": overwrite, **settings},

@@ -227,6 +227,13 @@ def cluster_cpus() -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def cluster_memory_bytes() -> float:
+    """Memory Ray may schedule on the whole cluster (its ``memory`` resource), in bytes."""
+    import ray
+
+    return float(ray.cluster_resources().get("memory", 0.0))
+
+
 def cluster_gpus() -> int:
     import ray
 

@@ -149,3 +149,19 @@ def test_labels_say_what_ran(tmp_path):
         assert report["estimates"].get("echo_removed", False) is removed
         assert "restore" not in report["applied"] and report["applied"].count("to -14.0 LUFS") == 1
         assert report["loudness_from"] == "preset streaming" or report["loudness_from"].startswith("preset")
+
+
+def test_the_worker_count_respects_memory():
+    """Long files need more memory per worker: the default worker count is cut to what fits."""
+    from automaster.pipelines.batch import JobSpec, _workers_for_memory
+    from automaster.pipelines.master import worker_memory_bytes
+
+    short, long = worker_memory_bytes([{"duration_s": 30.0}]), worker_memory_bytes([{"duration_s": 3600.0}])
+    assert short < 1.0 * 2**30 < long
+    spec = JobSpec("master", "out", {}, object, {}, worker_memory_bytes=long)
+    gib = 2**30
+    assert _workers_for_memory(spec, cpus=16, memory_bytes=64 * gib) == int(64 * gib // long) < 16
+    assert _workers_for_memory(spec, cpus=2, memory_bytes=64 * gib) == 2  # CPUs bound it first
+    assert _workers_for_memory(spec, cpus=16, memory_bytes=1 * gib) == 1  # never none
+    spec.worker_memory_bytes = None
+    assert _workers_for_memory(spec, cpus=16, memory_bytes=1 * gib) == 16
