@@ -370,7 +370,8 @@ def _applied(report: dict[str, Any]) -> str:
     if "soft clip" in done:
         parts.append("soft clip")
     if "limiter" in done:
-        parts.append(f"limiter {report['limiter_max_reduction_db']:.1f} dB")
+        cut = report["limiter_max_reduction_db"]
+        parts.append(f"limiter {cut:.1f} dB" if cut >= 0.05 else "limiter <0.1 dB")
     if "ceiling" in done:
         parts.append(f"trim {report['headroom_gain_db']:+.1f} dB")
     return ", ".join(parts) or "nothing (input unchanged)"

@@ -235,9 +235,12 @@ def match_degraded(rows: list[dict[str, str]], degraded_dir: str) -> list[dict[s
         if is_audio_file(rel):
             exact[rel] = path
             by_stem.setdefault(os.path.splitext(rel)[0], path)
-    return [
-        {**r, "degraded_path": exact.get(r["rel_path"]) or by_stem.get(os.path.splitext(r["rel_path"])[0], "")} for r in rows
-    ]
+    out = []
+    for r in rows:
+        degraded = exact.get(r["rel_path"]) or by_stem.get(os.path.splitext(r["rel_path"])[0], "")
+        # the damaged file decides the row's figures too: fingerprinted with its clean original
+        out.append({**r, "degraded_path": degraded, **({"extra_inputs": [degraded]} if degraded else {})})
+    return out
 
 
 # ------------------------------------------------------------------------------- the job

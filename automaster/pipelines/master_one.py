@@ -70,6 +70,20 @@ def check_output(input_path: str, out: str) -> None:
             raise ConfigError(f"--out {storage.display(out)} is the input itself: automaster never writes over its input")
 
 
+def _check_writable(folder: str, out: str) -> None:
+    """Make ``out``'s folder and prove it takes a file, before any work (one line, exit 2, if not)."""
+    if not storage.is_local(folder):
+        return
+    try:
+        storage.makedirs(folder)
+        probe = os.path.join(storage.local_path(folder), f"{TEMP_PREFIX}probe-{uuid.uuid4().hex}")
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except OSError as exc:
+        raise ConfigError(f"--out {storage.display(out)}: cannot write there ({exc.strerror or exc})") from None
+
+
 def master_one(
     model: str, input_path: str, out: str, *, config: MasterConfig, pictures: bool = False, overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -101,7 +115,7 @@ def master_one(
         if not overwrite:
             raise ConfigError(f"--out {storage.display(out)} exists (made from another input or with other "
                               "settings); use --overwrite to replace it")
-    storage.makedirs(folder)
+    _check_writable(folder, out)
     from automaster.pipelines.outfolder import Staging
 
     staging = Staging(folder, storage.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}"))

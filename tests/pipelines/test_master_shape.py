@@ -165,3 +165,9 @@ def test_the_worker_count_respects_memory():
     assert _workers_for_memory(spec, cpus=16, memory_bytes=1 * gib) == 1  # never none
     spec.worker_memory_bytes = None
     assert _workers_for_memory(spec, cpus=16, memory_bytes=1 * gib) == 16
+
+
+def test_one_file_into_a_folder_that_takes_no_file_is_one_line(tmp_path, capsys):
+    assert _master("--input", str(FAIRY), "--out", "/proc/automaster-test.wav", tmp_path=tmp_path) == 2
+    err = capsys.readouterr().err
+    assert "cannot write there" in err and len(err.strip().splitlines()) == 1
