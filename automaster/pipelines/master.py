@@ -206,10 +206,10 @@ def level_notes(audio: np.ndarray, levels: dict[str, Any], target_lufs: float | 
     if dc > 0 and 20 * math.log10(dc) > DC_NOTE_DBFS:
         notes.append(f"DC offset of {20 * math.log10(dc):.1f} dBFS in the input: it takes headroom from the "
                      "limiter, so the loudness may fall short of the target")
-    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
-    if peak > 1.0:  # a floating-point file above full scale: what was done about it
+    peak_db = levels.get("peak_before_dbfs")  # measured already, without a copy of the audio
+    if peak_db is not None and peak_db > 0.0:  # a floating-point file above full scale: what was done about it
         gain = levels.get("headroom_gain_db")
-        notes.append(f"the input peaks at {20 * math.log10(peak):+.1f} dBFS, above full scale (a floating-point file); "
+        notes.append(f"the input peaks at {peak_db:+.1f} dBFS, above full scale (a floating-point file); "
                      + (f"it was turned down {abs(gain):.1f} dB first, " if gain else "it was brought under full scale, ")
                      + "so nothing was clipped")
     before = levels.get("lufs_before")
