@@ -12,7 +12,6 @@ replace an existing output needs ``overwrite``. The input itself is never writte
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ from automaster.config import ConfigError, MasterConfig
 from automaster.pipelines.master import MasterProcessor, check_levels, output_names
 from automaster.pipelines.master_inputs import FILE_OUTPUT_EXTENSIONS
 
-TEMP_PREFIX = ".automaster-tmp-"
+TEMP_PREFIX = storage.TMP_PREFIX  # the job's own temporaries: swept by name, never a user's file
 
 
 def is_file_output(out: str) -> bool:
@@ -33,25 +32,14 @@ def is_file_output(out: str) -> bool:
     return is_audio_file(out) and not storage.is_dir(out)
 
 
-def fingerprint(path: str) -> dict[str, Any]:
-    """What identifies an input's content: size, modification time and BLAKE2b of its bytes."""
-    digest = hashlib.blake2b(digest_size=20)
-    with storage.open_input_file(path) as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    st = os.stat(storage.local_path(path)) if storage.is_local(path) else None
-    return {"path": storage.display(path), "size": st.st_size if st else None,
-            "mtime_ns": st.st_mtime_ns if st else None, "blake2b": digest.hexdigest()}
-
-
-def _same_job(report_path: str, fp: dict[str, Any], settings: dict[str, Any]) -> bool:
-    """Whether the report beside an existing output says it was made from this input's content
-    with these settings."""
+def _same_job(report_path: str, input_path: str, settings: dict[str, Any]) -> bool:
+    """Whether the report beside an existing output says it was made from this input (its
+    recorded fingerprint, :func:`automaster.storage.same_file`) with these settings."""
     try:
         old = json.loads(storage.read_bytes(report_path))
     except (OSError, ValueError):
         return False
-    same_input = (old.get("input") or {}).get("blake2b") == fp["blake2b"]
+    same_input = storage.same_file(input_path, old.get("input"))
     return same_input and json.loads(json.dumps(old.get("settings"), default=str)) == json.loads(json.dumps(settings, default=str))
 
 
@@ -104,18 +92,18 @@ def master_one(
     names = output_names(name, "file")
     report_path = storage.join(folder, names["report"])
     t0 = time.perf_counter()
-    try:
-        fp = fingerprint(input_path)
-    except OSError as exc:
-        return {"status": "error", "reason": f"cannot read it: {exc}", "path": input_path}
     if storage.exists(out):
-        if not overwrite and _same_job(report_path, fp, settings):
+        if not overwrite and _same_job(report_path, input_path, settings):
             return {"status": "skipped", "reason": "already mastered from this input with these settings",
                     "path": input_path, "output": out, "report": report_path}
         if not overwrite:
             raise ConfigError(f"--out {storage.display(out)} exists (made from another input or with other "
                               "settings); use --overwrite to replace it")
     _check_writable(folder, out)
+    try:
+        fp = {"path": storage.display(input_path), **storage.fingerprint(input_path)}
+    except OSError as exc:
+        return {"status": "error", "reason": f"cannot read it: {exc.strerror or exc}", "path": input_path}
     from automaster.pipelines.outfolder import Staging
 
     staging = Staging(folder, storage.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}"))
