@@ -257,7 +257,7 @@ def report_png(report: dict[str, Any]) -> bytes:
         draw(ax, r)
         ax.minorticks_off()  # ticks are most of the figure's cost: a few major ones per axis
         ax.yaxis.set_major_locator(MaxNLocator(5))
-        if ax.get_xscale() == "linear" and draw not in draws[4:6]:
+        if draw in (_plot_loudness, _plot_peaks, _plot_gain_reduction):  # time axes; stages keep their names
             ax.xaxis.set_major_locator(MaxNLocator(6))
         if ax.axison:
             ax.grid(True, alpha=0.3)
