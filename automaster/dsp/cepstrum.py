@@ -62,13 +62,18 @@ def _prepare(
     """``(mono float32, lo, hi)``: the downmix and the delay range in samples, checked."""
     x = np.asarray(audio, dtype=np.float32)  # float32 FFTs: the peak is far above their rounding
     mono = x if x.ndim == 1 else x.mean(axis=0, dtype=np.float32)
+    return (mono, *_delay_range(mono.size, sample_rate, min_delay_s, max_delay_s))
+
+
+def _delay_range(size: int, sample_rate: int, min_delay_s: float, max_delay_s: float) -> tuple[int, int]:
+    """``(lo, hi)``: the delay range in samples, checked against the input's ``size``."""
     lo = int(np.floor(min_delay_s * sample_rate))
     hi = int(np.ceil(max_delay_s * sample_rate))
     if not 0 < lo < hi:
         raise ValueError(f"empty delay range [{min_delay_s}, {max_delay_s}] s at {sample_rate} Hz")
-    if mono.size < 4 * hi:
-        raise ValueError(f"{mono.size} samples are too short to estimate an echo of up to {max_delay_s} s")
-    return mono, lo, hi
+    if size < 4 * hi:
+        raise ValueError(f"{size} samples are too short to estimate an echo of up to {max_delay_s} s")
+    return lo, hi
 
 
 def _sinc_fit(c: np.ndarray, k: int, baseline: float) -> tuple[float, float]:
@@ -201,9 +206,39 @@ def detect_echo(
         ValueError: as :func:`estimate_echo`.
     """
     mono, lo, hi = _prepare(audio, sample_rate, min_delay_s, max_delay_s)
+    return _detect(mono, sample_rate, lo, hi, min_gain)
+
+
+def _detect(mono, sample_rate: int, lo: int, hi: int, min_gain: float) -> EchoDetection:
+    """:func:`detect_echo` on a prepared downmix: ``mono`` is an array or anything with ``size``
+    whose slices are arrays (a long file read a segment at a time, :func:`detect_echo_in`)."""
     c = _segment_cepstrum(mono, sample_rate, padding=2 * hi)
     count = SECTIONS if mono.size >= SECTIONS * 4 * hi else 0
     length = mono.size // max(count, 1)
-    sections = [_segment_cepstrum(mono[i * length : (i + 1) * length], sample_rate, padding=2 * hi) for i in range(count)]
+    sections = [_segment_cepstrum(_Window(mono, i * length, length), sample_rate, padding=2 * hi) for i in range(count)]
     checked = [_check(e, c, sections, sample_rate, min_gain) for e in _peaks(c, lo, hi, CANDIDATES, sample_rate)]
     return next((d for d in checked if d.confirmed), checked[0])
+
+
+class _Window:
+    """``mono[start : start + size]``, sliced lazily (each slice read when asked for)."""
+
+    def __init__(self, mono, start: int, size: int):
+        self.mono, self.start, self.size = mono, start, size
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        a, b, _ = key.indices(self.size)
+        return self.mono[self.start + a : self.start + b]
+
+
+def detect_echo_in(
+    mono, sample_rate: int, *, min_gain: float, min_delay_s: float = 0.045, max_delay_s: float = 0.52,
+) -> EchoDetection:
+    """:func:`detect_echo` of a downmix that need not be in memory: ``mono`` has a ``size`` and
+    its slices are float32 arrays (a segment of ``SEGMENT_S`` is read at a time). The same
+    segments, sections and tests as :func:`detect_echo`.
+
+    Raises:
+        ValueError: as :func:`estimate_echo`.
+    """
+    return _detect(mono, sample_rate, *_delay_range(mono.size, sample_rate, min_delay_s, max_delay_s), min_gain)

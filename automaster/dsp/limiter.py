@@ -332,7 +332,16 @@ def master_loudness(
     """
     _check_rate(sample_rate)
     x, shape, dtype = _as_channels_first(audio)
-    stage = _Stage(x, sample_rate, dtype, ceiling_dbtp)
+    y, stats = loudness_and_limit(_Stage(x, sample_rate, dtype, ceiling_dbtp), target_lufs, ceiling_dbtp, gain_db)
+    return y.reshape(shape).astype(dtype, copy=False), stats
+
+
+def loudness_and_limit(stage, target_lufs: float | None, ceiling_dbtp: float | None, gain_db: float | None = None
+                       ) -> tuple[object, dict]:
+    """:func:`master_loudness` on a measured input: ``stage`` has ``loudness_at(gain)``, ``peak``
+    and ``render(gain_db) -> (output, LUFS, true peak, reduction)`` (:class:`_Stage` for an array,
+    :class:`automaster.mastering.streaming.StreamStage` for a file read a block at a time).
+    Returns ``(stage's output, stats)``."""
     lufs_before = stage.loudness_at(1.0)
     base_gain = 0.0 if gain_db is None else min(float(gain_db), MASTER_MAX_GAIN_DB)
     if gain_db is None and target_lufs is not None and math.isfinite(lufs_before):
@@ -348,4 +357,4 @@ def master_loudness(
         "true_peak_before_dbtp": _db(stage.peak), "true_peak_after_dbtp": _db(peak_after), "gain_db": gain_db,
         "limiter_max_reduction_db": reduction.max_db, "limiter_mean_reduction_db": reduction.mean_db,
     }
-    return y.reshape(shape).astype(dtype, copy=False), stats
+    return y, stats

@@ -139,3 +139,45 @@ def echo_inverse_time(y: np.ndarray, sample_rate: float, delay_s: float, gain: f
     out = np.empty_like(y)
     real = y.dtype.type
     return _echo_inverse_iir(y, real(scale), real(gain), whole, taps, out)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _echo_inverse_iir_carry(y, scale, gain, taps, buf):  # pragma: no cover - compiled
+    """:func:`_echo_inverse_iir` on one block ``y`` ``(C, n)`` of a longer signal: ``buf``
+    ``(C, reach + n)`` holds the last ``reach`` outputs before the block (zeros at the start) and
+    gets the block's outputs after them (output ``reach + i`` reads ``buf[i : i + n_taps]``)."""
+    n_ch, n = y.shape
+    n_taps = taps.size
+    reach = buf.shape[1] - n
+    for c in range(n_ch):
+        x = buf[c]
+        src = y[c]
+        for i in range(n):
+            window = x[i : i + n_taps]
+            acc = taps[0] - taps[0]
+            for k in range(n_taps):
+                acc += taps[k] * window[k]
+            x[reach + i] = scale * src[i] - gain * acc
+    return buf
+
+
+class EchoInverseStream:
+    """:func:`echo_inverse_time` a block at a time: call it with consecutive ``(C, n)`` blocks of
+    one signal; it carries the recursion's last outputs from block to block."""
+
+    def __init__(self, channels: int, sample_rate: float, delay_s: float, gain: float, dtype=np.float32):
+        delay = delay_s * sample_rate
+        whole = int(math.floor(delay))
+        if whole < 2 * FRACTIONAL_HALF_TAPS:
+            raise ValueError(f"the time-domain echo inverse needs a delay of >= {2 * FRACTIONAL_HALF_TAPS} samples, got {delay:.1f}")
+        self.taps = _fractional_taps(round(delay - whole, 6)).astype(dtype)
+        self.gain, self.dtype = np.dtype(dtype).type(gain), np.dtype(dtype)
+        self.history = np.zeros((channels, whole + self.taps.size // 2), dtype)
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        reach = self.history.shape[1]
+        buf = np.empty((y.shape[0], reach + y.shape[1]), self.dtype)
+        buf[:, :reach] = self.history
+        _echo_inverse_iir_carry(np.ascontiguousarray(y, dtype=self.dtype), self.dtype.type(1.0), self.gain, self.taps, buf)
+        self.history = buf[:, -reach:].copy()
+        return buf[:, reach:]

@@ -36,7 +36,7 @@ import numpy as np
 
 from automaster.config import MAX_LIMITING_DB
 from automaster.dsp import loudness as meter
-from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, master_loudness, true_peak_limit
+from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, _Stage, loudness_and_limit, true_peak_limit
 from automaster.dsp.tone import MAX_EQ_DB, ToneProfile, match_tone
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none, peak_dbfs
 from automaster.mastering.presets import Levels, resolve_levels
@@ -194,33 +194,33 @@ def _saturate_to(y: np.ndarray, sr: int, target: float, ceiling: float) -> tuple
     return out, clipped, drive
 
 
-def _loudness_and_limit(y: np.ndarray, sr: int, target: float | None, ceiling: float | None
-                        ) -> tuple[np.ndarray, np.ndarray, float, float | None]:
-    """Gain to ``target`` and the true-peak limiter (:func:`~automaster.dsp.loudness.master_loudness`);
-    aimed again once (at the target plus the miss) when heavy limiting left it more than
-    ``LOUDNESS_TOLERANCE_LU`` short, and, if the limiter alone still cannot get there, with a
-    soft clipper before it (:func:`_saturate_to`).
+def _loudness_and_limit(stage, target: float | None, ceiling: float | None, saturate) -> tuple:
+    """Gain to ``target`` and the true-peak limiter (:func:`~automaster.dsp.limiter.loudness_and_limit`
+    on ``stage``, the measured input); aimed again once (at the target plus the miss) when heavy
+    limiting left it more than ``LOUDNESS_TOLERANCE_LU`` short, and, if the limiter alone still
+    cannot get there, with a soft clipper before it (``saturate()``: :func:`_saturate_to`'s
+    ``(limited, clipped, drive_db)``).
 
-    Returns ``(output, the limiter's input before its gain, gain_db, clipper drive_db or None,
-    the output's levels as the limiter measured them or None)``: the limiter's input is ``y``
-    at ``gain_db`` (not copied), or the clipper's output (its gain in it already: read it at 0 dB).
+    Returns ``(output, the clipper's output or None, gain_db, clipper drive_db or None, the
+    output's levels as the limiter measured them or None)``; without the clipper the limiter's
+    input is the stage's input at ``gain_db``.
     """
-    out, stats = master_loudness(y, sr, target, ceiling)
+    out, stats = loudness_and_limit(stage, target, ceiling)
     gain = float(stats["gain_db"]) if math.isfinite(stats["gain_db"]) else 0.0
     miss = None if target is None or ceiling is None else target - stats["lufs_after"]
     if miss is None or not math.isfinite(miss) or abs(miss) <= LOUDNESS_TOLERANCE_LU:
-        return out, y, gain, None, _levels_of(stats)
+        return out, None, gain, None, _levels_of(stats)
     out = None  # the first pass goes before the second is rendered (memory)
-    out2, stats2 = master_loudness(y, sr, target + miss, ceiling)
+    out2, stats2 = loudness_and_limit(stage, target + miss, ceiling)
     if abs(target - stats2["lufs_after"]) < abs(miss):
         stats, miss = stats2, target - stats2["lufs_after"]
         gain = float(stats["gain_db"])
     else:
-        out2, stats = master_loudness(y, sr, None, ceiling, gain_db=gain)  # the first pass again, deterministic
+        out2, stats = loudness_and_limit(stage, None, ceiling, gain_db=gain)  # the first pass again, deterministic
     if miss <= LOUDNESS_TOLERANCE_LU:
-        return out2, y, gain, None, _levels_of(stats)
+        return out2, None, gain, None, _levels_of(stats)
     out2 = None
-    out, clipped, drive = _saturate_to(y, sr, target, ceiling)
+    out, clipped, drive = saturate()
     return out, clipped, drive, drive, None
 
 
@@ -275,13 +275,16 @@ def _level_stages(
         stages.append(_stage("loudness", False, note, y, sr, prev=stages[-1]))
         stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr, prev=stages[-1]))
         return y
+    stage = _Stage(y, sr, y.dtype, ceiling)  # measured once for every pass
     if levels.use_level_gain and target is not None and max_limiting_db is not None:
         # the bounded level gain, once: no second aim, no soft clipper (they would limit harder)
         gain = target - stages[-1]["lufs"]
-        out, stats = master_loudness(y, sr, None, ceiling, gain_db=gain)
-        limiter_input, drive, measured = y, None, _levels_of(stats)
+        out, stats = loudness_and_limit(stage, None, ceiling, gain_db=gain)
+        clipped, drive, measured = None, None, _levels_of(stats)
     else:
-        out, limiter_input, gain, drive, measured = _loudness_and_limit(y, sr, target, ceiling)
+        out, clipped, gain, drive, measured = _loudness_and_limit(
+            stage, target, ceiling, lambda: _saturate_to(y, sr, target, ceiling))
+    limiter_input = y if clipped is None else clipped
     report["loudness_gain_db"], report["soft_clip_drive_db"] = gain, drive
     if target is not None:
         note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into the soft clipper (the limiter alone fell short)")

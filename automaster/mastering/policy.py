@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from automaster.dsp.cepstrum import detect_echo
+from automaster.dsp.cepstrum import detect_echo, detect_echo_in
 from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE
 from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time
 from automaster.effects.params import BY_NAME, PARAM_NAMES, PARAMS
@@ -90,22 +90,33 @@ def apply_chain_policy(
     return render, report
 
 
-def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """The echo stage: ``(audio without the echo, what was measured)`` (flat scalars: they go
-    into batch summaries)."""
+def find_echo(signal: Any, n_samples: int, sr: int, min_echo_gain: float, *, lazy: bool = False
+              ) -> tuple[dict[str, Any], float | None]:
+    """The echo stage's decision: ``(what was measured, the inverse's gain or None)`` (flat
+    scalars: they go into batch summaries). ``signal`` is the audio ``(C, T)``, or with ``lazy``
+    a mono downmix read a segment at a time (:func:`automaster.dsp.cepstrum.detect_echo_in`)."""
     note: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None}
     delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
-    longest = min(1.04 * delay.high, 0.25 * audio.shape[-1] / sr)  # four delays must fit in the input
+    longest = min(1.04 * delay.high, 0.25 * n_samples / sr)  # four delays must fit in the input
     try:
-        echo = detect_echo(audio, sr, min_gain=min_echo_gain, min_delay_s=0.9 * delay.low, max_delay_s=longest)
+        echo = (detect_echo_in if lazy else detect_echo)(
+            signal, sr, min_gain=min_echo_gain, min_delay_s=0.9 * delay.low, max_delay_s=longest)
     except ValueError:  # too short to tell an echo from the music: leave it alone
-        return audio, note
+        return note, None
     note.update(echo_delay_s=echo.delay_s, echo_gain=echo.gain)
     usable = echo.delay_s * sr >= 2 * FRACTIONAL_HALF_TAPS and delay.low <= echo.delay_s <= delay.high
     if not echo.confirmed or not usable:
-        return audio, note
+        return note, None
     note["echo_removed"] = True
-    return echo_inverse_time(audio, sr, echo.delay_s, min(echo.gain, gain.high)), note
+    return note, min(echo.gain, gain.high)
+
+
+def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """The echo stage: ``(audio without the echo, what was measured)`` (:func:`find_echo`)."""
+    note, gain = find_echo(audio, audio.shape[-1], sr, min_echo_gain)
+    if gain is None:
+        return audio, note
+    return echo_inverse_time(audio, sr, note["echo_delay_s"], gain), note
 
 
 def parameter_stats(params_norm: np.ndarray, sources: dict[str, str] | None = None) -> dict[str, Any]:
