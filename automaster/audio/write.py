@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -46,18 +47,7 @@ def write_audio(
             callers apply headroom first.
     """
     name = os.fspath(path)
-    ext = os.path.splitext(name)[1].lower()
-    if ext not in _WRITE_FORMATS:
-        raise ValueError(f"cannot write {name!r}: extension must be one of {sorted(_WRITE_FORMATS)}")
-    fmt = _WRITE_FORMATS[ext]
-    if fmt in _LOSSY_SUBTYPES:
-        subtype = _LOSSY_SUBTYPES[fmt]
-    elif subtype not in _WRITE_SUBTYPES[fmt]:
-        raise ValueError(
-            f"cannot write {name!r}: subtype for {fmt} must be one of {_WRITE_SUBTYPES[fmt]}, got {subtype!r}"
-        )
-    if int(sample_rate) != sample_rate or sample_rate <= 0:
-        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    fmt, subtype = _format_of(name, subtype, sample_rate)
 
     if np.asarray(audio).dtype == np.int16:
         if subtype != "PCM_16" or fmt not in ("WAV", "FLAC"):
@@ -72,6 +62,55 @@ def write_audio(
         buf = io.BytesIO()
         _encode(buf, channels, int(sample_rate), fmt, subtype)
         storage.write_bytes_atomic(name, buf.getvalue())
+
+
+def _format_of(name: str, subtype: str, sample_rate: int) -> tuple[str, str]:
+    """``(format, subtype)`` for the file ``name`` (from its extension), checked."""
+    ext = os.path.splitext(name)[1].lower()
+    if ext not in _WRITE_FORMATS:
+        raise ValueError(f"cannot write {name!r}: extension must be one of {sorted(_WRITE_FORMATS)}")
+    fmt = _WRITE_FORMATS[ext]
+    if fmt in _LOSSY_SUBTYPES:
+        subtype = _LOSSY_SUBTYPES[fmt]
+    elif subtype not in _WRITE_SUBTYPES[fmt]:
+        raise ValueError(
+            f"cannot write {name!r}: subtype for {fmt} must be one of {_WRITE_SUBTYPES[fmt]}, got {subtype!r}"
+        )
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive integer, got {sample_rate!r}")
+    return fmt, subtype
+
+
+class BlockWriter:
+    """Write a local audio file a ``(C, n)`` float block at a time, atomically (the file appears
+    only when the ``with`` body succeeds), with :func:`write_audio`'s format rules and checks on
+    every block (NaN/Inf, peaks above 1 for formats that would clip them).
+
+        with BlockWriter("out.flac", 44100, 2, subtype="PCM_24") as w:
+            for block in blocks:
+                w.write(block)
+    """
+
+    def __init__(self, path: str | os.PathLike, sample_rate: int, channels: int, subtype: str = "PCM_16"):
+        self.name = os.fspath(path)
+        self.fmt, self.subtype = _format_of(self.name, subtype, sample_rate)
+        self.sample_rate, self.channels = int(sample_rate), int(channels)
+        self._stack = contextlib.ExitStack()
+        self._file: sf.SoundFile | None = None
+
+    def __enter__(self) -> "BlockWriter":
+        tmp = self._stack.enter_context(storage.atomic_local_path(self.name))
+        self._file = self._stack.enter_context(sf.SoundFile(
+            os.fsencode(tmp), "w", self.sample_rate, self.channels, subtype=self.subtype, format=self.fmt))
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        x = _checked_float_channels(self.name, block, self.fmt, self.subtype)
+        for i in range(0, x.shape[1], _WRITE_BLOCK):
+            self._file.write(np.ascontiguousarray(x[:, i : i + _WRITE_BLOCK].T))
+
+    def __exit__(self, *exc) -> bool:
+        return self._stack.__exit__(*exc)
 
 
 def _checked_float_channels(name: str, audio: np.ndarray, fmt: str, subtype: str) -> np.ndarray:

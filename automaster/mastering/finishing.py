@@ -36,7 +36,7 @@ import numpy as np
 
 from automaster.config import MAX_LIMITING_DB
 from automaster.dsp import loudness as meter
-from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, _Stage, loudness_and_limit, true_peak_limit
+from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU, RELEASE_SNAP_DB, _Stage, loudness_and_limit, true_peak_limit
 from automaster.dsp.tone import MAX_EQ_DB, ToneProfile, match_tone
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none, peak_dbfs
 from automaster.mastering.presets import Levels, resolve_levels
@@ -107,6 +107,9 @@ def gain_reduction_db(before: np.ndarray, after: np.ndarray, sample_rate: int, h
         a = a_blk[ch, idx].astype(np.float64)
         ratio = np.where(np.abs(b) > 1e-9, np.abs(a) / np.maximum(np.abs(b), 1e-30), 1.0)
         out[w0:w1] = np.minimum(20.0 * np.log10(np.maximum(ratio, 1e-6)), 0.0)
+    # Less than the limiter's snap is the gain's float32 rounding, not a reduction: a render the
+    # limiter never touched reads exactly 0 dB (it was reported as "limiter <0.1 dB").
+    out[out > -RELEASE_SNAP_DB] = 0.0
     return out
 
 
@@ -297,17 +300,24 @@ def _level_stages(
     y = np.ascontiguousarray(out, dtype=np.float32)
     input_gain = 0.0 if drive is not None else gain  # the clipper's output has its drive in it
     gr = gain_reduction_db(limiter_input, y, sr, before_gain_db=input_gain) if ceiling is not None else np.zeros(0, np.float32)
+    record = limiter_record(report, gr, levels)
+    if measured is not None:  # the limiter measured its output: no second pass over it
+        stages.append({**record, **measured, "peak_dbfs": peak_dbfs(y)})
+    else:
+        stages.append(_stage("limiter", record["applied"], record["note"], y, sr))
+    return y
+
+
+def limiter_record(report: dict[str, Any], gr: np.ndarray, levels: Levels) -> dict[str, Any]:
+    """The limiter's figures into ``report`` from its gain-reduction curve ``gr``, and its stage
+    record without the levels (``stage``, ``applied``, ``note``)."""
+    ceiling = levels.ceiling_dbtp
     report["gain_reduction_db"] = gr
     report["limiter_max_reduction_db"] = max(0.0, float(-gr.min())) if gr.size else 0.0
     report["limiter_mean_reduction_db"] = max(0.0, float(-gr.mean())) if gr.size else 0.0
     note = "no ceiling" if ceiling is None else (
         f"ceiling {ceiling:.1f} dBTP ({levels.ceiling_from}), max gain reduction {report['limiter_max_reduction_db']:.2f} dB")
-    limited = ceiling is not None and report["limiter_max_reduction_db"] > 0
-    if measured is not None:  # the limiter measured its output: no second pass over it
-        stages.append({"stage": "limiter", "applied": limited, "note": note, **measured, "peak_dbfs": peak_dbfs(y)})
-    else:
-        stages.append(_stage("limiter", limited, note, y, sr))
-    return y
+    return {"stage": "limiter", "applied": ceiling is not None and report["limiter_max_reduction_db"] > 0, "note": note}
 
 
 def _ceiling_stage(y: np.ndarray, sr: int, report: dict[str, Any]) -> np.ndarray:

@@ -62,17 +62,20 @@ def peak_curve_dbtp(audio: np.ndarray, sample_rate: int, hop_s: float = CURVE_HO
 def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rate: int,
                  finish_report: dict[str, Any], estimates: dict[str, Any] | None = None,
                  reference: ToneProfile | None = None, settings: dict[str, Any] | None = None,
-                 curves: bool = True, levels: dict[str, Any] | None = None) -> dict[str, Any]:
+                 curves: bool = True, levels: dict[str, Any] | None = None,
+                 widths: tuple[float, float] | None = None, shape: tuple[int, int] | None = None) -> dict[str, Any]:
     """The JSON-ready report of one file (the PNG is drawn from it by :func:`report_png`).
 
     Without ``curves`` it holds the figures only (levels, stages, estimates, widths, the tone
     match): what the mastering job writes by default, at the cost of a stereo-width sum. With
     them it adds the spectra, short-term loudness, true-peak and gain-reduction curves the
     picture draws. ``levels`` (:func:`automaster.mastering.finishing.levels_info`) saves
-    measuring the input and output again.
+    measuring the input and output again; ``widths`` (in, out) and ``shape`` ``(C, T)`` stand in
+    for the audio of a file mastered a block at a time (``original`` and ``output`` None, no curves).
     """
     sr = int(sample_rate)
-    x = np.atleast_2d(original)
+    channels, frames = shape if shape is not None else np.atleast_2d(original).shape
+    width_in, width_out = widths if widths is not None else (stereo_width_db(original), stereo_width_db(output))
     if levels is None:
         lufs_in, lufs_out = meter.integrated_loudness(original, sr), meter.integrated_loudness(output, sr)
         tp_in, tp_out = meter.true_peak_dbtp(original, sr), meter.true_peak_dbtp(output, sr)
@@ -82,8 +85,8 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
     from automaster.mastering.finishing import GAIN_REDUCTION_HOP_S
 
     report: dict[str, Any] = {
-        "file": storage.display(name), "sample_rate": sr, "channels": int(x.shape[0]),
-        "duration_s": round(x.shape[-1] / sr, 3), "settings": settings or {},
+        "file": storage.display(name), "sample_rate": sr, "channels": int(channels),
+        "duration_s": round(frames / sr, 3), "settings": settings or {},
         "lufs_in": _finite(lufs_in), "lufs_out": _finite(lufs_out),
         "true_peak_in_dbtp": _finite(tp_in), "true_peak_out_dbtp": _finite(tp_out),
         "target_lufs": finish_report.get("target_lufs"), "ceiling_dbtp": finish_report.get("ceiling_dbtp"),
@@ -91,7 +94,7 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
         "loudness_gain_db": finish_report.get("loudness_gain_db"), "headroom_gain_db": finish_report.get("headroom_gain_db"),
         "soft_clip_drive_db": finish_report.get("soft_clip_drive_db"),
         "limiter_max_reduction_db": finish_report.get("limiter_max_reduction_db"), "amount": finish_report.get("amount"),
-        "width_in_db": _finite(stereo_width_db(original)), "width_out_db": _finite(stereo_width_db(output)),
+        "width_in_db": _finite(width_in), "width_out_db": _finite(width_out),
         "applied": finish_report.get("applied"),
         "stages": finish_report.get("stages", []), "estimates": estimates or {}, "tone": finish_report.get("tone"),
     }

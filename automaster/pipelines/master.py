@@ -32,6 +32,7 @@ from automaster.dsp.limiter import MASTER_MAX_GAIN_DB
 from automaster.effects.params import PARAM_NAMES
 from automaster.mastering import STAGES, Masterer, MasteringError, parameter_stats
 from automaster.mastering.masterer import load_reference
+from automaster.mastering.streaming import STREAM_ABOVE_S, master_stream, streams
 from automaster.mastering.report import REPORT_DIR, build_report, estimates, report_json, report_png
 from automaster.pipelines.batch import JobSpec, RunOptions, excluded_outputs, run_job
 from automaster.pipelines.master_inputs import (  # noqa: F401  (output_rel_path, plan_output_names: API)
@@ -77,20 +78,22 @@ class MasterProcessor:
         pictures: draw each file's pictures (report figure, spectrograms, debug) too.
     """
 
-    def __init__(self, model: str, config: MasterConfig, device: str = "cpu", pictures: bool = False):
+    def __init__(self, model: str, config: MasterConfig, device: str = "cpu", pictures: bool = False,
+                 stream_above_s: float = STREAM_ABOVE_S):
         import torch
 
         if device == "cpu":
             torch.set_num_threads(1)  # one file per CPU; parallelism comes from the job's workers
         self.masterer = Masterer(model, config=config, device=device)
-        self.pictures = pictures
+        self.pictures, self.stream_above_s = pictures, stream_above_s
         self._references: dict[str, Any] = {}
 
     @classmethod
-    def of(cls, masterer: Masterer, pictures: bool = False) -> "MasterProcessor":
+    def of(cls, masterer: Masterer, pictures: bool = False, stream_above_s: float = STREAM_ABOVE_S) -> "MasterProcessor":
         """A processor around an already loaded :class:`Masterer`."""
         processor = cls.__new__(cls)
         processor.masterer, processor.pictures, processor._references = masterer, pictures, {}
+        processor.stream_above_s = stream_above_s
         return processor
 
     def _reference(self, path: str | None):
@@ -117,10 +120,12 @@ class MasterProcessor:
         names = output_names(item["out_rel"], item.get("layout", "folder"))
         t = time.perf_counter()
         info = audio_info(item["path"])
-        audio, sr = read_audio(item["path"])
         reference = self._reference(item.get("reference"))
-        stages["decode"] += time.perf_counter() - t
         m = self.masterer
+        if streams(m, info.duration_s, reference, self.pictures, self.stream_above_s):
+            return self._process_stream(item, staging, names, info, stages)
+        audio, sr = read_audio(item["path"])
+        stages["decode"] += time.perf_counter() - t
         mastered, levels = m.master_audio(audio, sr, images=self.pictures, stages=stages, reference=reference)
         finished = levels.pop("finish")
         arrays = levels.pop("arrays", None)
@@ -148,7 +153,29 @@ class MasterProcessor:
         return {
             **levels, "output": names["audio"], "sample_rate": sr, "channels": int(audio.shape[0]),
             "duration_s": audio.shape[1] / sr, "input_format": f"{info.format}/{info.subtype}",
-            "notes": level_notes(audio, levels, levels["target_lufs"]),
+            "notes": level_notes(dc_dbfs(audio), levels, levels["target_lufs"]),
+            **{f"stage_{k}_s": v for k, v in stages.items()},
+        }
+
+    def _process_stream(self, item: dict[str, Any], staging: Any, names: dict[str, str], info, stages: dict[str, float]
+                        ) -> dict[str, Any]:
+        """:meth:`process` for a long file, a block at a time (:mod:`automaster.mastering.streaming`)."""
+        m = self.masterer
+        levels, extra = master_stream(m, item["path"], staging.path(names["audio"]), subtype="PCM_24", stages=stages)
+        finished = levels.pop("finish")
+        t = time.perf_counter()
+        sr, channels, frames = extra["sample_rate"], extra["channels"], extra["frames"]
+        report = build_report(item["out_rel"], None, None, sr, finished, estimates(levels, None), None,
+                              item.get("settings") or m.settings(), curves=False, levels=levels,
+                              widths=(extra["width_in_db"], extra["width_out_db"]), shape=(channels, frames))
+        report["streamed"] = True
+        if item.get("fingerprint"):
+            report["input"] = item["fingerprint"]
+        write_bytes(staging.path(names["report"]), report_json(report))
+        stages["writes"] += time.perf_counter() - t
+        return {
+            **levels, "output": names["audio"], "sample_rate": sr, "channels": channels, "duration_s": frames / sr,
+            "input_format": f"{info.format}/{info.subtype}", "notes": level_notes(extra["dc_dbfs"], levels, levels["target_lufs"]),
             **{f"stage_{k}_s": v for k, v in stages.items()},
         }
 
@@ -199,12 +226,18 @@ def master_file(masterer: Masterer, path: str, out_root: str, rel_path: str, out
     return run_item(MasterProcessor.of(masterer, pictures=pictures), item, OutputFolder(out_root))
 
 
-def level_notes(audio: np.ndarray, levels: dict[str, Any], target_lufs: float | None) -> list[str]:
-    """Sentences about a file's levels a user should read: a DC offset, a refused gain, silence."""
-    notes = [levels["loudness_note"]] if levels.get("loudness_note") else []
+def dc_dbfs(audio: np.ndarray) -> float | None:
+    """The largest channel mean of ``(C, T)`` audio in dBFS (None: none)."""
     dc = float(np.max(np.abs(np.mean(audio, axis=1, dtype=np.float64))))
-    if dc > 0 and 20 * math.log10(dc) > DC_NOTE_DBFS:
-        notes.append(f"DC offset of {20 * math.log10(dc):.1f} dBFS in the input: it takes headroom from the "
+    return 20 * math.log10(dc) if dc > 0 else None
+
+
+def level_notes(dc: float | None, levels: dict[str, Any], target_lufs: float | None) -> list[str]:
+    """Sentences about a file's levels a user should read: a DC offset (``dc``: the input's
+    :func:`dc_dbfs`), a refused gain, silence."""
+    notes = [levels["loudness_note"]] if levels.get("loudness_note") else []
+    if dc is not None and dc > DC_NOTE_DBFS:
+        notes.append(f"DC offset of {dc:.1f} dBFS in the input: it takes headroom from the "
                      "limiter, so the loudness may fall short of the target")
     peak_db = levels.get("peak_before_dbfs")  # measured already, without a copy of the audio
     if peak_db is not None and peak_db > 0.0:  # a floating-point file above full scale: what was done about it
@@ -225,10 +258,17 @@ WORKER_BASE_BYTES = 600 * 2**20
 WORKER_BYTES_PER_SAMPLE = 12  # per sample per channel: 30 s stereo ~30 MB, 10 min stereo ~600 MB
 
 
-def worker_memory_bytes(items: list[dict[str, Any]], channels: int = 2) -> float:
+def worker_memory_bytes(items: list[dict[str, Any]], channels: int = 2, stream_above_s: float | None = None) -> float:
     """What one master worker may need at its peak, for the longest of ``items`` (an unreadable
-    length counts as 10 minutes): the default worker count respects it as well as the CPUs."""
-    longest = max(((it.get("duration_s") or 600.0) for it in items), default=600.0)
+    length counts as 10 minutes): the default worker count respects it as well as the CPUs.
+    With ``stream_above_s`` (the job's files may be mastered a block at a time,
+    :func:`automaster.mastering.streaming.streams`), a longer file without a reference of its
+    own counts as that long: its memory does not grow past it."""
+    def seconds(item: dict[str, Any]) -> float:
+        length = item.get("duration_s") or 600.0
+        return min(length, stream_above_s) if stream_above_s is not None and not item.get("reference") else length
+
+    longest = max(map(seconds, items), default=600.0)
     return WORKER_BASE_BYTES + WORKER_BYTES_PER_SAMPLE * channels * 48000 * longest
 
 
@@ -288,6 +328,7 @@ def run_master(
     # Fail before any file (and before Ray) when the settings or the checkpoint cannot work.
     probe = Masterer(model, config=config, **overrides)
     config, settings = probe.cfg, probe.settings()
+    long_files_stream = streams(probe, math.inf, None, pictures)  # files past STREAM_ABOVE_S go a block at a time
     del probe
     check_levels(config.target_lufs, config.true_peak_dbtp)
     inputs = [inputs] if isinstance(inputs, str) else list(inputs)
@@ -312,7 +353,7 @@ def run_master(
         processor_kwargs={"model": model, "config": config, "device": device, "pictures": pictures},
         paths={"--model": model, "--out": out, "--reference": config.reference, "--references": references,
                **{f"--input {n + 1}" if len(inputs) > 1 else "--input": i for n, i in enumerate(inputs[:20])}},
-        model=model_file(model), device=device, inputs=inputs, worker_memory_bytes=worker_memory_bytes(items),
+        model=model_file(model), device=device, inputs=inputs, worker_memory_bytes=worker_memory_bytes(items, stream_above_s=STREAM_ABOVE_S if long_files_stream else None),
         experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
         params={"input": inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs", "out": out, "gpu": gpu,
                 "overwrite": overwrite, **settings},

@@ -7,13 +7,16 @@ model's load and the file's own work. The outputs are written under a hidden tem
 the same folder and renamed into place together, so a stopped run leaves the old file or the new
 one, never half of either. The report records the input's size and content hash: re-running the
 same command on the same input with the same settings does nothing; anything else that would
-replace an existing output needs ``overwrite``. The input itself is never written over.
+replace an existing output needs ``overwrite``. The input itself is never written over. A run
+killed midway leaves its hidden staging folder; the next run into that folder removes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import time
 import uuid
 from typing import Any
@@ -72,6 +75,37 @@ def _check_writable(folder: str, out: str) -> None:
         raise ConfigError(f"--out {storage.display(out)}: cannot write there ({exc.strerror or exc})") from None
 
 
+def _staging_prefix() -> str:
+    """The hidden staging folders of one-file runs on this machine: named by host and process, so
+    that a later run can tell a killed run's leftovers (its process is gone) from a running one's."""
+    return f"{TEMP_PREFIX}one-{socket.gethostname()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_dead_stagings(folder: str) -> int:
+    """Remove the staging folders that killed one-file runs on this machine left in the local
+    ``folder`` (a long file's scratch audio among them: hundreds of MB); returns how many. A
+    running run's folder (its process alive) and anything not named by this program stay."""
+    if not storage.is_local(folder) or not os.path.isdir(storage.local_path(folder)):
+        return 0
+    prefix, removed = _staging_prefix(), 0
+    for entry in os.scandir(storage.local_path(folder)):
+        pid = entry.name[len(prefix):].split("-", 1)[0] if entry.name.startswith(prefix) else ""
+        if pid.isdigit() and entry.is_dir(follow_symlinks=False) and not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
 def master_one(
     model: str, input_path: str, out: str, *, config: MasterConfig, pictures: bool = False, overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -100,13 +134,14 @@ def master_one(
             raise ConfigError(f"--out {storage.display(out)} exists (made from another input or with other "
                               "settings); use --overwrite to replace it")
     _check_writable(folder, out)
+    sweep_dead_stagings(folder)
     try:
         fp = {"path": storage.display(input_path), **storage.fingerprint(input_path)}
     except OSError as exc:
         return {"status": "error", "reason": f"cannot read it: {exc.strerror or exc}", "path": input_path}
     from automaster.pipelines.outfolder import Staging
 
-    staging = Staging(folder, storage.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}"))
+    staging = Staging(folder, storage.join(folder, f"{_staging_prefix()}{os.getpid()}-{uuid.uuid4().hex}"))
     item = {"key": name, "path": input_path, "rel_path": os.path.basename(input_path), "out_rel": name,
             "layout": "file", "fingerprint": fp, "settings": settings}
     record: dict[str, Any] = {"status": "ok", "reason": "", "path": input_path}

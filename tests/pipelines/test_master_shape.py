@@ -158,6 +158,10 @@ def test_the_worker_count_respects_memory():
 
     short, long = worker_memory_bytes([{"duration_s": 30.0}]), worker_memory_bytes([{"duration_s": 3600.0}])
     assert short < 1.0 * 2**30 < long
+    # mastered a block at a time, an hour counts as STREAM_ABOVE_S; a file with its own reference is read whole
+    streamed = worker_memory_bytes([{"duration_s": 3600.0}], stream_above_s=300.0)
+    assert streamed == worker_memory_bytes([{"duration_s": 300.0}]) < 1.0 * 2**30
+    assert worker_memory_bytes([{"duration_s": 3600.0, "reference": "r.wav"}], stream_above_s=300.0) == long
     spec = JobSpec("master", "out", {}, object, {}, worker_memory_bytes=long)
     gib = 2**30
     assert _workers_for_memory(spec, cpus=16, memory_bytes=64 * gib) == int(64 * gib // long) < 16
@@ -171,3 +175,23 @@ def test_one_file_into_a_folder_that_takes_no_file_is_one_line(tmp_path, capsys)
     assert _master("--input", str(FAIRY), "--out", "/proc/automaster-test.wav", tmp_path=tmp_path) == 2
     err = capsys.readouterr().err
     assert "cannot write there" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_killed_one_file_runs_staging_is_removed_by_the_next_run(tmp_path):
+    """A run killed midway leaves its hidden staging folder (a long file's scratch audio in it);
+    the next run into that folder removes it, but never a running run's or anything else."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    prefix = f".automaster-tmp-one-{socket.gethostname()}-"
+    killed = tmp_path / f"{prefix}{dead.stdout.strip()}-abc"
+    running = tmp_path / f"{prefix}{os.getpid()}-def"
+    other = tmp_path / ".automaster-tmp-someone-elses"
+    for folder in (killed, running, other):
+        folder.mkdir()
+        (folder / "input.f32").write_bytes(b"\0" * 1024)
+    assert _master("--input", str(FAIRY), "--out", str(tmp_path / "m.flac"), "--preset", "streaming", tmp_path=tmp_path) == 0
+    assert not killed.exists() and running.is_dir() and other.is_dir()

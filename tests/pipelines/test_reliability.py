@@ -21,7 +21,7 @@ from automaster.config import load_config
 from automaster.corpus import folder_track_id
 from automaster.dsp.limiter import MASTER_MAX_GAIN_DB, master_loudness
 from automaster.pipelines.demaster import run_demaster
-from automaster.pipelines.master import level_notes, plan_output_names, run_master
+from automaster.pipelines.master import dc_dbfs, level_notes, plan_output_names, run_master
 from automaster.pipelines.outfolder import OutputFolder
 from tests.audio_fixtures import make_good_inputs
 from tests.test_mastering import make_checkpoint
@@ -191,10 +191,10 @@ def test_loudness_gain_is_capped_and_levels_are_explained():
     quiet = (0.001 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]  # about -63 LUFS
     _, stats = master_loudness(quiet, sr, 10.0, -1.0)
     assert stats["gain_db"] == pytest.approx(MASTER_MAX_GAIN_DB)
-    notes = level_notes(quiet, {"lufs_before": stats["lufs_before"]}, 10.0)
+    notes = level_notes(dc_dbfs(quiet), {"lufs_before": stats["lufs_before"]}, 10.0)
     assert len(notes) == 1 and "limited to +24 dB" in notes[0]
     offset = (0.3 + 0.05 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None]
-    assert any("DC offset of -10.5 dBFS" in n for n in level_notes(offset, {"lufs_before": -30.0}, -14.0))
+    assert any("DC offset of -10.5 dBFS" in n for n in level_notes(dc_dbfs(offset), {"lufs_before": -30.0}, -14.0))
 
 
 # 6-7. ------------------------------------------------------------------- hangs, and the summary
