@@ -1,7 +1,7 @@
-"""The report's figure (:func:`report_png`), drawn with PIL: line charts, no figure machinery.
+"""The report's figure (:func:`draw_report`), drawn with PIL: line charts, no figure machinery.
 
 matplotlib spent 0.33 s on this figure (most of it laying out tick labels and text); these
-panels are lines, a few ticks and labels on one image, about 0.02 s drawn and encoded. The rules
+panels are lines, a few ticks and labels on one image, about 0.04 s drawn and encoded. The rules
 are the report's: one unit per axis (its label says which), the input in blue and the output in
 orange with a key above each panel saying which is which, and the restoration's estimates in the
 caption. No panel uses a colour map, so none needs a colour bar.
