@@ -235,18 +235,17 @@ def short_term_loudness(
     """Loudness over time: ``(window centres in s, LUFS)`` of ``window_s`` windows every ``hop_s``
     (EBU Tech 3341 short-term with the defaults; ungated, ``-inf`` for silent windows), windows
     snapped to whole hops (the last hop takes the tail). Audio shorter than one window gives one
-    value over all of it."""
-    import scipy.signal
+    value over all of it.
 
+    The K-weighted energy of each hop comes from the integrated meter's kernel (float64, no
+    filtered copy of the signal), so a short-term curve costs one pass and loads no scipy.signal.
+    """
     _check_rate(sample_rate)
     x, _, _ = _as_channels_first(audio)
-    sos5 = _k_weighting_sos(sample_rate)  # (stages, 5): b0, b1, b2, a1, a2
-    sos = np.concatenate([sos5[:, :3], np.ones((sos5.shape[0], 1)), sos5[:, 3:]], axis=1)
-    k = scipy.signal.sosfilt(sos, x, axis=-1)  # (C, T) in the audio's float type
-    power = np.einsum("c,ct->t", _channel_weights(x.shape[0]).astype(k.dtype), k * k)
     hop = max(1, int(round(hop_s * sample_rate)))
     n_hops = max(1, x.shape[-1] // hop)
-    per_hop = np.add.reduceat(power.astype(np.float64), np.arange(n_hops) * hop)  # the last one takes the tail
+    bounds = np.append(np.arange(n_hops, dtype=np.int64) * hop, np.int64(x.shape[-1]))  # the last hop takes the tail
+    per_hop = _channel_weights(x.shape[0]) @ _k_weighted_sums(x, _k_weighting_sos(int(sample_rate)), bounds)
     hops = max(1, min(int(round(window_s / hop_s)), n_hops))  # hops per window
     cum = np.concatenate([[0.0], np.cumsum(per_hop)])
     starts = np.arange(0, n_hops - hops + 1)
@@ -289,10 +288,14 @@ def _interpolation_taps(factor: int) -> np.ndarray:
 @numba.njit(cache=True, fastmath=True)
 def _block_peaks(x, t0, n, taps, half, buf, seg):  # pragma: no cover - compiled
     """``seg[i]`` = max over channels of ``|x[t]|`` and the interpolated points in ``(t, t + 1)``,
-    ``t = t0 + i`` for ``i < n`` (zeros outside the signal); ``buf`` is scratch of ``n + 2 half``."""
+    ``t = t0 + i`` for ``i < n`` (zeros outside the signal); ``buf`` is scratch of ``n + 2 half``.
+
+    Each phase is a convolution over the whole block, tap by tap, with the samples innermost:
+    contiguous loops that vectorise (2.7x faster than a dot product per point)."""
     n_ch, total = x.shape
     n_taps = taps.shape[1]
     zero = x[0, 0] - x[0, 0]  # a typed zero (x is finite): a literal would promote float32 math to float64
+    acc = np.empty(n, x.dtype)
     for i in range(n):
         seg[i] = zero
     for c in range(n_ch):
@@ -301,16 +304,17 @@ def _block_peaks(x, t0, n, taps, half, buf, seg):  # pragma: no cover - compiled
             idx = t0 - half + 1 + j
             buf[j] = row[idx] if 0 <= idx < total else zero
         for i in range(n):
-            m = abs(buf[i + half - 1])
-            window = buf[i : i + n_taps]
-            for p in range(taps.shape[0]):
-                h = taps[p]
-                acc = zero
-                for k in range(n_taps):
-                    acc += h[k] * window[k]
-                m = max(m, abs(acc))
-            if m > seg[i]:
-                seg[i] = m
+            seg[i] = max(seg[i], abs(buf[i + half - 1]))
+        for p in range(taps.shape[0]):
+            h = taps[p]
+            for i in range(n):
+                acc[i] = zero
+            for k in range(n_taps):
+                hk = h[k]
+                for i in range(n):
+                    acc[i] += hk * buf[i + k]
+            for i in range(n):
+                seg[i] = max(seg[i], abs(acc[i]))
 
 
 @numba.njit(cache=True)
@@ -401,6 +405,42 @@ def _peak_segments(x: np.ndarray, sample_rate: int, seg: np.ndarray | None = Non
         blocks = np.arange(-(-x.shape[1] // _PEAK_BLOCK))
     _segment_peaks(x, _taps_for(x, sample_rate), TRUE_PEAK_HALF_TAPS, seg, np.asarray(blocks, dtype=np.int64))
     return seg
+
+
+@numba.njit(cache=True)
+def _hop_peaks(x, taps, half, hop, peaks):  # pragma: no cover - compiled
+    """``peaks[h]`` = the largest per-interval peak (:func:`_block_peaks`) of the intervals
+    ``[h * hop, (h + 1) * hop)``, the last hop taking the tail: a block at a time, no ``(T,)`` array."""
+    total = x.shape[1]
+    n_hops = peaks.size
+    buf = np.empty(_PEAK_BLOCK + taps.shape[1], x.dtype)
+    out = np.empty(_PEAK_BLOCK, x.dtype)
+    for h in range(n_hops):
+        peaks[h] = 0.0
+    for t0 in range(0, total, _PEAK_BLOCK):
+        n = min(_PEAK_BLOCK, total - t0)
+        _block_peaks(x, t0, n, taps, half, buf, out)
+        for i in range(n):
+            h = min((t0 + i) // hop, n_hops - 1)
+            if out[i] > peaks[h]:
+                peaks[h] = out[i]
+
+
+def true_peak_curve_dbtp(audio: np.ndarray | torch.Tensor, sample_rate: int, hop_s: float = 0.1,
+                         oversample: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """True peak over time: ``(window centres in s, dBTP)`` of each ``hop_s`` window (the last
+    takes the tail), all channels, by the interpolator of :func:`true_peak_dbtp` (its maximum is
+    the true peak); ``-inf`` for silent windows."""
+    _check_rate(sample_rate)
+    x, _, _ = _as_channels_first(audio)
+    hop = max(1, int(round(hop_s * sample_rate)))
+    n_hops = max(1, x.shape[-1] // hop)
+    peaks = np.empty(n_hops, np.float64)
+    _hop_peaks(np.ascontiguousarray(x), _taps_for(x, sample_rate, oversample), TRUE_PEAK_HALF_TAPS, hop, peaks)
+    ends = np.minimum(np.append(np.arange(1, n_hops) * hop, x.shape[-1]), x.shape[-1])
+    starts = np.arange(n_hops) * hop
+    with np.errstate(divide="ignore"):
+        return (starts + ends) / 2 / sample_rate, 20.0 * np.log10(peaks)
 
 
 def true_peak_dbtp(audio: np.ndarray | torch.Tensor, sample_rate: int, oversample: int = 4) -> float:

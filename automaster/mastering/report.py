@@ -2,9 +2,9 @@
 
 The JSON holds the levels in and out, each stage's record (:mod:`automaster.mastering.finishing`),
 what the restoration measured (echo, level model; a forecast only when it is applied) and the
-tone match; with pictures, also the curves the figure draws. The figure (on request: it costs
-more than the mastering) has one unit per axis and says which side is the input and which the
-output:
+tone match; with pictures, also the curves the figure draws. The figure (on request; drawn with
+PIL by :mod:`automaster.mastering.report_figure`) has one unit per axis and says which side is the
+input and which the output:
 
 1. long-term spectrum (mid, 1/3-octave smoothed) of the input, the output and the reference;
 2. short-term loudness (3 s windows, BS.1770) over time, with the integrated levels and target;
@@ -19,7 +19,6 @@ The restoration's estimates are its caption. No panel uses a colour map, so none
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from typing import Any
@@ -28,12 +27,11 @@ import numpy as np
 
 from automaster import storage
 from automaster.dsp import loudness as meter
-from automaster.dsp.tone import GRID_HZ, ToneProfile, stereo_width_db, tone_error_db, tone_profile
+from automaster.dsp.tone import GRID_HZ, ToneProfile, mid_spectrum_db, stereo_width_db, tone_error_db, tone_profile
 
 REPORT_DIR = "report"
 SHORT_TERM_S = 3.0  # EBU Tech 3341 short-term window
 CURVE_HOP_S = 0.1  # loudness and peak curves: one value per 100 ms
-FLOOR_LUFS = -70.0  # short-term values below the absolute gate are drawn at this level
 
 
 def _finite(x: Any) -> float | None:
@@ -42,21 +40,6 @@ def _finite(x: Any) -> float | None:
 
 def _json_list(x: np.ndarray, digits: int = 2) -> list[float | None]:
     return [_finite(round(float(v), digits)) for v in np.asarray(x, dtype=np.float64)]
-
-
-def peak_curve_dbtp(audio: np.ndarray, sample_rate: int, hop_s: float = CURVE_HOP_S) -> tuple[np.ndarray, np.ndarray]:
-    """``(times_s, dBTP)``: the 4x-oversampled peak of each ``hop_s`` window (all channels)."""
-    import scipy.signal  # the curves are drawn on request only: not loaded at import
-
-    x = np.atleast_2d(np.asarray(audio, dtype=np.float32))
-    factor = meter.oversampling_factor(sample_rate)
-    up = scipy.signal.resample_poly(x, factor, 1, axis=-1) if factor > 1 else x
-    env = np.abs(up).max(axis=0)
-    hop = max(1, int(round(hop_s * sample_rate))) * factor
-    n = max(1, env.size // hop)
-    peaks = np.array([env[i * hop : (i + 1) * hop].max(initial=0.0) for i in range(n)])
-    with np.errstate(divide="ignore"):
-        return (np.arange(n) + 0.5) * hop / factor / sample_rate, 20.0 * np.log10(peaks)
 
 
 def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rate: int,
@@ -100,8 +83,9 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
     }
     if not curves and reference is None:
         return report
-    before, after = tone_profile(original, sr), tone_profile(output, sr)
+    before = after = None
     if reference is not None:
+        before, after = tone_profile(original, sr), tone_profile(output, sr)
         report["reference"] = {"lufs": _finite(reference.lufs), "width_db": _finite(reference.width_db),
                                "tone_error_in_db": _finite(tone_error_db(before, reference)),
                                "tone_error_out_db": _finite(tone_error_db(after, reference))}
@@ -109,12 +93,14 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
         return report
     t_in, st_in = meter.short_term_loudness(original, sr, SHORT_TERM_S, CURVE_HOP_S)
     _, st_out = meter.short_term_loudness(output, sr, SHORT_TERM_S, CURVE_HOP_S)
-    tp_t, tp_curve_in = peak_curve_dbtp(original, sr)
-    _, tp_curve_out = peak_curve_dbtp(output, sr)
+    tp_t, tp_curve_in = meter.true_peak_curve_dbtp(original, sr, CURVE_HOP_S)
+    _, tp_curve_out = meter.true_peak_curve_dbtp(output, sr, CURVE_HOP_S)
     gr = np.asarray(finish_report.get("gain_reduction_db", np.zeros(0)), dtype=np.float64)
+    # Without a reference only the mids are drawn: their spectra alone, not whole profiles.
+    mid_in = before.mid_db if before is not None else mid_spectrum_db(original, sr)
+    mid_out = after.mid_db if after is not None else mid_spectrum_db(output, sr)
     report.update({
-        "spectrum": {"grid_hz": GRID_HZ.round(2).tolist(), "input_db": _json_list(before.mid_db),
-                     "output_db": _json_list(after.mid_db)},
+        "spectrum": {"grid_hz": GRID_HZ.round(2).tolist(), "input_db": _json_list(mid_in), "output_db": _json_list(mid_out)},
         "short_term_lufs": {"time_s": _json_list(t_in, 2), "input": _json_list(st_in), "output": _json_list(st_out)},
         "true_peak_curve_dbtp": {"time_s": _json_list(tp_t, 2), "input": _json_list(tp_curve_in), "output": _json_list(tp_curve_out)},
         "gain_reduction_curve_db": {"hop_s": GAIN_REDUCTION_HOP_S, "values": _json_list(gr, 3)},
@@ -147,51 +133,6 @@ def estimates(info: dict[str, Any], param_stats: dict[str, Any] | None = None) -
     return out
 
 
-def _arr(values: list[float | None], floor: float = float("nan")) -> np.ndarray:
-    return np.array([floor if v is None else v for v in values], dtype=np.float64)
-
-
-def _plot_spectrum(ax, r: dict[str, Any]) -> None:
-    s = r["spectrum"]
-    f = np.asarray(s["grid_hz"])
-    ax.semilogx(f, _arr(s["input_db"]), label="input", color="tab:blue")
-    ax.semilogx(f, _arr(s["output_db"]), label="output", color="tab:orange")
-    if "reference_db" in s:
-        ax.semilogx(f, _arr(s["reference_db"]), label="reference (at the output's loudness)", color="tab:green", linestyle="--")
-    ax.set(title="Long-term spectrum (mid, 1/3-octave smoothed)", xlabel="frequency (Hz)", ylabel="power density (dBFS/Hz)", xlim=(20, 20000))
-
-
-def _plot_loudness(ax, r: dict[str, Any]) -> None:
-    c = r["short_term_lufs"]
-    t = _arr(c["time_s"])
-    ax.plot(t, _arr(c["input"], FLOOR_LUFS), label="input, short-term", color="tab:blue")
-    ax.plot(t, _arr(c["output"], FLOOR_LUFS), label="output, short-term", color="tab:orange")
-    for key, colour, label in (("lufs_in", "tab:blue", "input, integrated"), ("lufs_out", "tab:orange", "output, integrated")):
-        if r.get(key) is not None:
-            ax.axhline(r[key], color=colour, linestyle=":", label=f"{label} {r[key]:.1f} LUFS")
-    if r.get("target_lufs") is not None:
-        ax.axhline(r["target_lufs"], color="black", linestyle="--", label=f"target {r['target_lufs']:.1f} LUFS")
-    ax.set(title="Loudness (3 s short-term, BS.1770)", xlabel="time (s)", ylabel="loudness (LUFS)")
-
-
-def _plot_peaks(ax, r: dict[str, Any]) -> None:
-    c = r["true_peak_curve_dbtp"]
-    t = _arr(c["time_s"])
-    ax.plot(t, _arr(c["input"], -100.0), label="input", color="tab:blue")
-    ax.plot(t, _arr(c["output"], -100.0), label="output", color="tab:orange")
-    if r.get("ceiling_dbtp") is not None:
-        ax.axhline(r["ceiling_dbtp"], color="red", linestyle="--", label=f"ceiling {r['ceiling_dbtp']:.1f} dBTP")
-    ax.set(title="True peak per 100 ms (4x oversampled)", xlabel="time (s)", ylabel="true peak (dBTP)")
-
-
-def _plot_gain_reduction(ax, r: dict[str, Any]) -> None:
-    c = r["gain_reduction_curve_db"]
-    gr = _arr(c["values"], 0.0)
-    ax.plot(np.arange(gr.size) * c["hop_s"], gr, color="tab:red", label="output: limiter gain")
-    ax.set(title=f"Limiter gain reduction (max {r.get('limiter_max_reduction_db') or 0.0:.2f} dB)",
-           xlabel="time (s)", ylabel="gain (dB)", ylim=(min(-1.0, float(gr.min(initial=0.0)) - 0.5), 0.5))
-
-
 def _estimates_line(r: dict[str, Any]) -> str:
     """What the restoration measured, in words and units (a caption: values of different units
     are not drawn on one axis)."""
@@ -208,75 +149,14 @@ def _estimates_line(r: dict[str, Any]) -> str:
     return "; ".join(parts) or "no echo, level or reverb estimate"
 
 
-def _plot_stage_levels(ax, r: dict[str, Any], key: str, unit: str, floor: float, title: str, line: float | None = None) -> None:
-    stages = r.get("stages", [])
-    names = [("* " if s["applied"] else "") + s["stage"] for s in stages]
-    values = _arr([s.get(key) for s in stages], floor)
-    ax.plot(np.arange(len(stages)), values, marker="o", color="tab:green" if unit == "LUFS" else "tab:gray")
-    if line is not None:
-        ax.axhline(line, color="red" if unit == "dBTP" else "black", linestyle="--")
-    ax.set_xticks(np.arange(len(stages)), names, rotation=25, fontsize=8)
-    ax.set(title=title, xlabel="stage, input -> output (* = applied)", ylabel=f"{'loudness' if unit == 'LUFS' else 'true peak'} ({unit})")
-
-
-def _plot_eq(ax, r: dict[str, Any]) -> None:
-    tone = r.get("tone") or {}
-    f = np.asarray(tone.get("eq_hz") or [], dtype=np.float64)
-    if f.size == 0:
-        ax.text(0.5, 0.5, "no reference: no tone-matching EQ", ha="center", va="center", transform=ax.transAxes)
-        ax.set(title="Reference EQ (applied)", xlabel="frequency (Hz)", ylabel="gain (dB)")
-        return
-    ax.semilogx(f, _arr(tone.get("eq_mid_db") or []), color="tab:blue", label="mid")
-    ax.semilogx(f, _arr(tone.get("eq_side_db") or []), color="tab:purple", label="side")
-    ax.axhline(0.0, color="gray", linestyle=":")
-    ax.set(title="Reference EQ applied to the input (mid, side)", xlabel="frequency (Hz)", ylabel="gain (dB)", xlim=(20, 20000))
-
-
 def report_png(report: dict[str, Any]) -> bytes:
-    """The report's figure as PNG bytes: spectrum, short-term loudness, true peak, the limiter's
-    gain reduction, loudness and true peak after each stage, and with a reference the EQ it
-    applied; every axis in one unit, the input in blue and the output in orange; the
-    restoration's estimates in the caption. Drawn with Agg and no layout engine (about 0.2 s)."""
-    import matplotlib
+    """The report's figure as PNG bytes (:func:`automaster.mastering.report_figure.draw_report`):
+    spectrum, short-term loudness, true peak, the limiter's gain reduction, loudness and true
+    peak after each stage, and with a reference the EQ it applied; every axis in one unit, the
+    input in blue and the output in orange; the restoration's estimates in the caption."""
+    from automaster.mastering.report_figure import draw_report  # PIL: loaded when a picture is asked for
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    from cycler import cycler
-
-    r = report
-    fig = Figure(figsize=(18, 11), dpi=56)
-    with matplotlib.rc_context({"axes.prop_cycle": cycler(color=["black"])}):  # every line has its colour; the
-        axes = fig.subplots(2, 4 if r.get("tone") else 3)  # default 10-colour cycle costs 0.1 s to build per figure
-    draws = [_plot_spectrum, _plot_loudness, _plot_peaks, _plot_gain_reduction,
-             lambda ax, r: _plot_stage_levels(ax, r, "lufs", "LUFS", FLOOR_LUFS, "Loudness after each stage", r.get("target_lufs")),
-             lambda ax, r: _plot_stage_levels(ax, r, "true_peak_dbtp", "dBTP", -100.0, "True peak after each stage", r.get("ceiling_dbtp"))]
-    if r.get("tone"):
-        draws.insert(3, _plot_eq)
-        draws.append(lambda ax, r: ax.set_axis_off())
-    from matplotlib.ticker import MaxNLocator
-
-    for ax, draw in zip(axes.flat, draws):
-        draw(ax, r)
-        ax.minorticks_off()  # ticks are most of the figure's cost: a few major ones per axis
-        ax.yaxis.set_major_locator(MaxNLocator(5))
-        if draw in (_plot_loudness, _plot_peaks, _plot_gain_reduction):  # time axes; stages keep their names
-            ax.xaxis.set_major_locator(MaxNLocator(6))
-        if ax.axison:
-            ax.grid(True, alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-    fig.suptitle(f"{r['file']}: {_fmt(r.get('lufs_in'))} -> {_fmt(r.get('lufs_out'))} LUFS, true peak "
-                 f"{_fmt(r.get('true_peak_in_dbtp'))} -> {_fmt(r.get('true_peak_out_dbtp'))} dBTP; {r.get('applied') or ''}\n"
-                 f"{_estimates_line(r)}", fontsize=11)
-    fig.subplots_adjust(left=0.05, right=0.99, top=0.89, bottom=0.1, wspace=0.28, hspace=0.45)
-    buf = io.BytesIO()
-    import warnings
-
-    with warnings.catch_warnings():  # a file name's glyph the font lacks is drawn as a box, not a console warning
-        warnings.filterwarnings("ignore", message="Glyph .* missing")
-        fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return draw_report(report, _estimates_line(report))
 
 
 def report_json(report: dict[str, Any]) -> bytes:
@@ -291,7 +171,3 @@ def report_files(out_rel: str, report: dict[str, Any], png: bool = True) -> dict
     if png:
         files[f"{REPORT_DIR}/{out_rel}.png"] = report_png(report)
     return files
-
-
-def _fmt(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)

@@ -14,6 +14,8 @@ from automaster.dsp.loudness import (
     loudness_gain_db,
     normalize_loudness,
     oversampling_factor,
+    short_term_loudness,
+    true_peak_curve_dbtp,
     true_peak_dbtp,
 )
 
@@ -131,6 +133,38 @@ def test_skipping_true_peak_equals_the_full_envelope(songs):
     rng = np.random.default_rng(0)
     for x in (*songs, np.clip(songs[0] * 8, -1, 1), (rng.standard_normal((2, SR)) * 0.1).astype(np.float32)):
         assert _true_peak_linear(x, SR) == float(_peak_segments(x, SR).max())
+
+
+def test_true_peak_curve_is_the_per_window_maximum_of_the_per_interval_peaks(songs):
+    x = songs[0][:, : 2 * SR + 1234]  # a tail shorter than a window: the last window takes it
+    times, curve = true_peak_curve_dbtp(x, SR, hop_s=0.1)
+    seg = _peak_segments(x, SR)
+    hop = SR // 10
+    bounds = list(range(0, 20 * hop, hop)) + [x.shape[1]]
+    expected = [seg[a:b].max() for a, b in zip(bounds, bounds[1:])]
+    np.testing.assert_allclose(curve, 20 * np.log10(expected), rtol=0, atol=1e-5)  # float32 sums, vectorised differently
+    np.testing.assert_allclose(times, [(a + b) / 2 / SR for a, b in zip(bounds, bounds[1:])])
+    assert curve.max() == pytest.approx(true_peak_dbtp(x, SR), abs=1e-5)
+    assert np.all(np.isneginf(true_peak_curve_dbtp(np.zeros((2, SR)), SR)[1]))
+
+
+def test_short_term_loudness_equals_a_filtered_copy(songs):
+    """The per-hop sums of the meter's kernel give what filtering a copy (scipy's sosfilt) gives."""
+    import scipy.signal
+
+    from automaster.dsp.loudness import _k_weighting_sos
+
+    x = songs[1].astype(np.float64)
+    sos5 = _k_weighting_sos(SR)
+    k = scipy.signal.sosfilt(np.concatenate([sos5[:, :3], np.ones((2, 1)), sos5[:, 3:]], axis=1), x, axis=-1)
+    power = (k * k).sum(axis=0)  # stereo: both weights 1
+    hop, n = SR // 10, 30  # 3 s windows of 0.1 s hops
+    sums = np.array([power[i * hop : i * hop + n * hop].sum() for i in range(x.shape[1] // hop - n + 1)])
+    expected = -0.691 + 10 * np.log10(sums / (n * hop))
+    expected[-1] = -0.691 + 10 * np.log10(power[-(n * hop) - x.shape[1] % hop :].sum() / (n * hop + x.shape[1] % hop))
+    times, lufs = short_term_loudness(songs[1], SR)
+    np.testing.assert_allclose(lufs, expected, atol=1e-6)
+    assert times[0] == pytest.approx(1.5)
 
 
 def test_oversampling_follows_annex_2():

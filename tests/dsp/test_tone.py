@@ -198,3 +198,21 @@ def test_info_gives_the_applied_curves(brahms, fairy):
 def test_bad_bound_is_named(brahms, fairy):
     with pytest.raises(ValueError, match="max_eq_db"):
         tone.match_tone(brahms, SR, tone.tone_profile(fairy, SR), max_eq_db=float("nan"))
+
+
+def test_average_spectrum_is_scipys_welch(brahms):
+    import scipy.signal
+
+    mid = tone.mid_side(brahms)[0]
+    for x in (mid, mid[:3000], mid[: 5 * 4096 + 777]):  # a song, less than a frame, a partial last frame
+        n = 4096
+        padded = np.pad(x, (0, max(0, n - x.size))).astype(np.float64)
+        freqs, power = scipy.signal.welch(padded, fs=SR, window="hann", nperseg=n, noverlap=n // 2, detrend=False,
+                                          scaling="density")
+        ours_f, ours = tone.average_spectrum(x, SR)
+        np.testing.assert_array_equal(ours_f, freqs)
+        np.testing.assert_allclose(ours, power, rtol=1e-8, atol=0)
+
+
+def test_mid_spectrum_is_the_profiles_mid(brahms):
+    np.testing.assert_array_equal(tone.mid_spectrum_db(brahms, SR), tone.tone_profile(brahms, SR).mid_db)

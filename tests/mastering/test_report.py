@@ -11,7 +11,7 @@ from PIL import Image
 
 from automaster.mastering import report as R
 from automaster.audio import read_audio
-from automaster.dsp.loudness import integrated_loudness, short_term_loudness, true_peak_dbtp
+from automaster.dsp.loudness import integrated_loudness, short_term_loudness, true_peak_curve_dbtp, true_peak_dbtp
 from automaster.dsp.tone import tone_profile
 from automaster.mastering.finishing import FinishSettings, finish
 from tests.conftest import DATA
@@ -44,6 +44,33 @@ def test_report_files_hold_the_figures(mastered):
     assert image.format == "PNG" and image.size[0] > 1000 and image.size[1] > 600
 
 
+def test_the_figure_has_a_column_more_with_a_reference_and_draws_input_and_output(mastered):
+    from automaster.mastering.report_figure import BLUE, HEADER_H, ORANGE, PANEL_H, PANEL_W, RED
+
+    report = mastered[0]
+    plain = {k: v for k, v in report.items() if k not in ("tone", "reference")}
+    plain["spectrum"] = {k: v for k, v in report["spectrum"].items() if k != "reference_db"}
+    for r, columns in ((report, 4), (plain, 3)):
+        image = Image.open(io.BytesIO(R.report_png(r)))
+        assert image.size == (columns * PANEL_W, HEADER_H + 2 * PANEL_H)
+        rgb = np.asarray(image.convert("RGB")).reshape(-1, 3)
+        for colour in (BLUE, ORANGE, RED):  # input, output, the ceiling and the limiter
+            assert (rgb == colour).all(axis=1).sum() > 200, colour
+
+
+@pytest.mark.parametrize("lo, hi", [(-15.8, -14.8), (-1.25, -0.15), (0.0, 29.95), (-160.0, -40.0), (-0.004, 0.003), (0.0, 600.0)])
+def test_ticks_are_round_values_inside_the_axis(lo, hi):
+    from automaster.mastering.report_figure import nice_ticks
+
+    ticks, decimals = nice_ticks(lo, hi)
+    assert 3 <= ticks.size <= 8 and ticks[0] >= lo - 1e-9 and ticks[-1] <= hi + 1e-9
+    labels = [f"{t:.{decimals}f}" for t in ticks]
+    assert len(set(labels)) == ticks.size  # enough digits to tell them apart
+    np.testing.assert_allclose([float(v) for v in labels], ticks, atol=1e-12)  # and none rounded away
+    step = np.diff(ticks)[0] / 10.0 ** np.floor(np.log10(np.diff(ticks)[0]))
+    assert min(abs(step - m) for m in (1, 2, 2.5, 5)) < 1e-9
+
+
 def test_short_term_loudness_of_a_steady_tone_is_its_integrated_loudness():
     sr = 48000
     t = np.arange(10 * sr) / sr
@@ -55,8 +82,9 @@ def test_short_term_loudness_of_a_steady_tone_is_its_integrated_loudness():
 
 def test_peak_curve_reaches_the_true_peak(mastered):
     _, _, out, sr = mastered
-    _, peaks = R.peak_curve_dbtp(out, sr)
-    assert peaks.max() == pytest.approx(true_peak_dbtp(out, sr), abs=0.05)
+    times, peaks = true_peak_curve_dbtp(out, sr)
+    assert peaks.max() == pytest.approx(true_peak_dbtp(out, sr), abs=1e-5)  # the same interpolator
+    assert times[0] == pytest.approx(0.05) and peaks.size == out.shape[1] // int(0.1 * sr)
 
 
 def test_silence_report_has_no_levels():
