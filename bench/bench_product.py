@@ -12,7 +12,9 @@ RSS, as ``/usr/bin/time -v`` reports them:
   figure is a whole two-pass run per file, start-up included);
 * **one file, whole process**: ``automaster master --input song --out x.flac`` against
   ``python -c "import torch"`` (the issue's target: at most that plus 2 s), the median of 5;
-* **a 10-minute stereo file**: peak RSS of the one-file command (the song looped);
+* **long stereo files** (``--minutes``, default 4, 10, 20 and 40; ``--only-long`` runs these
+  alone): peak RSS, CPU and the loudness error of the one-file command at ``--preset streaming``
+  (the song looped; past 5 minutes a file is mastered a block at a time);
 * **presets**: every song at ``--preset streaming`` (-14 LUFS, -1 dBTP): the largest loudness
   error and the largest true peak of the outputs.
 
@@ -108,12 +110,52 @@ def per_extra_file(one: dict[str, float], many: dict[str, float], n: int) -> flo
     return (many["cpu_s"] - one["cpu_s"]) / (n - 1)
 
 
+def finish(result: dict[str, object], out: Path, name: str) -> None:
+    result["load_end"] = os.getloadavg()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}-{time.strftime('%Y-%m-%d')}.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+def long_files(song: Path, tmp: Path, minutes: list[float]) -> dict[str, dict[str, float]]:
+    """Peak RSS, CPU and wall of ``automaster master --preset streaming`` on ``song`` looped to
+    each length (written a block at a time: the bench holds no long file itself), with the
+    output's loudness error and true peak, and whether it was streamed."""
+    import soundfile as sf
+
+    from automaster.audio import read_audio
+    from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp
+
+    audio, sr = read_audio(str(song))
+    out: dict[str, dict[str, float]] = {}
+    for m in minutes:
+        src, dst = tmp / f"long{m:g}.flac", tmp / f"long{m:g}.out.flac"
+        with sf.SoundFile(src, "w", sr, audio.shape[0], subtype="PCM_16") as f:
+            for start in range(0, int(m * 60 * sr), audio.shape[1]):
+                f.write(audio[:, : min(audio.shape[1], int(m * 60 * sr) - start)].T)
+        figures = run(AUTOMASTER + ["master", "--input", str(src), "--out", str(dst), "--preset", "streaming"])
+        report = json.loads(Path(f"{dst}.report.json").read_text())
+        figures["streamed"] = bool(report.get("streamed"))
+        lufs, peak = report["lufs_out"], report["true_peak_out_dbtp"]  # past 20 minutes, the report's own
+        if m <= 20:  # an independent measurement of the whole output (it fits in memory here)
+            y, _ = read_audio(str(dst))
+            lufs, peak = integrated_loudness(y, sr), true_peak_dbtp(y, sr)
+            del y
+        figures.update(lufs_error=abs(lufs + 14.0), true_peak_dbtp=peak, cpu_per_minute_s=figures["cpu_s"] / m)
+        out[f"{m:g}"] = figures
+        src.unlink()
+        dst.unlink()
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default=str(HERE.parent / "shared" / "data" / "fma_mini"))
     p.add_argument("--songs", type=int, default=14)
     p.add_argument("--runs", type=int, default=5, help="runs of the one-file whole-process figure (median)")
     p.add_argument("--out", default=str(HERE / "bench" / "results"))
+    p.add_argument("--minutes", type=float, nargs="+", default=[4, 10, 20, 40], help="lengths of the long-file runs")
+    p.add_argument("--only-long", action="store_true", help="the long-file runs alone")
     args = p.parse_args()
     load = os.getloadavg()
     tmp = Path(tempfile.mkdtemp(prefix="bench-product-"))
@@ -128,6 +170,9 @@ def main() -> None:
             shutil.copy(s, many_dir)
         result: dict[str, object] = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": platform.node(),
                                      "cpus": os.cpu_count(), "load_start": load, "songs": n}
+        if args.only_long:
+            result["long_files"] = long_files(songs[0], tmp, args.minutes)
+            return finish(result, Path(args.out), "product-long")
         # CPU per extra file, in one process each (a warm-up first: numba caches, page cache)
         run(AUTOMASTER + ["master", "--input", str(one_dir), "--out", str(tmp / "warm"), "--no-ray", "--workers", "1",
                           "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"])  # the store is created here, not timed
@@ -150,14 +195,11 @@ def main() -> None:
             "matchering_one_file_wall_s": mg["one"]["wall_s"], "matchering_one_file_cpu_s": mg["one"]["cpu_s"],
             "ffmpeg_one_file_wall_s": statistics.median(f["wall_s"] for f in ff),
         }
-        # a 10-minute stereo file
-        from automaster.audio import read_audio, write_audio
+        # long stereo files: 10 minutes (the issue's target) and longer, streamed past 5 minutes
+        from automaster.audio import read_audio
 
-        audio, sr = read_audio(str(songs[0]))
-        long = np.tile(audio, (1, 21))[:, : 600 * sr]
-        write_audio(str(tmp / "long10.flac"), long, sr, subtype="PCM_16")
-        del audio, long
-        result["ten_minutes"] = run(AUTOMASTER + ["master", "--input", str(tmp / "long10.flac"), "--out", str(tmp / "long10.out.flac")])
+        result["long_files"] = long_files(songs[0], tmp, args.minutes)
+        result["ten_minutes"] = result["long_files"].get("10", {})
         # presets
         run(AUTOMASTER + ["master", "--input", str(many_dir), "--out", str(tmp / "streaming"), "--no-ray", "--preset", "streaming",
                           "--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"])
@@ -169,11 +211,7 @@ def main() -> None:
             errors.append(abs(integrated_loudness(y, sr) + 14.0))
             peaks.append(true_peak_dbtp(y, sr))
         result["preset_streaming"] = {"max_lufs_error": max(errors), "max_true_peak_dbtp": max(peaks)}
-        result["load_end"] = os.getloadavg()
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"product-{time.strftime('%Y-%m-%d')}.json").write_text(json.dumps(result, indent=2))
-        print(json.dumps(result, indent=2))
+        finish(result, Path(args.out), "product")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
