@@ -48,7 +48,7 @@ def test_the_readme_is_a_front_door():
     assert not missing, missing
 
 
-@pytest.mark.parametrize("command", ["master", "demaster", "train", "tune", "compare", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["master", "demaster", "train", "tune", "compare", "evaluate", "demo", "train-compressor"])
 def test_the_readme_names_only_flags_the_commands_have(command):
     """Every ``automaster COMMAND --flag`` in the README and the docs is one the command takes."""
     from automaster.cli import build_parser
