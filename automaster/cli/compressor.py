@@ -6,7 +6,8 @@ import argparse
 
 from automaster.cli.common import EXIT_OK, UsageError, add_tracking, announce, job_options, location, out_location
 
-DEFAULTS = {"epochs": 30, "hidden": 32, "layers": 2, "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 512, "features": "all", "seed": 0}
+DEFAULTS = {"epochs": 30, "hidden": 32, "layers": 2, "lr": 3e-3, "weight_decay": 1e-4, "dropout": 0.0, "batch_size": 512, "features": "all",
+            "seed": 0}  # fmt: skip
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corpus", action="append", required=True, metavar="FOLDER",
                    help="clean music, an FMA layout or a folder (repeatable); training split trains, validation split selects")
     p.add_argument("--out", required=True, help="where the examples cache, Ray's results, model/ and the summary go")
-    p.add_argument("--samples", type=int, default=0, help="Ray Tune trials over size, lr, weight decay and feature set (default 0: one Ray Train run)")
+    p.add_argument("--samples", type=int, default=0, help="Ray Tune trials over size, lr, weight decay, dropout and feature set (default 0: one Ray Train run)")
     p.add_argument("--workers", type=int, default=1, help="Ray Train workers (DDP; default 1)")
     p.add_argument("--gpu", action="store_true", help="one GPU per worker (per trial with --samples)")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="epochs (per trial with --samples; default 30)")
@@ -23,6 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layers", type=int, default=DEFAULTS["layers"], help="hidden layers (default 2)")
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="AdamW learning rate (default 3e-3)")
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"], help="AdamW weight decay (default 1e-4)")
+    p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"], help="dropout after each hidden layer (default 0)")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="examples per step, over all workers (default 512)")
     p.add_argument("--features", default=DEFAULTS["features"],
                    help="'all' or groups of level, bands, slopes, modulation joined by '+' (default all)")
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from automaster.pipelines.compressor import ExampleSpec
     from automaster.training.compressor import NetConfig
 
-    net = NetConfig(hidden=args.hidden, layers=args.layers, lr=args.lr, weight_decay=args.weight_decay, epochs=args.epochs,
+    net = NetConfig(hidden=args.hidden, layers=args.layers, lr=args.lr, weight_decay=args.weight_decay, dropout=args.dropout, epochs=args.epochs,
                     batch_size=args.batch_size, features=args.features, seed=args.seed)  # fmt: skip
     spec = ExampleSpec(crops=args.crops, val_crops=args.val_crops, seconds=args.seconds, seed=args.example_seed)
     try:

@@ -1,4 +1,4 @@
-"""Ray Tune over the compressor network's settings: size, learning rate, weight decay, feature set.
+"""Ray Tune over the compressor network's settings: size, learning rate, weight decay, dropout, feature set.
 
 The examples are made (or read from the cache) as for the fit (:func:`automaster.pipelines.compressor.prepare`)
 and reach every trial through the object store. A trial is a function trainable that runs the same
@@ -35,6 +35,7 @@ HIDDEN = (16, 32, 64)
 LAYERS = (1, 2, 3)
 LR = (1e-3, 1e-2)
 WEIGHT_DECAY = (1e-5, 1e-1)
+DROPOUT = (0.0, 0.3)
 FEATURE_SETS = ("all", "level+slopes+modulation", "level+modulation", "level+bands+modulation")
 
 
@@ -42,7 +43,8 @@ def search_space() -> dict[str, Any]:
     from ray import tune
 
     return {"hidden": tune.choice(list(HIDDEN)), "layers": tune.choice(list(LAYERS)), "lr": tune.loguniform(*LR),
-            "weight_decay": tune.loguniform(*WEIGHT_DECAY), "features": tune.choice(list(FEATURE_SETS))}  # fmt: skip
+            "weight_decay": tune.loguniform(*WEIGHT_DECAY), "dropout": tune.choice(list(DROPOUT)),
+            "features": tune.choice(list(FEATURE_SETS))}  # fmt: skip
 
 
 def tune_trial(params: dict[str, Any], setup: dict[str, Any], train=None, val=None) -> None:

@@ -36,7 +36,7 @@ MAX_FPR = 0.05  # the exported decision: at most this false-positive rate on val
 
 @dataclasses.dataclass(frozen=True)
 class NetConfig:
-    """The network's and the fit's settings (what Tune searches: hidden, layers, lr, weight_decay, features)."""
+    """The network's and the fit's settings (what Tune searches: hidden, layers, lr, weight_decay, dropout, features)."""
 
     hidden: int = 32
     layers: int = 2
@@ -46,6 +46,7 @@ class NetConfig:
     batch_size: int = 512
     features: str = "all"  # "all" or groups of FEATURE_GROUPS joined by "+"
     estimator_weight: float = 1.0  # the L1 term's weight against the detector's BCE
+    dropout: float = 0.0  # after every hidden layer: the examples come from few songs, which a network learns by heart
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -63,6 +64,8 @@ class NetConfig:
         for name in ("hidden", "layers", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not self.weight_decay >= 0 or not self.estimator_weight >= 0:
             raise ValueError(f"lr must be > 0 and weight_decay, estimator_weight >= 0, got {self.lr}, {self.weight_decay}, {self.estimator_weight}")
         feature_index(self.features)
@@ -83,7 +86,7 @@ class CompressionNet(nn.Module):
         layers: list[nn.Module] = []
         width = len(index)
         for _ in range(config.layers):
-            layers += [nn.Linear(width, config.hidden), nn.GELU()]
+            layers += [nn.Linear(width, config.hidden), nn.GELU()] + ([nn.Dropout(config.dropout)] if config.dropout > 0 else [])
             width = config.hidden
         self.trunk = nn.Sequential(*layers)
         self.head = nn.Linear(width, 1 + len(TARGETS))

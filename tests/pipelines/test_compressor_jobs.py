@@ -105,6 +105,7 @@ def test_the_search_records_a_parent_and_a_finished_child_per_trial(jobs):
     (["--seconds", "1"], "--seconds must be between"),
     (["--samples", "-1"], "--samples"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--dropout", "1"], "--dropout must be in"),
 ])  # fmt: skip
 def test_bad_arguments_exit_2_with_one_line_before_anything_starts(tmp_path, capsys, args, message):
     assert main(["train-compressor", "--corpus", str(FMA), "--out", str(tmp_path / "o"), *args]) == 2

@@ -63,6 +63,8 @@ def test_feature_sets_select_their_columns():
             feature_index(bad)
     with pytest.raises(ValueError, match="hidden"):
         NetConfig(hidden=0).check()
+    with pytest.raises(ValueError, match="dropout"):
+        NetConfig(dropout=1.0).check()
 
 
 def test_a_network_on_a_feature_set_reads_only_those_columns(examples):
