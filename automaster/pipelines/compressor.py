@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 JOB = "train-compressor"
 MODEL_DIR = "model"
 SUMMARY = "compressor_summary.json"
+NO_SCORE = 1e9  # val/score of a validation set with no compressed example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,12 +175,19 @@ class TrainReporter:
             if self.rank == 0:
                 save_net(tmp, net, self.config, {"metrics": metrics})
                 ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=ckpt)
+            ray.train.report(for_ray(metrics), checkpoint=ckpt)
 
 
 def finite(metrics: dict[str, float]) -> dict[str, float]:
     """The metrics MLflow can store (a NaN AUC of a one-class set is left out)."""
     return {k: float(v) for k, v in metrics.items() if np.isfinite(v)}
+
+
+def for_ray(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics Ray ranks checkpoints and trials by: finite ones, and ``val/score`` always (a
+    validation set without a compressed example has none: it ranks last). Ray keeps them as JSON,
+    where a NaN comes back as None and breaks the ranking of a resumed run."""
+    return {**finite(metrics), MONITOR: float(metrics[MONITOR]) if np.isfinite(metrics[MONITOR]) else NO_SCORE}
 
 
 # ----------------------------------------------------------------------------- driver side

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from automaster import storage
-from automaster.pipelines.compressor import MODEL_DIR, SUMMARY, ExampleSpec, export_model, finite, prepare
+from automaster.pipelines.compressor import MODEL_DIR, SUMMARY, ExampleSpec, export_model, finite, for_ray, prepare
 from automaster.training.compressor import MONITOR, NetConfig
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class _TuneReporter:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, epoch) for k, v in finite(metrics).items()])
         with tempfile.TemporaryDirectory() as tmp:
             save_net(tmp, net, self.config, {"metrics": metrics})
-            tune.report({**metrics, "epochs_done": epoch + 1}, checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report({**for_ray(metrics), "epochs_done": epoch + 1}, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
 def run_search(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from automaster.cli import main
-from automaster.pipelines.compressor import ExampleSpec, run_fit
+from automaster.pipelines.compressor import NO_SCORE, ExampleSpec, for_ray, run_fit
 from automaster.pipelines.compressor_tune import run_search
 from automaster.restoration.examples import load_examples
 from automaster.training.compressor import NetCompressionModel, NetConfig, fit, load_net
@@ -112,3 +112,10 @@ def test_bad_arguments_exit_2_with_one_line_before_anything_starts(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_ray_gets_a_finite_score_even_without_compressed_validation_examples():
+    """Ray keeps checkpoint metrics as JSON: a NaN would come back as None and break the ranking of a re-run."""
+    got = for_ray({"val/score": float("nan"), "val/detector_auc": float("nan"), "train/loss": 0.5})
+    assert got == {"val/score": NO_SCORE, "train/loss": 0.5}
+    assert for_ray({"val/score": 0.8})["val/score"] == 0.8
