@@ -54,27 +54,55 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be >= 1 and --samples >= 0, got {args.workers}, {args.samples}")
     corpora = [location(c, must_exist=True, flag="--corpus") for c in args.corpus]
     out = out_location(args.out)
+    check_splits(corpora)
     options = job_options(args, "automaster-compressor")
+    try:
+        summary, head = _run(args, corpora, out, net, spec, options)
+    except ValueError as exc:  # the corpora give no usable crop, --gpu without a GPU: one line
+        raise UsageError(str(exc)) from None
+    _print_summary(summary, head)
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace, corpora: list[str], out: str, net, spec, options: dict) -> tuple[dict, str]:
+    """The search (``--samples``) or the fit; returns the summary and the first line of the report."""
     if args.samples:
         from automaster.pipelines.compressor_tune import JOB, run_search
 
         announce(JOB, f"{args.samples} trials of up to {args.epochs} epochs", out)
         summary = run_search(corpora, out, net, spec, samples=args.samples, use_gpu=args.gpu, **options)
-        head = f"best trial {summary['best_trial']} ({', '.join(f'{k}={v:.4g}' if isinstance(v, float) else f'{k}={v}' for k, v in summary['best_params'].items())})"
-    else:
-        from automaster.pipelines.compressor import JOB, run_fit
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["best_params"].items())
+        return summary, f"{JOB}: best trial {summary['best_trial']} ({params})"
+    from automaster.pipelines.compressor import JOB, run_fit
 
-        announce(JOB, f"{args.epochs} epochs on {args.workers} Ray Train worker(s)", out)
-        summary = run_fit(corpora, out, net, spec, workers=args.workers, use_gpu=args.gpu, **options)
-        head = f"run {summary['run_name']}"
+    announce(JOB, f"{args.epochs} epochs on {args.workers} Ray Train worker(s)", out)
+    summary = run_fit(corpora, out, net, spec, workers=args.workers, use_gpu=args.gpu, **options)
+    return summary, f"{JOB}: run {summary['run_name']}"
+
+
+def check_splits(corpora: list[str]) -> None:
+    """Every example comes from the corpora's training split and every figure from their validation
+    split: a usage error, before Ray starts, when one of them is empty."""
+    from automaster.corpus import CorpusError, scan_corpus
+
+    try:
+        tracks = [t for root in corpora for t in scan_corpus(root).tracks]
+    except CorpusError as exc:
+        raise UsageError(str(exc)) from None
+    for split in ("training", "validation"):
+        if not any(t.split == split for t in tracks):
+            raise UsageError(f"--corpus {' '.join(corpora)}: no {split} songs (the training split trains, the validation split selects)")
+
+
+def _print_summary(summary: dict, head: str) -> None:
+    """The end-of-run lines: the validation figures and where the model, the MLflow run and the log are."""
     best = summary["best"]
     rows = {k: v["rows"] for k, v in summary["examples"].items()}
     print(
-        f"{JOB}: {head} in {summary['wall_s']:.0f} s on {rows['training']} training / {rows['validation']} validation examples\n"
+        f"{head} in {summary['wall_s']:.0f} s on {rows['training']} training / {rows['validation']} validation examples\n"
         f"  validation: threshold MAE {best['val/mae_ratio/threshold_rel_db']:.2f}x the mean's, ratio "
         f"{best['val/mae_ratio/log_ratio']:.2f}x, detector AUC {best['val/detector_auc']:.3f} "
         f"(decision {best['decision']:.3f}: {best['val/false_positive_rate']:.1%} false positives)\n"
         f"  model:  {summary['model']}\n  MLflow: run {summary['mlflow_run_id']} at {summary['tracking_uri']}\n"
         f"  log:    {summary['log_file']}"
     )
-    return EXIT_OK

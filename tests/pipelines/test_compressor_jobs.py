@@ -119,3 +119,22 @@ def test_ray_gets_a_finite_score_even_without_compressed_validation_examples():
     got = for_ray({"val/score": float("nan"), "val/detector_auc": float("nan"), "train/loss": 0.5})
     assert got == {"val/score": NO_SCORE, "train/loss": 0.5}
     assert for_ray({"val/score": 0.8})["val/score"] == 0.8
+
+
+@pytest.mark.slow
+def test_the_command_fits_and_reports_where_everything_is(jobs, tmp_path, capsys):
+    _, _, uri, out = jobs
+    shutil.copytree(out / "examples", tmp_path / "out" / "examples")  # the fit's examples: its cache
+    code = main(["train-compressor", "--corpus", str(FMA), "--out", str(tmp_path / "out"), "--crops", "6", "--val-crops", "6",
+                 "--seconds", "2", "--example-seed", "3", "--epochs", "2", "--hidden", "8", "--tracking-uri", uri])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("train-compressor: run ") and "on 12 training / 6 validation examples" in text
+    assert f"model:  {tmp_path / 'out' / 'model'}" in text and (tmp_path / "out" / "model" / "model.pt").is_file()
+
+
+def test_a_corpus_without_a_validation_split_is_a_usage_error(tmp_path, capsys):
+    assert main(["train-compressor", "--corpus", str(DATA / "music"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no validation songs" in err[0]
+    assert not (tmp_path / "o").exists()
