@@ -1,5 +1,9 @@
 # automaster: `make demo` runs the demo, `make test` runs the tests, `make bench` a short benchmark (each installs
 # first into .venv); `make clean` removes what they wrote (results/, mlflow.db, mlruns/), not .venv.
+# One command retrains each model (docs/training.md, "Retraining each model"):
+#   make retrain-reference CORPUS=<fma root>            models/reference (demaster, tune, train, evaluate)
+#   make retrain-level CORPUS="<corpus> [<corpus> ...]"  models/spectral (the level model)
+#   make retrain-compressor CORPUS="<corpus> ..."       results/compressor/model (not shipped: BENCHMARKS.md)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -8,7 +12,9 @@ STAMP  := $(VENV)/.installed
 export RAY_USAGE_STATS_ENABLED := 0
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: install demo test test-fast bench docs clean
+CORPUS ?= ../shared/data/fma_mini
+
+.PHONY: install demo test test-fast bench docs clean retrain-reference retrain-level retrain-compressor
 
 install: $(STAMP)
 
@@ -32,6 +38,16 @@ bench: $(STAMP)
 
 docs: $(STAMP)
 	$(VENV)/bin/mkdocs serve
+
+retrain-reference: $(STAMP)
+	PYTHON=$(abspath $(PY)) bash models/train_reference.sh $(firstword $(CORPUS)) results/reference
+
+retrain-level: $(STAMP)
+	PYTHON=$(abspath $(PY)) bash models/train_spectral.sh $(CORPUS)
+
+retrain-compressor: $(STAMP)
+	$(VENV)/bin/automaster train-compressor $(foreach c,$(CORPUS),--corpus $(c)) --out results/compressor \
+	  --crops 660 --val-crops 100 --seconds 8 --samples 16 --epochs 30
 
 clean:
 	rm -rf results mlflow.db mlruns .pytest_cache

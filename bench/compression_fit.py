@@ -34,31 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from automaster.corpus import list_corpus  # noqa: E402
-from automaster.degrade import seed_for  # noqa: E402
-
-SAMPLE_RATE = 44100
-MIN_RMS_DB = -50.0  # crops quieter than this are skipped (silence teaches nothing)
-
-
-def crops_of(path: str, track_id: str, seed: int, n_crops: int, seconds: float) -> list[tuple[str, np.ndarray]]:
-    """``(key, (1, T) crop)`` pairs: ``n_crops`` offsets drawn from ``(seed, track, crop)``."""
-    from automaster.audio import AudioError, read_audio
-    try:
-        audio, _ = read_audio(path, sample_rate=SAMPLE_RATE, mono=True)
-    except AudioError as e:
-        print(f"skip {track_id}: {e}", file=sys.stderr)
-        return []
-    length = int(seconds * SAMPLE_RATE)
-    if audio.shape[-1] < length:
-        return []
-    out = []
-    for k in range(n_crops):
-        key = f"{track_id}:{k}"
-        start = int(np.random.default_rng(seed_for(seed, key)).integers(0, audio.shape[-1] - length + 1))
-        crop = audio[:, start:start + length]
-        if 10 * math.log10(float(np.mean(crop.astype(np.float64) ** 2)) + 1e-30) > MIN_RMS_DB:
-            out.append((key, crop))
-    return out
+from automaster.restoration.examples import SAMPLE_RATE, concat_examples, crops_of, track_examples  # noqa: E402
+from automaster.training.compressor import roc_auc  # noqa: E402
 
 
 def _init_worker() -> None:
@@ -66,23 +43,16 @@ def _init_worker() -> None:
     torch.set_num_threads(1)  # one core per process: torch's own threads only contend here
 
 
-def _examples_task(job: tuple[str, str, int, int, float]) -> dict[str, np.ndarray]:
-    from automaster.restoration.compression import N_FEATURES, TARGETS, make_example
+def _examples_task(job: tuple[str, str, int, int, float, float]) -> dict[str, np.ndarray]:
+    from automaster.audio import AudioError
+    from automaster.restoration.examples import empty_examples
+
     path, track_id, seed, n_crops, seconds, deadline = job
-    feats, kinds, targets = [], [], []
-    for key, crop in crops_of(path, track_id, seed, n_crops, seconds):
-        if time.time() > deadline:  # the wall-time budget is spent: keep what this song has
-            break
-        try:
-            ex = make_example(crop, SAMPLE_RATE, seed, key)
-        except ValueError as e:  # a draw that needs more headroom than the table allows
-            print(f"skip {key}: {e}", file=sys.stderr)
-            continue
-        feats.append(ex.features)
-        kinds.append(ex.kind)
-        targets.append(ex.targets)
-    return {"features": np.array(feats, np.float32).reshape(-1, N_FEATURES),
-            "kinds": np.array(kinds), "targets": np.array(targets, np.float32).reshape(len(kinds), len(TARGETS)), "track": np.array([track_id] * len(kinds))}
+    try:
+        return track_examples(path, track_id, seed, n_crops, seconds, deadline)
+    except AudioError as e:
+        print(f"skip {track_id}: {e}", file=sys.stderr)
+        return empty_examples()
 
 
 def tracks_of(corpus: str, split: str) -> list:
@@ -98,7 +68,7 @@ def cmd_examples(args: argparse.Namespace) -> None:
         for part in pool.imap_unordered(_examples_task, jobs):
             parts.append(part)
     wall = time.time() - t0
-    data = {k: np.concatenate([p[k] for p in parts if len(p["kinds"])]) for k in ("features", "kinds", "targets", "track")}
+    data = concat_examples(parts)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **data)
     n = len(data["kinds"])
@@ -111,15 +81,6 @@ def cmd_examples(args: argparse.Namespace) -> None:
 def _load(path: str) -> dict[str, np.ndarray]:
     with np.load(path) as f:
         return {k: f[k] for k in f.files}
-
-
-def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve (the rank statistic)."""
-    order = np.argsort(score)
-    ranks = np.empty(len(score))
-    ranks[order] = np.arange(1, len(score) + 1)
-    pos = label.astype(bool)
-    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum()))
 
 
 def evaluate_fit(model, data: dict[str, np.ndarray], train_targets_mean: np.ndarray) -> dict:
@@ -167,14 +128,21 @@ def cmd_fit(args: argparse.Namespace) -> None:
     print(json.dumps(report, indent=1))
 
 
+def load_model(folder: str):
+    """A :class:`CompressionModel` (``weights.npz``) or a network from ``automaster train-compressor`` (``model.pt``)."""
+    from automaster.restoration.compression import CompressionModel
+    from automaster.training.compressor import NetCompressionModel
+    return NetCompressionModel.load(folder) if os.path.exists(os.path.join(folder, "model.pt")) else CompressionModel.load(folder)
+
+
 def _restore_task(job: tuple) -> list[dict]:
     import torch
     from automaster.effects.compressor import compressor_inverse
     from automaster.evaluation.metrics import mrstft_distance
     from automaster.dsp.metrics import si_sdr
-    from automaster.restoration.compression import PEAK, CompressionModel, make_example
+    from automaster.restoration.compression import PEAK, make_example
     path, track_id, seed, n_crops, seconds, model_dir, kinds, overrides = job
-    model = CompressionModel.load(model_dir)
+    model = load_model(model_dir)
     for name, value in overrides.items():
         setattr(model, name, value)
     rows = []
@@ -182,7 +150,12 @@ def _restore_task(job: tuple) -> list[dict]:
     def at_rms(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return out * np.float32(math.sqrt(np.mean(ref.astype(np.float64) ** 2) / max(np.mean(out.astype(np.float64) ** 2), 1e-30)))
 
-    for key, crop in crops_of(path, track_id, seed, n_crops, seconds):
+    from automaster.audio import AudioError
+    try:
+        crops = crops_of(path, track_id, seed, n_crops, seconds)
+    except AudioError:
+        return []
+    for key, crop in crops:
         clean = crop * np.float32(PEAK / max(float(np.abs(crop).max()), 1e-9))
         for kind in kinds:
             try:

@@ -18,7 +18,7 @@ import sys
 from typing import Callable, Sequence
 
 from automaster import __version__
-from automaster.cli import compare, demaster, demo, evaluate, master, train, tune
+from automaster.cli import compare, compressor, demaster, demo, evaluate, master, train, tune
 from automaster.cli.common import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, setup_logging
 from automaster.cli.repair import default_inversion
 from automaster.config import ConfigError
@@ -27,7 +27,7 @@ __all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "UsageError", "bu
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     master.add_parser, demo.add_parser, demaster.add_parser, train.add_parser, tune.add_parser, evaluate.add_parser,
-    compare.add_parser,
+    compare.add_parser, compressor.add_parser,
 ]
 
 DESCRIPTION = """\

@@ -113,3 +113,39 @@ def waveform_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 N_FEATURES = int(waveform_features(np.random.default_rng(0).standard_normal(44100), 44100).shape[0])
+
+
+def _group_sizes() -> dict[str, int]:
+    """How many features each group of :func:`waveform_features` adds, in the order it adds them."""
+    level = 1 + (1 + len(COARSER)) * (len(LEVEL_Q) + 2) + len(HIST_EDGES_DB) - 1
+    bands = len(BAND_EDGES_HZ) + 1
+    return {
+        "level": level,  # sample crest, 5/50/500 ms level statistics, the 50 ms histogram
+        "bands": bands * (1 + 2 * (len(BAND_Q) + 2)),
+        "slopes": len(SLOPE_LAGS) * (len(SLOPE_Q) + 1),
+        "modulation": 2 * 5,
+    }
+
+
+FEATURE_GROUPS: dict[str, slice] = {}
+_start = 0
+for _name, _size in _group_sizes().items():
+    FEATURE_GROUPS[_name] = slice(_start, _start + _size)
+    _start += _size
+assert _start == N_FEATURES, (_start, N_FEATURES)
+
+
+def feature_index(spec: str) -> np.ndarray:
+    """Column indices of a feature set: ``"all"`` or groups of :data:`FEATURE_GROUPS` joined by ``+``
+    (``"level+slopes"``), in the vector's order.
+
+    Raises:
+        ValueError: an unknown group name.
+    """
+    if spec == "all":
+        return np.arange(N_FEATURES)
+    names = spec.split("+")
+    unknown = [n for n in names if n not in FEATURE_GROUPS]
+    if unknown or not spec:
+        raise ValueError(f"unknown feature group {unknown or [spec]}: expected 'all' or groups of {list(FEATURE_GROUPS)} joined by '+'")
+    return np.concatenate([np.arange(N_FEATURES)[FEATURE_GROUPS[n]] for n in FEATURE_GROUPS if n in names])
