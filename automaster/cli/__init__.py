@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from automaster import __version__
 from automaster.cli import compare, compressor, demaster, demo, evaluate, master, train, tune
-from automaster.cli.common import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError, setup_logging
+from automaster.cli.common import EXIT_CODES_HELP, EXIT_FAILED, EXIT_OK, EXIT_USAGE, OneLineParser, UsageError, setup_logging
 from automaster.cli.repair import default_inversion
 from automaster.config import ConfigError
 
@@ -49,7 +49,7 @@ examples:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``automaster`` parser with every command of :data:`COMMANDS`."""
-    parser = argparse.ArgumentParser(prog="automaster", description=DESCRIPTION, epilog=f"{EXAMPLES}\n\n{EXIT_CODES_HELP}",
+    parser = OneLineParser(prog="automaster", description=DESCRIPTION, epilog=f"{EXAMPLES}\n\n{EXIT_CODES_HELP}",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")

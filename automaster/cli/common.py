@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 log = logging.getLogger("automaster")
 
@@ -32,11 +33,20 @@ exit codes:
   1    nothing could be processed, or the job stopped (no space left on device; a re-run resumes)
   2    a mistake in the arguments or an unusable path, before anything starts
   130  interrupted (finished outputs are kept; a re-run resumes)"""
+NAME_MAX = 255  # bytes in one file or folder name (ext4, APFS, NTFS, XFS)
 CHECKOUT = Path(__file__).resolve().parents[2]  # the repository root (bundled music, shipped models)
 
 
 class UsageError(ValueError):
     """A user's mistake on the command line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose refusals are one line (argparse prints its whole usage block
+    first) that points to ``--help``; exit code 2, as argparse's."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} ('{self.prog} --help' lists the options)\n")
 
 
 def setup_logging(verbose: bool) -> None:
@@ -121,6 +131,8 @@ def location(value: str, must_exist: bool = False, flag: str = "") -> str:
     """An absolute local path (or a URI unchanged); in a submitted job relative paths are refused."""
     from automaster.pipelines.runtime import in_ray_job
 
+    if not value.strip():  # Path("") is the working directory: never what was meant
+        raise UsageError(f"{flag or 'a path'} is empty; give a file or folder")
     if "://" in value:
         return value
     path = Path(value).expanduser()
@@ -137,7 +149,32 @@ def location(value: str, must_exist: bool = False, flag: str = "") -> str:
                          f"{'a symbolic link loop' if loop else (exc.strerror or str(exc)).lower()}") from None
     if must_exist and not path.exists():
         raise UsageError(f"{flag + ' ' if flag else ''}{value!r} does not exist")
+    check_name_length(str(path), flag)
     return str(path)
+
+
+def check_name_length(path: str, flag: str = "", suffix: str = "") -> None:
+    """Every name in ``path`` (the last one with ``suffix``, a file written beside it) within the
+    255 bytes a file system takes (Path.resolve lets a longer one through; writing it fails late)."""
+    parts = Path(path).parts
+    for n, part in enumerate(parts):
+        name = part + (suffix if n == len(parts) - 1 else "")
+        if len(os.fsencode(name)) > NAME_MAX:
+            raise UsageError(f"{flag + ' ' if flag else ''}{path!r}: the name {name[:40]}... is "
+                             f"{len(os.fsencode(name))} bytes, a file system takes at most {NAME_MAX}")
+
+
+def demaster_output(value: str) -> str:
+    """``--data``: the location of a ``demaster --out`` folder (its ``dataset_meta.json`` read
+    here, so a wrong folder is one line before the announcement, ``--out`` and Ray)."""
+    from automaster.training.pairs import read_meta
+
+    data = location(value, must_exist=True, flag="--data")
+    try:
+        read_meta(data)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--data {exc}") from None
+    return data
 
 
 def out_location(value: str, flag: str = "--out") -> str:

@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             out,
             evaluation=evaluation,
             mastering=master_config(args),
-            degraded_dir=location(args.degraded, must_exist=True) if args.degraded else None,
+            degraded_dir=location(args.degraded, must_exist=True, flag="--degraded") if args.degraded else None,
             split=args.split,
             limit=args.limit,
             workers=args.workers,

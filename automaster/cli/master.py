@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from automaster.cli.common import (
-    EXIT_FAILED, EXIT_OK, UsageError, add_batch_options, add_tracking, add_workers, check_workers, job_options,
-    location, log, out_location, print_summary,
+    EXIT_FAILED, EXIT_OK, UsageError, add_batch_options, add_tracking, add_workers, check_name_length, check_workers,
+    job_options, location, log, out_location, print_summary,
 )
 from automaster.cli.repair import MASTER_DEFAULTS, add_repair_options, default_inversion, master_config, model_or_shipped
 from automaster.config import INVERSIONS
@@ -140,6 +140,7 @@ def _run_one(args: argparse.Namespace, model: str, source: str, config_kwargs: d
     from automaster.pipelines.master_one import master_one
 
     out = location(args.out, flag="--out")
+    check_name_length(out, "--out", ".parameters.json" if args.pictures else ".report.json")  # the files beside it
     record = master_one(location(model, must_exist=True, flag="--model"), source, out,
                         config=master_config(args, **config_kwargs), pictures=args.pictures, overwrite=args.overwrite)
     name = storage.display_name(source)

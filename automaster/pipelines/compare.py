@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv as csv_module
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,13 +52,46 @@ def compare_runs(
     ``top`` keeps the best K; ``csv`` also writes the rows there. Raises :class:`CompareError`
     when the store, the experiment or the runs are missing.
     """
-    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     if top < 0:
         raise CompareError(f"--top must be >= 0, got {top}")
+    if csv:
+        _check_csv(Path(csv))
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         raise CompareError(f"no MLflow store at {uri[len('sqlite:///'):]}: run a job first, or pass --tracking-uri")
+    try:
+        rows = _rows(uri, experiments, metrics)
+    except MlflowException as exc:  # an unknown scheme, a server that does not answer: one line, not a traceback
+        reason = " ".join(str(exc).split())
+        raise CompareError(f"--tracking-uri {uri}: MLflow cannot read it ({reason[:300]})") from None
+    if top:
+        rows = rows[:top]
+    for row in rows:
+        del row["_start"]
+    if csv:
+        try:
+            write_csv(rows, csv)
+        except OSError as exc:
+            raise CompareError(f"--csv {csv}: cannot write it ({exc.strerror or exc})") from None
+    return rows
+
+
+def _check_csv(path: Path) -> None:
+    """``--csv``: a file whose folder exists or can be made and takes files (checked before MLflow)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CompareError(f"--csv {path}: its folder cannot be made ({(exc.strerror or str(exc)).lower()})") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise CompareError(f"--csv {path}: {'is a folder' if path.is_dir() else 'its folder takes no files'}")
+
+
+def _rows(uri: str, experiments: Sequence[str] | None, metrics: Sequence[str] | None) -> list[dict[str, Any]]:
+    """Every run's row, best first (each with ``_start`` for the ties)."""
+    from mlflow import MlflowClient
+
     client = MlflowClient(uri)
     if experiments:
         found = {name: client.get_experiment_by_name(name) for name in experiments}
@@ -81,12 +115,6 @@ def compare_runs(
     rows = [_row(run, names, metrics, by_id) for run in runs]
     key, sign = metrics[0], (-1.0 if _higher_is_better(metrics[0]) else 1.0)
     rows.sort(key=lambda r: (r[key] is None, sign * r[key] if r[key] is not None else 0.0, -r["_start"]))
-    if top:
-        rows = rows[:top]
-    for row in rows:
-        del row["_start"]
-    if csv:
-        write_csv(rows, csv)
     return rows
 
 

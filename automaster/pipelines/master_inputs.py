@@ -11,6 +11,7 @@ write the same output (clashes get ``~2``, ``~3``... in input order). ``--refere
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import posixpath
@@ -26,6 +27,8 @@ _OUTPUT_EXT = {".wav": ".wav", ".flac": ".flac", ".ogg": ".ogg", ".oga": ".ogg",
 # What a single output file may be (the format follows --out's extension).
 FILE_OUTPUT_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3")
 REFERENCE_COLUMNS = ("input", "reference")
+# The longest output file name: a file system takes 255 bytes, and the report is <name>.json.
+MAX_OUTPUT_NAME = 255 - len(".json")
 
 
 def output_rel_path(rel_path: str) -> str:
@@ -43,7 +46,8 @@ def plan_output_names(rel_paths: list[str], audio_dir: str = "audio") -> tuple[d
     An input keeps its own name when its format is written as is (``a.flac`` -> ``a.flac``);
     one converted to FLAC (``a.mp3``) takes ``a.flac``, else ``a.mp3.flac``, else
     ``a.mp3~2.flac``, ``~3``... in sorted order, so the same inputs always get the same names.
-    Each input that did not get its first choice is listed in ``collisions`` with the reason.
+    Each input that did not get its first choice is listed in ``collisions`` with the reason; a
+    name too long for its report (:data:`MAX_OUTPUT_NAME`) is shortened (:func:`_shortened`).
     """
     first = {rel: output_rel_path(rel) for rel in rel_paths}
     taken = {out for rel, out in first.items() if out == rel}
@@ -58,7 +62,23 @@ def plan_output_names(rel_paths: list[str], audio_dir: str = "audio") -> tuple[d
         if out != first[rel]:
             collisions.append({"rel_path": rel, "output": f"{audio_dir}/{out}",
                                "reason": f"{audio_dir}/{first[rel]} is the output of another input"})
+    for rel in sorted(rel_paths):
+        if len(os.fsencode(posixpath.basename(plan[rel]))) > MAX_OUTPUT_NAME:
+            plan[rel] = _shortened(plan[rel], rel)
+            collisions.append({"rel_path": rel, "output": f"{audio_dir}/{plan[rel]}", "reason": "the name is too "
+                               f"long for the files beside it (over {MAX_OUTPUT_NAME} bytes)"})
     return plan, collisions
+
+
+def _shortened(out_rel: str, rel: str) -> str:
+    """``out_rel`` with its file name cut to :data:`MAX_OUTPUT_NAME` bytes: the start of the stem,
+    ``~`` and 8 hex digits of the input's name (the same name on every run, unique), the extension."""
+    folder, name = posixpath.split(out_rel)
+    stem, ext = posixpath.splitext(name)
+    tag = "~" + hashlib.sha1(os.fsencode(rel)).hexdigest()[:8]
+    while len(os.fsencode(stem + tag + ext)) > MAX_OUTPUT_NAME:
+        stem = stem[:-1]  # by characters, so a UTF-8 name stays UTF-8
+    return posixpath.join(folder, stem + tag + ext)
 
 
 def _unique(rel: str, taken: set[str]) -> str:

@@ -39,6 +39,25 @@ def good(tmp_path_factory):
     return make_good_inputs(tmp_path_factory.mktemp("good"), duration_s=1.5)
 
 
+def test_a_name_too_long_for_its_report_is_shortened_not_failed(ckpt, good, tmp_path, uri):
+    """A 255-byte name is legal, but its report (``report/<name>.json``) is not (before: the file
+    failed with 'OSError: [Errno 36] File name too long'). Its outputs get a shorter name, the same
+    on every run, listed as a rename."""
+    long = "Ü" * 120 + "L" * 11 + ".wav"  # 255 bytes in UTF-8
+    plan, collisions = plan_output_names([long, "L" * 251 + ".mp3", "short.wav"])
+    assert plan["short.wav"] == "short.wav" and plan == plan_output_names([long, "L" * 251 + ".mp3", "short.wav"])[0]
+    for rel in (long, "L" * 251 + ".mp3"):
+        assert len(os.fsencode(plan[rel] + ".json")) <= 255 and plan[rel].endswith((".wav", ".flac"))
+        assert plan[rel].startswith(rel[:100]) and plan[rel] in [c["output"][len("audio/"):] for c in collisions]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(good["wav16"], folder / long)
+    summary = _master(ckpt, folder, tmp_path / "out", uri)
+    assert summary["ok"] == 1, summary["failures"]
+    assert os.listdir(tmp_path / "out" / "audio") == [plan[long]]
+    assert os.listdir(tmp_path / "out" / "report") == [plan[long] + ".json"]
+
+
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"

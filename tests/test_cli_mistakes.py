@@ -1,0 +1,81 @@
+"""A user's mistake on the command line, as the real ``automaster`` process meets it: exit 2, one
+line on stderr that names the flag, no traceback, nothing written and no cluster started."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+CLI = [sys.executable, "-m", "automaster.cli"]
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+SONG = REPO / "tests" / "data" / "music" / "d02_librosa_kevin_macleod_sugar_plum_fairy.flac"
+
+
+def _mistake(tmp_path, *args: str) -> str:
+    """Run ``automaster args`` in an empty ``tmp_path/cwd``; assert the one-line usage error and
+    that nothing was written there; return the line."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir(exist_ok=True)
+    proc = subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, (args, proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr and proc.stdout == "", (args, proc.stdout)
+    assert not list(cwd.iterdir()), (args, list(cwd.iterdir()))  # no output, no mlflow.db, no logs
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, named", [
+    (["master", "--input", str(SONG)], "--out"),                                  # a required flag left out
+    (["master", "--input", str(SONG), "--out", "x.wav", "--preset", "loud"], "--preset"),  # not a choice
+    (["demaster", "--corpus", str(SONG.parent), "--out", "o", "--seed", "x"], "--seed"),    # not a number
+    (["train", "--data", "d", "--out", "o", "--mode", "bogus"], "--mode"),
+    (["bogus"], "bogus"),
+])
+def test_an_argument_the_parser_refuses_is_one_line(tmp_path, args, named):
+    """(before: argparse's whole usage block, 8 to 15 lines, above the error)."""
+    line = _mistake(tmp_path, *args)
+    assert named in line and line.startswith("automaster") and "--help" in line, line
+
+
+@pytest.mark.parametrize("args, flag", [
+    (["master", "--input", str(SONG), "--out", ""], "--out"),
+    (["master", "--input", "", "--out", "o"], "--input"),
+    (["demaster", "--corpus", "", "--out", "o"], "--corpus"),
+    (["demaster", "--corpus", str(SONG.parent), "--out", " "], "--out"),
+])
+def test_an_empty_path_is_refused_not_taken_for_the_working_directory(tmp_path, args, flag):
+    """(before: ``--out ''`` mastered into the working directory and ``--corpus ''`` demastered it, exit 0)."""
+    line = _mistake(tmp_path, *args)
+    assert f"{flag} is empty" in line, line
+
+
+def test_an_output_name_longer_than_the_file_system_takes_is_refused(tmp_path):
+    """One file: the output's name (or its report's, ``<name>.report.json``) over 255 bytes
+    (before: exit 1 after the mastering, 'File name too long')."""
+    line = _mistake(tmp_path, "master", "--input", str(SONG), "--out", str(tmp_path / ("L" * 250 + ".flac")))
+    assert "--out" in line and "255" in line, line
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_data_that_is_not_a_demaster_output_is_a_usage_error(tmp_path, command):
+    """(before: train printed a traceback and exited 1; tune announced itself and made --out/logs first)."""
+    line = _mistake(tmp_path, command, "--data", str(SONG.parent), "--out", str(tmp_path / "cwd" / "o"))
+    assert "--data" in line and "not a demaster output" in line, line
+
+
+def test_compare_with_a_tracking_uri_mlflow_cannot_use_is_one_line(tmp_path):
+    """(before: a 41-line traceback, exit 1)."""
+    line = _mistake(tmp_path, "compare", "--tracking-uri", "bogus://x")
+    assert "--tracking-uri" in line and "bogus://x" in line, line
+
+
+def test_compare_into_a_csv_that_cannot_be_written_is_one_line(tmp_path):
+    """(before: a traceback from the CSV write after reading every run, exit 1)."""
+    line = _mistake(tmp_path, "compare", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                    "--csv", "/proc/automaster-test/runs.csv")
+    assert "--csv" in line, line
