@@ -4,6 +4,7 @@ line on stderr that names the flag, no traceback, nothing written and no cluster
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -79,3 +80,14 @@ def test_compare_into_a_csv_that_cannot_be_written_is_one_line(tmp_path):
     line = _mistake(tmp_path, "compare", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
                     "--csv", "/proc/automaster-test/runs.csv")
     assert "--csv" in line, line
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_a_tracking_server_that_does_not_answer_is_a_usage_error(tmp_path, command):
+    """Training records into MLflow: a server that refuses is one line before Ray starts (before:
+    MLflow retried for 4 minutes after Ray and the data were up, then a traceback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    line = _mistake(tmp_path, command, "--data", str(SONG.parent), "--out", "o", "--tracking-uri", uri)
+    assert "--tracking-uri" in line and uri in line, line

@@ -164,6 +164,16 @@ def check_name_length(path: str, flag: str = "", suffix: str = "") -> None:
                              f"{len(os.fsencode(name))} bytes, a file system takes at most {NAME_MAX}")
 
 
+def check_tracking(uri: str | None) -> None:
+    """``--tracking-uri`` (or ``$MLFLOW_TRACKING_URI``) of a job that must record (train, tune):
+    a server that does not answer is one line before Ray starts."""
+    from automaster.pipelines.tracking import resolve_tracking_uri, unreachable
+
+    resolved = resolve_tracking_uri(uri)
+    if reason := unreachable(resolved):
+        raise UsageError(f"--tracking-uri {resolved}: {reason}")
+
+
 def demaster_output(value: str) -> str:
     """``--data``: the location of a ``demaster --out`` folder (its ``dataset_meta.json`` read
     here, so a wrong folder is one line before the announcement, ``--out`` and Ray)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, demaster_output, job_options, location, overrides
+from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, check_tracking, demaster_output, job_options, location, overrides
 from automaster.config import Config, load_config
 
 
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     if args.mode:
         sets.append(f"model.mode={args.mode}")
     config = load_config(args.config, sets + args.set)
+    check_tracking(args.tracking_uri)
     data, out = demaster_output(args.data), location(args.out, flag="--out")
     if conflict := checkpoint_conflict(config, latest_checkpoint(out, args.run_name)):
         raise UsageError(f"--run-name {args.run_name}: its checkpoint in {out} has other settings ({conflict}); "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, demaster_output, job_options, location, overrides
+from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, check_tracking, demaster_output, job_options, location, overrides
 from automaster.config import load_config
 
 
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     sets = overrides(args, "tune", ["samples", "epochs", "workers_per_trial"])
     config = load_config(args.config, sets + args.set)
+    check_tracking(args.tracking_uri)
     data, out = demaster_output(args.data), location(args.out, flag="--out")
     try:
         check_search(config)  # a bad setting: one line, before the announcement and Ray

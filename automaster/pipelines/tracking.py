@@ -43,6 +43,25 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
     return path.as_uri()
 
 
+def unreachable(uri: str, timeout_s: float = 10.0) -> str | None:
+    """Why the MLflow server at an ``http(s)`` ``uri`` does not answer; None when it answers or
+    ``uri`` is no server. MLflow itself retries a refused connection for about 4 minutes, silently,
+    before it gives up: one request to the server's ``/health`` tells at once."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return None
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return None  # it answered (a proxy's 401 or 404 too): MLflow's own calls say more
+    except (OSError, ValueError) as exc:  # URLError, a timeout, a malformed address
+        reason = getattr(exc, "reason", None) or exc
+        return f"the MLflow server does not answer: {reason}"
+    return None
+
+
 def configure(uri: str | None = None, experiment: str | None = None) -> str:
     """Point MLflow at ``uri`` (resolved) and create/select ``experiment``; returns the URI."""
     import mlflow
@@ -212,6 +231,8 @@ class JobRun:
         import mlflow
 
         def begin() -> Any:
+            if reason := unreachable(self.uri):
+                raise ConnectionError(reason)
             configure(self.uri, self.experiment)
             end_stale_runs(self.experiment, self.tags, self.uri)
             while mlflow.active_run() is not None:  # a run an earlier job in this process could not end
