@@ -147,7 +147,7 @@ class TrackProcessor:
         # Decoded MP3/Vorbis often peaks above 0 dBFS: scale down rather than clip the reference.
         peak = float(x.abs().max())
         input_gain = min(1.0, cfg.degrade.peak_ceiling / peak)
-        if input_gain < 1.0:
+        if peak > 1.0:  # above full scale: a repair; a master at full scale moves < 0.01 dB, silently
             note_repair("over_range_scaled")
         x = x * input_gain
         stages["decode"] += time.perf_counter() - t

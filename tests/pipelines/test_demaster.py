@@ -156,3 +156,16 @@ def test_cli_reports_user_errors_in_one_line(tmp_path):
         cwd=REPO, capture_output=True, text=True,
     )
     assert res.returncode == 2 and "unknown key" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_only_a_file_above_full_scale_counts_as_repaired(tmp_path, tracking_uri):
+    """A 16-bit master that peaks at full scale is scaled under the 0.999 ceiling by less than
+    0.01 dB: not a repair (before: every such file was listed as 'over range scaled')."""
+    t = np.arange(3 * 44100) / 44100
+    tone = np.sin(2 * np.pi * 441 * t)
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "full_scale.wav", tone, 44100, subtype="PCM_16")  # peaks at 32767
+    sf.write(tmp_path / "in" / "over.wav", 2.0 * tone, 44100, subtype="FLOAT")  # +6 dBFS
+    summary = _run(tmp_path / "in", tmp_path / "out", tracking_uri, ray=False)
+    assert summary["ok"] == 2, summary["failures"]
+    assert summary["repairs"]["over_range_scaled"] == {"count": 1, "files": 1}
