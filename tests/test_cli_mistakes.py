@@ -91,3 +91,17 @@ def test_a_tracking_server_that_does_not_answer_is_a_usage_error(tmp_path, comma
         uri = f"http://127.0.0.1:{s.getsockname()[1]}"
     line = _mistake(tmp_path, command, "--data", str(SONG.parent), "--out", "o", "--tracking-uri", uri)
     assert "--tracking-uri" in line and uri in line, line
+
+
+@pytest.mark.parametrize("rate, channels", [(96000, 2), (44100, 6)])
+def test_an_output_format_that_cannot_hold_the_input_is_refused_before_any_work(tmp_path, rate, channels):
+    """The output keeps the input's rate and channels; MP3 holds at most 48 kHz and stereo
+    (before: libsndfile's traceback after the mastering, exit 1)."""
+    import numpy as np
+    import soundfile as sf
+
+    song = tmp_path / f"in_{rate}_{channels}.wav"
+    sf.write(song, np.zeros((rate // 10, channels), np.float32), rate)
+    line = _mistake(tmp_path, "master", "--input", str(song), "--out", str(tmp_path / "out.mp3"))
+    assert "--out" in line and "MP3" in line and ".flac" in line, line
+    assert not (tmp_path / "out.mp3").exists()

@@ -29,9 +29,10 @@ from automaster.audio.common import (
     repairs,
 )
 from automaster.audio.read import audio_info, read_audio, read_excerpt
-from automaster.audio.write import write_audio
+from automaster.audio.write import format_refusal, write_audio
 
 __all__ = [
-    "AUDIO_EXTENSIONS", "MAX_NONFINITE_FRACTION", "AudioError", "AudioInfo", "FileError", "audio_info", "is_audio_file",
+    "AUDIO_EXTENSIONS", "MAX_NONFINITE_FRACTION", "AudioError", "AudioInfo", "FileError", "audio_info", "format_refusal",
+    "is_audio_file",
     "logger", "note_repair", "read_audio", "read_excerpt", "repairs", "write_audio",
 ]

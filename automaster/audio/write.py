@@ -23,6 +23,21 @@ _WRITE_SUBTYPES = {"WAV": ("PCM_16", "PCM_24", "FLOAT"), "FLAC": _PCM_SUBTYPES}
 _LOSSY_SUBTYPES = {"OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}
 _FLOAT_STORAGE = {("WAV", "FLOAT"), ("OGG", "VORBIS")}
 
+# What the MP3 encoder takes (MPEG-1/2/2.5 rates, at most stereo) and FLAC's channel limit.
+_MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+_MAX_FORMAT_CHANNELS = {"MP3": 2, "FLAC": 8}
+
+
+def format_refusal(path: str | os.PathLike, sample_rate: int, channels: int) -> str | None:
+    """Why ``path``'s format (by its extension) cannot hold audio of ``sample_rate`` Hz and
+    ``channels`` channels (None: it can), so that a caller can say so before any work."""
+    fmt = _WRITE_FORMATS.get(os.path.splitext(os.fspath(path))[1].lower())
+    most = _MAX_FORMAT_CHANNELS.get(fmt or "", _MAX_CHANNELS)
+    if channels > most:
+        return f"{fmt} holds at most {most} channels, the audio has {channels}"
+    if fmt == "MP3" and sample_rate not in _MP3_RATES:
+        return f"MP3 holds {', '.join(f'{r / 1000:g}' for r in _MP3_RATES)} kHz only, the audio is at {sample_rate / 1000:g} kHz"
+    return None
 
 
 def write_audio(
@@ -49,6 +64,9 @@ def write_audio(
     name = os.fspath(path)
     fmt, subtype = _format_of(name, subtype, sample_rate)
 
+    shape = np.shape(audio)
+    if len(shape) == 2 and (refusal := format_refusal(name, int(sample_rate), shape[0])):
+        raise ValueError(f"cannot write {name!r}: {refusal}")
     if np.asarray(audio).dtype == np.int16:
         if subtype != "PCM_16" or fmt not in ("WAV", "FLAC"):
             raise ValueError(f"cannot write {name!r}: int16 samples are written as PCM_16 WAV/FLAC only, not {fmt} {subtype}")

@@ -141,6 +141,7 @@ def _run_one(args: argparse.Namespace, model: str, source: str, config_kwargs: d
 
     out = location(args.out, flag="--out")
     check_name_length(out, "--out", ".parameters.json" if args.pictures else ".report.json")  # the files beside it
+    _check_output_format(source, out)
     record = master_one(location(model, must_exist=True, flag="--model"), source, out,
                         config=master_config(args, **config_kwargs), pictures=args.pictures, overwrite=args.overwrite)
     name = storage.display_name(source)
@@ -157,6 +158,19 @@ def _run_one(args: argparse.Namespace, model: str, source: str, config_kwargs: d
         print(f"  note: {note}")
     print(f"  report: {storage.display_name(record['report'])}")
     return EXIT_OK
+
+
+def _check_output_format(source: str, out: str) -> None:
+    """The output keeps the input's rate and channels: a format that cannot hold them (MP3 at
+    96 kHz or in 5.1) is one line before any work, not an encoder's traceback after it."""
+    from automaster.audio import AudioError, audio_info, format_refusal
+
+    try:
+        info = audio_info(source)
+    except (AudioError, OSError):  # an unreadable input: master_one names the file and the reason
+        return
+    if refusal := format_refusal(out, info.sample_rate, info.channels):
+        raise UsageError(f"--out {out}: {refusal}; name a .flac or .wav file")
 
 
 def _fmt(value: float | None) -> str:
