@@ -65,7 +65,7 @@ def write_audio(
     fmt, subtype = _format_of(name, subtype, sample_rate)
 
     shape = np.shape(audio)
-    if len(shape) == 2 and (refusal := format_refusal(name, int(sample_rate), shape[0])):
+    if len(shape) == 2 and shape[0] <= _MAX_CHANNELS and (refusal := format_refusal(name, int(sample_rate), shape[0])):
         raise ValueError(f"cannot write {name!r}: {refusal}")
     if np.asarray(audio).dtype == np.int16:
         if subtype != "PCM_16" or fmt not in ("WAV", "FLAC"):
