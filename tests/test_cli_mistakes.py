@@ -105,3 +105,14 @@ def test_an_output_format_that_cannot_hold_the_input_is_refused_before_any_work(
     line = _mistake(tmp_path, "master", "--input", str(song), "--out", str(tmp_path / "out.mp3"))
     assert "--out" in line and "MP3" in line and ".flac" in line, line
     assert not (tmp_path / "out.mp3").exists()
+
+
+def test_a_reference_too_short_to_measure_is_refused(tmp_path):
+    """(before: a 1-sample reference was 'measured' at -14 LUFS and the song turned down 10.5 dB to it)."""
+    import numpy as np
+    import soundfile as sf
+
+    ref = tmp_path / "one_sample.wav"
+    sf.write(ref, np.full((1, 2), 0.1, np.float32), 44100)
+    line = _mistake(tmp_path, "master", "--input", str(SONG), "--out", str(tmp_path / "o.wav"), "--reference", str(ref))
+    assert "--reference" in line and "0.00 s" in line, line

@@ -39,6 +39,9 @@ def add_product_options(p: argparse.ArgumentParser) -> None:
                    f"included (default {MASTER_DEFAULTS.max_eq_db:g} dB)")
 
 
+MIN_REFERENCE_S = 0.4  # one BS.1770 gating block
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """``automaster master`` and its flags."""
     p = sub.add_parser(
@@ -75,7 +78,23 @@ def _reference(value: str | None) -> str | None:
         return None
     if "://" not in value and not Path(value).expanduser().is_file():
         raise UsageError(f"--reference {value!r}: no such file")
-    return location(value, flag="--reference")
+    where = location(value, flag="--reference")
+    _check_reference_length(where)
+    return where
+
+
+def _check_reference_length(path: str) -> None:
+    """A reference shorter than one 400 ms loudness block has no loudness or tone to match (its
+    level would be a guess the song is turned to)."""
+    from automaster.audio import AudioError, audio_info
+
+    try:
+        seconds = audio_info(path).duration_s
+    except (AudioError, OSError):  # unreadable: the Masterer names the file and the reason
+        return
+    if seconds < MIN_REFERENCE_S:
+        raise UsageError(f"--reference {path!r} is {seconds:.2f} s long: a reference needs at least "
+                         f"{MIN_REFERENCE_S:g} s (one loudness block)")
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:
