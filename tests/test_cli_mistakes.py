@@ -116,3 +116,12 @@ def test_a_reference_too_short_to_measure_is_refused(tmp_path):
     sf.write(ref, np.full((1, 2), 0.1, np.float32), 44100)
     line = _mistake(tmp_path, "master", "--input", str(SONG), "--out", str(tmp_path / "o.wav"), "--reference", str(ref))
     assert "--reference" in line and "0.00 s" in line, line
+
+
+def test_an_input_that_is_a_pipe_or_a_device_is_refused(tmp_path):
+    """(before: reading the named pipe, or /dev/zero behind a .wav link, waited forever)."""
+    os.mkfifo(tmp_path / "pipe.wav")
+    (tmp_path / "zero.wav").symlink_to("/dev/zero")
+    for name in ("pipe.wav", "zero.wav"):
+        line = _mistake(tmp_path, "master", "--input", str(tmp_path / name), "--out", str(tmp_path / "o.wav"))
+        assert "--input" in line and "pipe, a device" in line, line

@@ -107,7 +107,12 @@ def _inputs(args: argparse.Namespace) -> list[str]:
         return []
     if not args.input:
         raise UsageError("--input is required (an audio file or a folder; repeatable), or --references CSV")
-    return [location(value, must_exist=True, flag="--input") for value in args.input]
+    inputs = [location(value, must_exist=True, flag="--input") for value in args.input]
+    for value, where in zip(args.input, inputs):
+        path = Path(where)
+        if "://" not in where and not path.is_dir() and not path.is_file():  # reading one would wait forever
+            raise UsageError(f"--input {value!r}: not a file or folder (a pipe, a device or a socket)")
+    return inputs
 
 
 def run(args: argparse.Namespace) -> int:
