@@ -59,6 +59,9 @@ class JobSpec:
             of :data:`INPUT_FLAGS` in ``paths`` (``--input``, ``--input 2``, ``--corpus``...).
         worker_memory_bytes: one worker's peak memory, as the job estimates it: the default
             worker count is cut to what the cluster's memory holds.
+        outputs: the names under ``out`` the job writes (folders and files): a folder that
+            automaster did not make (no manifest) and that holds one of them, or a summary, is
+            refused unless overwriting, so that no file of the user's is replaced unasked.
     """
 
     job: str
@@ -76,6 +79,7 @@ class JobSpec:
     files: dict[str, bytes] = field(default_factory=dict)
     inputs: list[str] | None = None
     worker_memory_bytes: float | None = None
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -211,6 +215,8 @@ def prepare(spec: JobSpec, options: RunOptions) -> tuple[OutputFolder, dict[str,
 
             settings["level_model_sha256"] = file_sha256(str(checkpoint_paths(settings["level_model"])[0]))
         manifest = make_manifest(spec.job, settings, model_hash, input_roots(spec), decisive_files(spec))
+        if not options.overwrite:
+            folder.check_foreign((*spec.outputs, SUMMARY))
         folder.check_manifest(manifest, options.overwrite)
         records = {} if options.overwrite else folder.records()
     except BaseException:

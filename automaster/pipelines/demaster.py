@@ -301,6 +301,7 @@ def run_demaster(
         params={"corpus": corpus, "out": out, "corpus_kind": scan.kind, **config.to_dict()["demaster"],
                 "audio": config.to_dict()["audio"], "degrade": config.to_dict()["degrade"]},
         files={META_FILE: json.dumps(_dataset_meta(config), indent=2).encode()},
+        outputs=OUTPUT_NAMES,
     )
     options = RunOptions(workers=dm.workers, ray=ray, address=ray_address, overwrite=overwrite, verbose=verbose,
                          progress=progress, batch=config.batch)

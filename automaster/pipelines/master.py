@@ -353,7 +353,7 @@ def run_master(
         processor_kwargs={"model": model, "config": config, "device": device, "pictures": pictures},
         paths={"--model": model, "--out": out, "--reference": config.reference, "--references": references,
                **{f"--input {n + 1}" if len(inputs) > 1 else "--input": i for n, i in enumerate(inputs[:20])}},
-        model=model_file(model), device=device, inputs=inputs, worker_memory_bytes=worker_memory_bytes(items, stream_above_s=STREAM_ABOVE_S if long_files_stream else None),
+        outputs=OUTPUT_NAMES, model=model_file(model), device=device, inputs=inputs, worker_memory_bytes=worker_memory_bytes(items, stream_above_s=STREAM_ABOVE_S if long_files_stream else None),
         experiment=experiment, run_name=run_name, tracking_uri=tracking_uri,
         params={"input": inputs[0] if len(inputs) == 1 else f"{len(inputs)} inputs", "out": out, "gpu": gpu,
                 "overwrite": overwrite, **settings},

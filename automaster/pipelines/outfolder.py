@@ -211,6 +211,18 @@ class OutputFolder:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
 
+    def check_foreign(self, outputs: tuple[str, ...]) -> None:
+        """Refuse a folder without a manifest (not made by automaster) that already holds one of
+        the job's ``outputs``: publishing would replace the user's files of the same names."""
+        if storage.exists(storage.join(self.state, MANIFEST)):
+            return
+        found = [name for name in outputs if storage.exists(storage.join(self.out, name))]
+        if found:
+            raise OutputFolderError(
+                f"--out {storage.display(self.out)} holds {', '.join(found)}, which automaster did not write; "
+                "choose a new or empty folder, or --overwrite to replace them"
+            )
+
     def check_manifest(self, manifest: dict[str, Any], overwrite: bool) -> str:
         """Compare with the folder's manifest; returns ``new``, ``same`` or ``overwritten``.
 

@@ -58,6 +58,25 @@ def test_a_name_too_long_for_its_report_is_shortened_not_failed(ckpt, good, tmp_
     assert os.listdir(tmp_path / "out" / "report") == [plan[long] + ".json"]
 
 
+def test_a_folder_automaster_did_not_make_keeps_the_users_files(ckpt, good, tmp_path, uri, capsys):
+    """--out pointed at a folder of the user's that holds audio/<name> or a summary.json: refused
+    in one line, nothing replaced (before: the user's audio/a.wav was overwritten, exit 0);
+    --overwrite writes into it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(good["wav16"], folder / "a.wav")
+    theirs = tmp_path / "mine"
+    (theirs / "audio").mkdir(parents=True)
+    (theirs / "audio" / "a.wav").write_bytes(b"the user's own take")
+    assert _cli("--input", str(folder), "--out", str(theirs), "--no-ray", "--tracking-uri", uri) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds audio, which automaster did not write" in err[0], err
+    assert (theirs / "audio" / "a.wav").read_bytes() == b"the user's own take"
+    assert not (theirs / "report").exists() and not (theirs / "summary.json").exists()
+    summary = _master(ckpt, folder, theirs, uri, overwrite=True)
+    assert summary["ok"] == 1 and read_audio(str(theirs / "audio" / "a.wav"))[0].shape[0] == 2
+
+
 @pytest.fixture(scope="module")
 def uri(tmp_path_factory):
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
