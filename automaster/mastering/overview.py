@@ -43,7 +43,7 @@ def overview_png(rows: list[dict[str, Any]]) -> bytes:
     ceilings = {r.get("ceiling_dbtp") for r in rows if r.get("ceiling_dbtp") is not None}
     for c in ceilings:
         ax_peak.axhline(c, color="black", linestyle="--", label=f"ceiling {c:g} dBTP")
-    ax_peak.set(title="True peak of the output (4x oversampled)", ylabel="output true peak (dBTP)")
+    ax_peak.set(title="True peak of the output (8x oversampled)", ylabel="output true peak (dBTP)")
     ax_gain.scatter(lufs_in, gain, s=size, color="tab:green", label="loudness stage gain")
     ax_gain.axhline(0.0, color="gray", linestyle=":")
     ax_gain.set(title="Gain applied by the loudness stage", ylabel="gain (dB)")

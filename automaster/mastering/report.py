@@ -8,7 +8,7 @@ input and which the output:
 
 1. long-term spectrum (mid, 1/3-octave smoothed) of the input, the output and the reference;
 2. short-term loudness (3 s windows, BS.1770) over time, with the integrated levels and target;
-3. true peak (4x oversampled, per 100 ms) over time, with the ceiling;
+3. true peak (8x oversampled, per 100 ms) over time, with the ceiling;
 4. the limiter's gain reduction over time;
 5. loudness after each stage (LUFS), the soft clipper a stage of its own;
 6. true peak after each stage (dBTP), with the ceiling;

@@ -214,7 +214,7 @@ def _peaks(image: Image.Image, x0: int, y0: int, r: dict[str, Any]) -> None:
     ceiling = r.get("ceiling_dbtp")
     if ceiling is not None:
         key.append((f"ceiling {ceiling:.1f} dBTP", RED, "--"))
-    p = Panel(image, x0, y0, "True peak per 100 ms (4x oversampled)", key)
+    p = Panel(image, x0, y0, "True peak per 100 ms (8x oversampled)", key)
     p.axes(_time_limits(r), _limits([tp_in, tp_out, _arr([ceiling])], 2.0), "time (s)", "true peak (dBTP)")
     p.line(t, tp_in, BLUE)
     p.line(t, tp_out, ORANGE)

@@ -41,7 +41,7 @@ from automaster.dsp.limiter import GainReduction, _limit, loudness_and_limit
 from automaster.effects.echo import EchoInverseStream
 from automaster.mastering.finishing import (
     GAIN_REDUCTION_HOP_S, MAX_DRIVE_DB, SATURATION_STEPS, FinishSettings, _applied, _loudness_and_limit,
-    _loudness_stage, _shifted, gain_reduction_db, levels_info, limiter_record, soft_clip,
+    _loudness_stage, _shifted, gain_reduction_db, levels_info, limiter_aim, limiter_record, soft_clip,
 )
 from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none
@@ -328,18 +328,18 @@ def _level_stages(stage: StreamStage, levels, level_gain_db: float | None, repor
         stages.append({"stage": "loudness", "applied": False, "note": note, **_shifted(stages[-1], 0.0)})
         stages.append({"stage": "limiter", "applied": False, "note": "no ceiling (preset none)", **_shifted(stages[-1], 0.0)})
         return Rendered()
-    clipped = None
+    clipped, aim = None, limiter_aim(ceiling)
     if levels.use_level_gain and target is not None and max_limiting_db is not None:
         gain = target - stages[-1]["lufs"]
-        out, _ = loudness_and_limit(stage, None, ceiling, gain_db=gain)
+        out, _ = loudness_and_limit(stage, None, aim, gain_db=gain)
         drive = None
     else:
         def saturate():
             nonlocal clipped
-            limited, clipped, drive_db = stage.saturate(target, ceiling)
+            limited, clipped, drive_db = stage.saturate(target, aim)
             return limited, clipped, drive_db
 
-        out, _, gain, drive, _ = _loudness_and_limit(stage, target, ceiling, saturate)
+        out, _, gain, drive, _ = _loudness_and_limit(stage, target, aim, saturate)
     report["loudness_gain_db"], report["soft_clip_drive_db"] = gain, drive
     if target is not None:
         note = f"{note}: {gain:+.2f} dB" + ("" if drive is None else " into the soft clipper (the limiter alone fell short)")
@@ -383,7 +383,7 @@ def master_stream(masterer, path: str, out_path: str, *, subtype: str = "PCM_24"
         levels = settings.levels()
         gain = None if info.get("restore_gain_db") is None else settings.amount * info.pop("restore_gain_db")
         info.pop("restore_gain_db", None)
-        stage = StreamStage(source, report.pop("_measured"), levels.ceiling_dbtp, scratch)
+        stage = StreamStage(source, report.pop("_measured"), limiter_aim(levels.ceiling_dbtp), scratch)
         out = _level_stages(stage, levels, gain, report, settings.max_limiting_db)
         peak = (out.measured.peak if out.measured is not None else stage.measured.peak * out.gain)
         trim = 1.0
