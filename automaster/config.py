@@ -114,6 +114,8 @@ DAMAGE_EFFECTS = ("eq", "compressor", "reverb", "echo")
 # this (dB): chosen on fma_mini's validation split among 0, 0.5, 1, 2 and no bound (BENCHMARKS.md,
 # "Attribution of every stage": the best mean MR-STFT; limiting costs SI-SDR, a static gain does not).
 MAX_LIMITING_DB = 1.0
+MIN_REFERENCE_S = 0.4  # one BS.1770 loudness block: a shorter reference has no loudness to match
+MAX_REFERENCE_LUFS = 0.0  # a reference louder than this is no master (as loud as --target-lufs may be)
 
 
 def parse_effects(text: str) -> tuple[str, ...]:

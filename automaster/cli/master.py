@@ -10,7 +10,7 @@ from automaster.cli.common import (
     job_options, location, log, out_location, print_summary,
 )
 from automaster.cli.repair import MASTER_DEFAULTS, add_repair_options, default_inversion, master_config, model_or_shipped
-from automaster.config import INVERSIONS
+from automaster.config import INVERSIONS, MIN_REFERENCE_S
 
 
 def add_product_options(p: argparse.ArgumentParser) -> None:
@@ -39,7 +39,6 @@ def add_product_options(p: argparse.ArgumentParser) -> None:
                    f"included (default {MASTER_DEFAULTS.max_eq_db:g} dB)")
 
 
-MIN_REFERENCE_S = 0.4  # one BS.1770 gating block
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -175,6 +175,17 @@ def _loudness_stage(
     return target, note
 
 
+def loudness_source(levels: Levels, level_gain_db: float | None, target: float | None) -> str | None:
+    """What set the loudness stage's target: the level model (a level gain was given), the
+    ``restore`` preset's bound on limiting (no level model: the gain only turns a hot input down),
+    a preset, a target or a reference; None without a target."""
+    if target is None:
+        return None
+    if levels.use_level_gain:
+        return "level model" if level_gain_db is not None else "limiting bound"
+    return levels.loudness_from
+
+
 def soft_clip(audio: np.ndarray, gain_db: float, ceiling_dbtp: float) -> np.ndarray:
     """``c * tanh(g * x / c)`` with ``c`` the ceiling (linear), 4x oversampled so the harmonics
     it makes above Nyquist are filtered out rather than aliased."""
@@ -283,7 +294,7 @@ def _level_stages(
     stages, ceiling = report["stages"], levels.ceiling_dbtp
     target, note = _loudness_stage(stages[-1], levels, level_gain_db, max_limiting_db)
     report["target_lufs"] = target
-    report["loudness_from"] = ("level model" if levels.use_level_gain else levels.loudness_from) if target is not None else None
+    report["loudness_from"] = loudness_source(levels, level_gain_db, target)
     if target is None and ceiling is None:
         stages.append(_stage("loudness", False, note, y, sr, prev=stages[-1]))
         stages.append(_stage("limiter", False, "no ceiling (preset none)", y, sr, prev=stages[-1]))
@@ -389,7 +400,7 @@ def _applied(report: dict[str, Any]) -> str:
         parts.append(f"amount {report['amount']:.2f}")
     if "loudness" in done:
         source = report.get("loudness_from")
-        how = "level model" if source == "level model" else f"to {report['target_lufs']:.1f} LUFS"
+        how = {"level model": "level model", "limiting bound": "level"}.get(source, f"to {report['target_lufs']:.1f} LUFS")
         parts.append(f"{how} {report['loudness_gain_db']:+.1f} dB")
     if "soft clip" in done:
         parts.append("soft clip")

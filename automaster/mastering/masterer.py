@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from automaster.audio import AudioError, FileError, read_audio
-from automaster.config import INVERSIONS, ConfigError, MasterConfig
+from automaster.config import INVERSIONS, MAX_REFERENCE_LUFS, MIN_REFERENCE_S, ConfigError, MasterConfig
 from automaster.dsp.constants import MODEL_RATE
 from automaster.dsp.stft import N_FFT
 from automaster.dsp.loudness import integrated_loudness
@@ -414,13 +414,24 @@ def load_reference(path: str) -> ToneProfile:
     """The tone profile of a reference track (``--reference``), read whole at its own rate.
 
     Raises:
-        MasteringError: the file cannot be read, or it is silent.
+        MasteringError: the file cannot be read, or it is no reference: silent, shorter than one
+            400 ms loudness block, more than two channels (a surround mix's loudness does not
+            compare with a stereo song's), or louder than any master (above 0 LUFS: a float file
+            far above full scale would drive the song into the limiter).
     """
     try:
         audio, sr = read_audio(path)
     except (AudioError, FileError, OSError) as exc:
         raise MasteringError(f"--reference {path!r}: {exc}") from None
+    if audio.shape[1] < MIN_REFERENCE_S * sr:
+        raise MasteringError(f"--reference {path!r} is {audio.shape[1] / sr:.2f} s long: a reference needs at least "
+                             f"{MIN_REFERENCE_S:g} s (one loudness block)")
+    if audio.shape[0] > 2:
+        raise MasteringError(f"--reference {path!r} has {audio.shape[0]} channels: a reference must be mono or stereo")
     profile = tone_profile(audio, sr)
     if not np.isfinite(profile.lufs):
         raise MasteringError(f"--reference {path!r} is silent: nothing to match")
+    if profile.lufs > MAX_REFERENCE_LUFS:
+        raise MasteringError(f"--reference {path!r} measures {profile.lufs:+.1f} LUFS, louder than any master "
+                             f"(at most {MAX_REFERENCE_LUFS:g} LUFS): a file above full scale?")
     return profile

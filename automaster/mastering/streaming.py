@@ -41,7 +41,7 @@ from automaster.dsp.limiter import GainReduction, _limit, loudness_and_limit
 from automaster.effects.echo import EchoInverseStream
 from automaster.mastering.finishing import (
     GAIN_REDUCTION_HOP_S, MAX_DRIVE_DB, SATURATION_STEPS, FinishSettings, _applied, _loudness_and_limit,
-    _loudness_stage, _shifted, gain_reduction_db, levels_info, limiter_aim, limiter_record, soft_clip,
+    _loudness_stage, _shifted, gain_reduction_db, levels_info, limiter_aim, loudness_source, limiter_record, soft_clip,
 )
 from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none
@@ -323,7 +323,7 @@ def _level_stages(stage: StreamStage, levels, level_gain_db: float | None, repor
     stages, ceiling = report["stages"], levels.ceiling_dbtp
     target, note = _loudness_stage(stages[-1], levels, level_gain_db, max_limiting_db)
     report["target_lufs"] = target
-    report["loudness_from"] = ("level model" if levels.use_level_gain else levels.loudness_from) if target is not None else None
+    report["loudness_from"] = loudness_source(levels, level_gain_db, target)
     if target is None and ceiling is None:
         stages.append({"stage": "loudness", "applied": False, "note": note, **_shifted(stages[-1], 0.0)})
         stages.append({"stage": "limiter", "applied": False, "note": "no ceiling (preset none)", **_shifted(stages[-1], 0.0)})

@@ -219,3 +219,15 @@ def test_audio_under_the_ceiling_without_a_level_gain_is_left_alone(materials):
     out, report = finish(calm, calm, sr, FinishSettings(max_limiting_db=0.0))
     np.testing.assert_allclose(out, calm, atol=1e-6)
     assert report["loudness_gain_db"] == 0.0 and report["limiter_max_reduction_db"] == 0.0
+
+
+def test_without_a_level_model_a_turned_down_hot_input_is_not_called_the_level_models(materials):
+    """The restore preset without a level model turns a hot input down to the limiting bound:
+    the table and the report say so, not 'level model'."""
+    audio, sr = materials["stereo"]
+    hot = audio * np.float32(10 ** (4 / 20) / np.abs(audio).max())
+    _, report = finish(hot, hot, sr, FinishSettings(max_limiting_db=1.0))
+    assert report["loudness_from"] == "limiting bound"
+    assert "level model" not in report["applied"] and ", level -" in report["applied"]
+    _, with_model = finish(hot, hot, sr, FinishSettings(max_limiting_db=1.0), level_gain_db=2.0)
+    assert with_model["loudness_from"] == "level model" and "level model" in with_model["applied"]

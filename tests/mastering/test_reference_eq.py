@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from automaster.cli import main
@@ -23,3 +24,21 @@ def test_config_names_the_flag():
     assert MasterConfig().max_eq_db == 6.0
     with pytest.raises(ConfigError, match="--max-eq-db"):
         MasterConfig(max_eq_db=0.0)
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda x, sr: x[:, : sr // 10], "needs at least 0.4 s"),          # shorter than one loudness block
+    (lambda x, sr: np.concatenate([x, x, x]), "must be mono or stereo"),  # a 6-channel mix
+    (lambda x, sr: 30.0 * x, "louder than any master"),                  # a float file far above full scale
+])
+def test_a_reference_that_is_no_master_is_refused_with_the_reason(tmp_path, make, words):
+    import soundfile as sf
+
+    from automaster.audio import read_audio
+    from automaster.mastering.masterer import MasteringError, load_reference
+
+    x, sr = read_audio(DATA / "music" / "d01_librosa_brahms_hungarian_dance_5.flac")
+    path = tmp_path / "ref.wav"
+    sf.write(path, make(x, sr).T, sr, subtype="FLOAT")
+    with pytest.raises(MasteringError, match=words):
+        load_reference(str(path))
