@@ -146,13 +146,17 @@ def level_gain_bound_db(true_peak_dbtp: float | None, ceiling_dbtp: float | None
 
 
 def _loudness_stage(
-    prev: dict[str, Any], levels: Levels, gain_db: float | None, max_limiting_db: float | None = None
+    prev: dict[str, Any], levels: Levels, gain_db: float | None, max_limiting_db: float | None = None,
+    short: bool = False,
 ) -> tuple[float | None, str]:
     """The target (LUFS) the loudness stage aims at, or None, and its note (``prev``: the record
-    of the stage before, whose loudness and true peak it starts from)."""
+    of the stage before, whose loudness and true peak it starts from; ``short``: the clip is
+    shorter than one 400 ms loudness block, whose loudness BS.1770 does not define)."""
     lufs = prev["lufs"]
     if lufs is None or not math.isfinite(lufs):
         return None, "silent: no loudness gain"
+    if short:
+        return None, "too short to measure loudness (under one 400 ms block): level kept"
     if levels.use_level_gain:
         # The restore preset: the restored level, moved by the level model's gain when there is
         # one, and never into more than max_limiting_db of limiting (a static gain costs no distortion).
@@ -292,7 +296,8 @@ def _level_stages(
     (records each, so the clipper's share of the loudness shows as a stage of its own);
     ``max_limiting_db`` bounds the ``restore`` preset's level gain (:func:`level_gain_bound_db`)."""
     stages, ceiling = report["stages"], levels.ceiling_dbtp
-    target, note = _loudness_stage(stages[-1], levels, level_gain_db, max_limiting_db)
+    short = y.shape[-1] < meter.BLOCK_S * sr
+    target, note = _loudness_stage(stages[-1], levels, level_gain_db, max_limiting_db, short)
     report["target_lufs"] = target
     report["loudness_from"] = loudness_source(levels, level_gain_db, target)
     if target is None and ceiling is None:
@@ -416,7 +421,7 @@ def loudness_warning(report: dict[str, Any]) -> str:
     """The loudness stage's note of a :func:`finish` report when a user should read it (silence,
     a refused gain, the soft clipper), else ``""``."""
     note = next(s for s in report["stages"] if s["stage"] == "loudness")["note"]
-    if note.startswith(("silent", "refused")) or report.get("soft_clip_drive_db") is not None:
+    if note.startswith(("silent", "refused", "too short")) or report.get("soft_clip_drive_db") is not None:
         return note
     return ""
 

@@ -12,7 +12,7 @@ import soundfile as sf
 from automaster.audio import read_audio
 from automaster.dsp.loudness import true_peak_dbtp
 from automaster.dsp.tone import tone_error_db, tone_profile
-from automaster.mastering.finishing import TRUE_PEAK_MARGIN_DB, FinishSettings, finish
+from automaster.mastering.finishing import TRUE_PEAK_MARGIN_DB, FinishSettings, finish, levels_info
 from automaster.mastering.presets import PRESETS, resolve_levels
 from tests.conftest import DATA
 
@@ -231,3 +231,14 @@ def test_without_a_level_model_a_turned_down_hot_input_is_not_called_the_level_m
     assert "level model" not in report["applied"] and ", level -" in report["applied"]
     _, with_model = finish(hot, hot, sr, FinishSettings(max_limiting_db=1.0), level_gain_db=2.0)
     assert with_model["loudness_from"] == "level model" and "level model" in with_model["applied"]
+
+
+def test_a_clip_shorter_than_one_loudness_block_keeps_its_level(materials):
+    """BS.1770 measures 400 ms blocks: one frame 'measured' -14 LUFS and was raised 12.6 dB. A
+    shorter clip keeps its level (the ceiling still holds) and the note says why."""
+    audio, sr = materials["stereo"]
+    tiny = np.ascontiguousarray(audio[:, : sr // 10] * np.float32(0.05))
+    out, report = finish(tiny, tiny, sr, FinishSettings(preset="streaming"))
+    assert report["target_lufs"] is None and report["loudness_gain_db"] == 0.0
+    assert levels_info(tiny, sr, report)["loudness_note"].startswith("too short")
+    assert np.array_equal(out, tiny)
