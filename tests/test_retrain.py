@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -14,8 +15,10 @@ from tests.conftest import REPO
 
 def _plan(target: str, corpus: str) -> str:
     """What ``make TARGET`` would run (the install step taken as done)."""
-    proc = subprocess.run(["make", "-n", "-o", ".venv/.installed", target, f"CORPUS={corpus}"], cwd=REPO,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    # run from `make test`, make would say which directory it enters: a make of its own, silent
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", target, f"CORPUS={corpus}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.replace("\\\n", " ")
 
