@@ -155,8 +155,13 @@ class Meter:
         core = ext[:, b0 - e0 : b1 - e0].astype(np.float64)
         self.peak = max(self.peak, abs_max(core))
         self.channel_sums += core.sum(axis=1)
+        self.add_width(core)
+
+    def add_width(self, block: np.ndarray) -> None:
+        """Add a ``(C, n)`` block's mid and side energies (stereo only)."""
         if self.channels == 2:
-            mid, side = core.mean(axis=0), 0.5 * (core[0] - core[1])
+            block = block.astype(np.float64, copy=False)
+            mid, side = block.mean(axis=0), 0.5 * (block[0] - block[1])
             self.e_mid += float(np.sum(mid * mid))
             self.e_side += float(np.sum(side * side))
 
@@ -409,11 +414,7 @@ def master_stream(masterer, path: str, out_path: str, *, subtype: str = "PCM_24"
                 if trim != 1.0:
                     y = y * np.float32(trim)
                 writer.write(y)
-                if channels == 2:
-                    block = y.astype(np.float64)
-                    mid, side = block.mean(axis=0), 0.5 * (block[0] - block[1])
-                    width.e_mid += float(np.sum(mid * mid))
-                    width.e_side += float(np.sum(side * side))
+                width.add_width(y)
         stages["writes"] = stages.get("writes", 0.0) + time.perf_counter() - t
         info.update(levels_info(None, sr, report))
         info["finish"] = report
