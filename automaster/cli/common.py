@@ -177,9 +177,9 @@ def check_tracking(uri: str | None) -> None:
 def demaster_output(value: str) -> str:
     """``--data``: the location of a ``demaster --out`` folder (its ``dataset_meta.json`` read
     here, so a wrong folder is one line before the announcement, ``--out`` and Ray)."""
-    from automaster.training.pairs import read_meta
-
     data = location(value, must_exist=True, flag="--data")
+    from automaster.training.pairs import read_meta  # torch (automaster.training): once the folder exists
+
     try:
         read_meta(data)
     except (OSError, ValueError) as exc:

@@ -29,14 +29,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster demaster``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
-    from automaster.pipelines.demaster import run_demaster
-
     check_workers(args.workers)
     sets = overrides(args, "demaster", ["seed", "variants", "limit", "clip_seconds", "min_seconds", "workers"])
     config = load_config(args.config, sets + args.set)
+    corpus, out = location(args.corpus, must_exist=True, flag="--corpus"), out_location(args.out)
+    from automaster.pipelines.demaster import run_demaster  # torch: after the checks, which answer at once
+
     summary = run_demaster(
-        location(args.corpus, must_exist=True, flag="--corpus"),
-        out_location(args.out),
+        corpus,
+        out,
         config,
         ray=args.ray,
         overwrite=args.overwrite,

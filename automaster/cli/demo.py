@@ -46,11 +46,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster demo``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
-    from automaster.pipelines.batch import format_summary
-    from automaster.pipelines.demaster import run_demaster
-    from automaster.pipelines.master import run_master
-    from automaster.pipelines.train import run_train
-
     music = CHECKOUT / "tests" / "data" / "music"
     if not music.is_dir():
         raise UsageError(f"the bundled music ({music}) is missing: run the demo from a checkout of automaster")
@@ -60,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
     epochs = {"train": {"epochs": args.epochs}} if args.epochs is not None else {}
     config = load_config(args.config, args.set, base=_merged(DEMO_CONFIG, epochs))
     common = {"tracking_uri": args.tracking_uri, "ray_address": args.ray_address, "verbose": args.verbose}
+    from automaster.pipelines.batch import format_summary  # torch: after the checks above
+    from automaster.pipelines.demaster import run_demaster
+    from automaster.pipelines.master import run_master
+    from automaster.pipelines.train import run_train
 
     demaster = run_demaster(str(music), str(out / "paired"), config, **common)
     print(format_summary("demaster", demaster))

@@ -116,12 +116,9 @@ def _inputs(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster master``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
-    from automaster.mastering import MasteringError
-    from automaster.model.checkpoint import CheckpointError
-    from automaster.pipelines.master_one import is_file_output
+    from automaster.pipelines.master_inputs import is_file_output  # light: no torch before the checks
 
     model = model_or_shipped(args.model)
-    inversion = args.inversion or default_inversion(model)
     if not 0.0 <= args.amount <= 1.0:
         raise UsageError(f"--amount {args.amount:g}: must be in [0, 1]")
     check_workers(args.workers)
@@ -131,7 +128,12 @@ def run(args: argparse.Namespace) -> int:
     if is_file_output(args.out) and not one_file:
         raise UsageError(f"--out {args.out}: a file name takes exactly one input file; name a folder for "
                          f"{'a folder' if len(inputs) == 1 else 'several inputs'}")
+    inversion = args.inversion or default_inversion(model)  # reads the model (torch): after the checks
     config_kwargs = dict(inversion=inversion, preset=args.preset, amount=args.amount, reference=_reference(args.reference))
+    # torch comes in with these: after the checks above, so that a mistake is answered at once
+    from automaster.mastering import MasteringError
+    from automaster.model.checkpoint import CheckpointError
+
     try:
         if one_file:
             return _run_one(args, model, inputs[0], config_kwargs)

@@ -23,9 +23,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster train``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
-    from automaster.pipelines.train import latest_checkpoint, run_train
-    from automaster.training.loop import checkpoint_conflict
-
     sets = overrides(args, "train", ["workers", "epochs"])
     if args.gpu:
         sets.append("train.use_gpu=true")
@@ -34,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, sets + args.set)
     check_tracking(args.tracking_uri)
     data, out = demaster_output(args.data), location(args.out, flag="--out")
+    from automaster.pipelines.train import latest_checkpoint, run_train  # torch: after the checks above
+    from automaster.training.loop import checkpoint_conflict
+
     if conflict := checkpoint_conflict(config, latest_checkpoint(out, args.run_name)):
         raise UsageError(f"--run-name {args.run_name}: its checkpoint in {out} has other settings ({conflict}); "
                          "use another --run-name or the same settings")  # fmt: skip

@@ -22,12 +22,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster tune``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
-    from automaster.pipelines.tune import check_search, run_tune
-
     sets = overrides(args, "tune", ["samples", "epochs", "workers_per_trial"])
     config = load_config(args.config, sets + args.set)
     check_tracking(args.tracking_uri)
     data, out = demaster_output(args.data), location(args.out, flag="--out")
+    from automaster.pipelines.tune import check_search, run_tune  # torch: after the checks above
+
     try:
         check_search(config)  # a bad setting: one line, before the announcement and Ray
         tc = config.tune

@@ -187,3 +187,8 @@ def plan_items(
             item["reference"] = references[path]
         items.append(item)
     return items, [{"path": p, "reason": r} for p, r in passed], collisions
+
+
+def is_file_output(out: str) -> bool:
+    """Whether ``--out`` names an audio file (by its extension) rather than a folder."""
+    return is_audio_file(out) and not storage.is_dir(out)

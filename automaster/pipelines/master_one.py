@@ -22,17 +22,12 @@ import uuid
 from typing import Any
 
 from automaster import storage
-from automaster.audio import AudioError, FileError, is_audio_file, repairs
+from automaster.audio import AudioError, FileError, repairs
 from automaster.config import ConfigError, MasterConfig
 from automaster.pipelines.master import MasterProcessor, check_levels, output_names
 from automaster.pipelines.master_inputs import FILE_OUTPUT_EXTENSIONS
 
 TEMP_PREFIX = storage.TMP_PREFIX  # the job's own temporaries: swept by name, never a user's file
-
-
-def is_file_output(out: str) -> bool:
-    """Whether ``--out`` names an audio file (by its extension) rather than a folder."""
-    return is_audio_file(out) and not storage.is_dir(out)
 
 
 def _same_job(report_path: str, input_path: str, settings: dict[str, Any]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +16,12 @@ from automaster.pipelines.compare import CompareError, compare_runs, format_tabl
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture()
-def store(tmp_path):
-    """Three training runs and a demaster run in a fresh SQLite store."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+@pytest.fixture(scope="module")
+def store_template(tmp_path_factory) -> Path:
+    """Three training runs and a demaster run in a SQLite store, made once (creating MLflow's tables
+    takes seconds); each test gets a copy of it."""
+    db = tmp_path_factory.mktemp("compare_store") / "mlflow.db"
+    uri = f"sqlite:///{db}"
     client = mlflow.MlflowClient(uri)
     train = client.create_experiment("automaster-train")
     for name, lr, l2, val in [("a", 1e-3, 1.0, 5.0), ("b", 3e-4, 2.5, 3.0), ("c", 2e-3, 0.2, None)]:
@@ -34,7 +37,14 @@ def store(tmp_path):
     run = client.create_run(demaster, run_name="d", tags={"automaster.job": "demaster"})
     client.log_metric(run.info.run_id, "tracks_per_s", 4.2)
     client.set_terminated(run.info.run_id)
-    return uri
+    return db
+
+
+@pytest.fixture()
+def store(store_template, tmp_path) -> str:
+    """A fresh copy of :func:`store_template` (a test may add to it)."""
+    shutil.copyfile(store_template, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
 
 
 def test_runs_are_sorted_by_the_first_metric_missing_last(store):
