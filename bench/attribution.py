@@ -56,8 +56,8 @@ PEAK_CEILING = 0.999  # as the evaluate job's EvalConfig.peak_ceiling
 NO_CEILING_DBTP = 30.0
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def common_arguments(p: argparse.ArgumentParser, damages: tuple[str, ...], paths: tuple[str, ...], out: str) -> None:
+    """The options this benchmark shares with ``bench/foreign_damage.py`` (clips, models, paths, output)."""
     p.add_argument("--corpus", default=str(REPO.parent.parent / "shared" / "data" / "fma_mini"))
     p.add_argument("--music", default=str(REPO.parent.parent / "shared" / "data" / "music"))
     p.add_argument("--split", default="test", choices=["training", "validation", "test"])
@@ -65,17 +65,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=0, help="at most this many clips per set (0: all)")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--damages", default=",".join(DAMAGES))
-    p.add_argument("--paths", default=",".join(PATHS))
+    p.add_argument("--damages", default=",".join(damages))
+    p.add_argument("--paths", default=",".join(paths))
     p.add_argument("--model", default=str(REPO / "models" / "reference"))
     p.add_argument("--level-model", default=str(REPO / "models" / "spectral"))
-    p.add_argument("--max-limiting-db", type=float, default=None, help="the product's default when not given")
     p.add_argument("--bounds", default="", help="comma-separated max_limiting_db values: adds a default@<bound> path each")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--tables", metavar="JSON", help="print the tables of an earlier run's output, nothing else")
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / f"attribution-{time.strftime('%Y-%m-%d')}.json"))
-    args = p.parse_args(argv)
-    for name, choices in (("damages", DAMAGES), ("paths", PATHS), ("sets", ("fma", "music"))):
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / f"{out}-{time.strftime('%Y-%m-%d')}.json"))
+
+
+def check_arguments(p: argparse.ArgumentParser, args: argparse.Namespace, damages: tuple[str, ...]) -> argparse.Namespace:
+    """``args`` of :func:`common_arguments` with the comma lists split and checked (a mistake exits 2)."""
+    for name, choices in (("damages", damages), ("paths", PATHS), ("sets", ("fma", "music"))):
         chosen = [x.strip() for x in getattr(args, name).split(",") if x.strip()]
         if not chosen or set(chosen) - set(choices):
             p.error(f"--{name}: a comma-separated subset of {','.join(choices)}, got {getattr(args, name)!r}")
@@ -83,6 +85,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.bounds = [float(b) for b in args.bounds.split(",") if b.strip()]
     args.paths += [f"default@{b:g}" for b in args.bounds]
     return args
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common_arguments(p, DAMAGES, PATHS, "attribution")
+    p.add_argument("--max-limiting-db", type=float, default=None, help="the product's default when not given")
+    return check_arguments(p, p.parse_args(argv), DAMAGES)
 
 
 def list_clips(args: argparse.Namespace) -> list[dict[str, str]]:
@@ -196,29 +205,43 @@ def render(path: str, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
     return y, {k: info[k] for k in keep}
 
 
-def measure_clip(clip: dict[str, str]) -> list[dict[str, Any]]:
-    """Every damage and path of one clip: one row each."""
+def load_clean(clip: dict[str, str], seconds: float) -> tuple[np.ndarray, Any]:
+    """The clean excerpt ``(2, T)`` of ``clip`` as the evaluate job reads it (stereo, the peak at
+    most ``PEAK_CEILING``) and its :class:`automaster.evaluation.metrics.Reference`."""
     from automaster.audio import read_excerpt
     from automaster.dsp.loudness import integrated_loudness
     from automaster.evaluation.metrics import Reference
 
-    args = _STATE["args"]
-    clean, _ = read_excerpt(clip["path"], args.seconds, sample_rate=MODEL_RATE, mono=False, min_seconds=args.seconds)
+    clean, _ = read_excerpt(clip["path"], seconds, sample_rate=MODEL_RATE, mono=False, min_seconds=seconds)
     if clean.shape[0] == 1:
         clean = np.repeat(clean, 2, axis=0)
     peak = float(np.abs(clean).max())
     if peak > PEAK_CEILING:  # as the evaluate job: scale the reference down rather than clip it
         clean = (clean * np.float32(PEAK_CEILING / peak)).astype(np.float32)
-    reference = Reference(clean, _STATE["audio_cfg"], integrated_loudness(clean, MODEL_RATE))
+    return clean, Reference(clean, _STATE["audio_cfg"], integrated_loudness(clean, MODEL_RATE))
+
+
+def measure_paths(reference: Any, x: np.ndarray, paths: list[str], **fields: Any) -> list[dict[str, Any]]:
+    """One row per path: the damaged clip ``x`` rendered by it, measured against ``reference``
+    (with ``fields`` and the path's CPU seconds in each row). Needs :func:`_init` in this process."""
+    rows = []
+    for path in paths:
+        t = time.process_time()
+        y, info = render(path, x)
+        seconds = time.process_time() - t
+        m = reference.measure(np.asarray(y, dtype=np.float32), aligned=True)
+        rows.append({**fields, "path": path, "cpu_s": seconds, **m, **info})
+    return rows
+
+
+def measure_clip(clip: dict[str, str]) -> list[dict[str, Any]]:
+    """Every damage and path of one clip: one row each."""
+    args = _STATE["args"]
+    clean, reference = load_clean(clip, args.seconds)
     rows = []
     for kind in args.damages:
         x = damage(clean, clip["track_id"], kind, args.seed)
-        for path in args.paths:
-            t = time.process_time()
-            y, info = render(path, x)
-            seconds = time.process_time() - t
-            m = reference.measure(np.asarray(y, dtype=np.float32), aligned=True)
-            rows.append({**clip, "damage": kind, "path": path, "cpu_s": seconds, **m, **info})
+        rows += measure_paths(reference, x, args.paths, **clip, damage=kind)
     print(f"{clip['set']}/{clip['track_id']} done", file=sys.stderr, flush=True)
     return rows
 
