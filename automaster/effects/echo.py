@@ -1,5 +1,10 @@
 """One-tap echo ``y = x + gain x(t - delay_s)`` and its IIR inverse, both in the frequency domain.
 
+The time-domain inverse (:func:`echo_inverse_time`, :class:`EchoInverseStream`) also undoes a
+feedback delay ``y = x + g x(t - d) + feedback (y(t - d) - x(t - d))``, i.e. ``(1 + a z^-d) / (1 -
+feedback z^-d)`` with ``a = g - feedback`` (pedalboard's Delay and most delay pedals): the
+feed-forward comb ``y - feedback y(t - d)`` undoes the pole, the IIR with gain ``a`` the zero.
+
 The delay is a phase ramp ``exp(-j 2 pi f delay_s)``, so fractional delays are exact (band-limited)
 and differentiable w.r.t. ``delay_s``. The inverse ``x = y - gain x(t - delay_s)`` is the division
 ``Y / (1 + gain exp(-j 2 pi f delay_s))``; its impulse response decays as ``gain^k`` at ``k`` delays,
@@ -16,6 +21,7 @@ import math
 import numba
 import numpy as np
 import torch
+from scipy.signal import oaconvolve
 from scipy.special import i0
 
 from automaster.effects._checks import (
@@ -123,17 +129,34 @@ def _echo_inverse_iir(y, scale, gain, delay, taps, out):  # pragma: no cover - c
     return out
 
 
-def echo_inverse_time(y: np.ndarray, sample_rate: float, delay_s: float, gain: float, scale: float = 1.0) -> np.ndarray:
+def _comb(delay: float, feedback: float, dtype: np.dtype) -> np.ndarray:
+    """FIR ``(reach + 1,)`` of ``y - feedback y(t - delay)`` (``delay`` in samples, >= 2 H), with the
+    IIR's own fractional delay (its tap ``k`` reads ``y[n - reach + k]``: lag ``reach - k``)."""
+    whole = int(math.floor(delay))
+    taps = _fractional_taps(round(delay - whole, 6))
+    reach = whole + FRACTIONAL_HALF_TAPS
+    h = np.zeros(reach + 1, np.float64)
+    h[0] = 1.0
+    h[reach - np.arange(taps.size)] -= feedback * taps
+    return h.astype(dtype)
+
+
+def echo_inverse_time(y: np.ndarray, sample_rate: float, delay_s: float, gain: float, scale: float = 1.0,
+                      feedback: float = 0.0) -> np.ndarray:
     """Time-domain twin of :func:`echo_inverse` for one clip ``(C, T)`` numpy (no autograd), also
     multiplying by ``scale`` (an output gain's inverse): the IIR ``x = scale y - gain x(t - delay)``
     with a 48-tap windowed-sinc fractional delay. It has no wrap-around and costs a fraction of the
     two long FFTs. Up to 20 kHz (at 44.1 kHz; 0.9 of Nyquist) it agrees with the exact
     band-limited division to ~-75 dB; above, the delay's response rolls off and the echo there is
-    only partly removed. Needs ``delay_s * sample_rate >= 2 * FRACTIONAL_HALF_TAPS``."""
+    only partly removed. Needs ``delay_s * sample_rate >= 2 * FRACTIONAL_HALF_TAPS``. With
+    ``feedback``, the feedback delay's pole is undone first (the module's docstring; ``gain``
+    is then ``a``, the zero's gain)."""
     delay = delay_s * sample_rate
     whole = int(math.floor(delay))
     if whole < 2 * FRACTIONAL_HALF_TAPS:
         raise ValueError(f"the time-domain echo inverse needs a delay of >= {2 * FRACTIONAL_HALF_TAPS} samples, got {delay:.1f}")
+    if feedback:
+        y = oaconvolve(y, _comb(delay, feedback, y.dtype)[None], axes=-1)[:, : y.shape[-1]].astype(y.dtype)
     frac = round(delay - whole, 6)  # cache key; 1e-6 of a sample is far below the taps' own accuracy
     taps = _fractional_taps(frac).astype(y.dtype)
     out = np.empty_like(y)
@@ -165,11 +188,15 @@ class EchoInverseStream:
     """:func:`echo_inverse_time` a block at a time: call it with consecutive ``(C, n)`` blocks of
     one signal; it carries the recursion's last outputs from block to block."""
 
-    def __init__(self, channels: int, sample_rate: float, delay_s: float, gain: float, dtype=np.float32):
+    def __init__(self, channels: int, sample_rate: float, delay_s: float, gain: float, dtype=np.float32,
+                 feedback: float = 0.0):
         delay = delay_s * sample_rate
         whole = int(math.floor(delay))
         if whole < 2 * FRACTIONAL_HALF_TAPS:
             raise ValueError(f"the time-domain echo inverse needs a delay of >= {2 * FRACTIONAL_HALF_TAPS} samples, got {delay:.1f}")
+        # the feedback comb's FIR and the inputs it still needs from earlier blocks
+        self.comb = _comb(delay, feedback, np.dtype(dtype)) if feedback else None
+        self.inputs = np.zeros((channels, 0 if self.comb is None else self.comb.size - 1), dtype)
         self.taps = _fractional_taps(round(delay - whole, 6)).astype(dtype)
         self.gain, self.dtype = np.dtype(dtype).type(gain), np.dtype(dtype)
         self.history = np.zeros((channels, whole + self.taps.size // 2), dtype)
@@ -178,6 +205,10 @@ class EchoInverseStream:
         reach = self.history.shape[1]
         buf = np.empty((y.shape[0], reach + y.shape[1]), self.dtype)
         buf[:, :reach] = self.history
+        if self.comb is not None:
+            full = np.concatenate([self.inputs, np.asarray(y, dtype=self.dtype)], axis=1)
+            self.inputs = full[:, full.shape[1] - self.inputs.shape[1]:].copy()
+            y = oaconvolve(full, self.comb[None], mode="valid", axes=-1).astype(self.dtype)
         _echo_inverse_iir_carry(np.ascontiguousarray(y, dtype=self.dtype), self.dtype.type(1.0), self.gain, self.taps, buf)
         self.history = buf[:, -reach:].copy()
         return buf[:, reach:]

@@ -28,6 +28,11 @@ from automaster.model.validate import mae_ratios
 # its own cepstrum, 90% below 0.13: automaster/dsp/cepstrum.py).
 MAX_FORECAST_ERROR = 0.8
 MIN_ECHO_GAIN = 0.15
+# A confirmed echo is treated as a feedback delay (1 + a z^-d) / (1 - f z^-d) when the cepstrum's
+# two harmonics put its feedback f at least this high (a single echo measures |f| < 0.05 on
+# validation, pedalboard's Delay 0.19-0.57: BENCHMARKS.md, "Damage by other implementations").
+MIN_ECHO_FEEDBACK = 0.1
+MAX_ECHO_FEEDBACK = 0.9
 ECHO_PARAMS = ("echo_delay_s", "echo_gain")
 
 
@@ -90,12 +95,21 @@ def apply_chain_policy(
     return render, report
 
 
+def echo_feedback(first: float, second: float) -> float:
+    """The feedback ``f`` of an echo ``(1 + a z^-d) / (1 - f z^-d)`` from its cepstrum in gain units
+    at the delay (``first = a + f``) and at twice it (``second = (f^2 - a^2) / 2``): ``f - a =
+    2 second / first``. A single echo (``f = 0``) has ``second = -first^2 / 2``."""
+    return 0.5 * (first + 2.0 * second / first) if first > 0 else 0.0
+
+
 def find_echo(signal: Any, n_samples: int, sr: int, min_echo_gain: float, *, lazy: bool = False
               ) -> tuple[dict[str, Any], float | None]:
     """The echo stage's decision: ``(what was measured, the inverse's gain or None)`` (flat
     scalars: they go into batch summaries). ``signal`` is the audio ``(C, T)``, or with ``lazy``
-    a mono downmix read a segment at a time (:func:`automaster.dsp.cepstrum.detect_echo_in`)."""
-    note: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None}
+    a mono downmix read a segment at a time (:func:`automaster.dsp.cepstrum.detect_echo_in`).
+    ``note["echo_feedback"]``: the feedback the inverse undoes (0: a single echo); the gain is
+    then the zero's, ``a`` (:func:`echo_feedback`)."""
+    note: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None, "echo_feedback": 0.0}
     delay, gain = BY_NAME["echo_delay_s"], BY_NAME["echo_gain"]
     longest = min(1.04 * delay.high, 0.25 * n_samples / sr)  # four delays must fit in the input
     try:
@@ -108,7 +122,11 @@ def find_echo(signal: Any, n_samples: int, sr: int, min_echo_gain: float, *, laz
     if not echo.confirmed or not usable:
         return note, None
     note["echo_removed"] = True
-    return note, min(echo.gain, gain.high)
+    feedback = echo_feedback(echo.gain, echo.second_harmonic)
+    if feedback < MIN_ECHO_FEEDBACK:
+        return note, min(echo.gain, gain.high)
+    note["echo_feedback"] = min(feedback, MAX_ECHO_FEEDBACK)
+    return note, float(np.clip(echo.gain - note["echo_feedback"], -gain.high, gain.high))
 
 
 def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float) -> tuple[np.ndarray, dict[str, Any]]:
@@ -116,7 +134,7 @@ def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float) -> tuple[np.nd
     note, gain = find_echo(audio, audio.shape[-1], sr, min_echo_gain)
     if gain is None:
         return audio, note
-    return echo_inverse_time(audio, sr, note["echo_delay_s"], gain), note
+    return echo_inverse_time(audio, sr, note["echo_delay_s"], gain, feedback=note["echo_feedback"]), note
 
 
 def parameter_stats(params_norm: np.ndarray, sources: dict[str, str] | None = None) -> dict[str, Any]:

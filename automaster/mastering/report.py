@@ -114,13 +114,16 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
 
 def estimates(info: dict[str, Any], param_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the restoration measured in one file, for the report: the echo stage's measurement
-    (``echo_delay_s``, ``echo_gain``, whether it was removed), the level model's estimate
+    (``echo_delay_s``, ``echo_gain``, whether it was removed, ``echo_feedback`` when it was
+    undone as a feedback delay), the level model's estimate
     (``level_gain_db``, ``predicted_lufs``) and the reverb the chain applied (``reverb_rt60_s``,
     ``reverb_wet``, from :func:`automaster.mastering.policy.parameter_stats`) only when its wet
     share was forecast: a neutral default is not an estimate."""
     out: dict[str, Any] = {k: info[k] for k in ("echo_delay_s", "echo_gain") if info.get(k) is not None}
     if "echo_removed" in info:
         out["echo_removed"] = bool(info["echo_removed"])
+    if info.get("echo_feedback"):  # undone as a feedback delay (a single echo has none)
+        out["echo_feedback"] = float(info["echo_feedback"])
     for k in ("level_gain_db", "predicted_lufs"):
         if info.get(k) is not None:
             out[k] = float(info[k])
@@ -140,7 +143,8 @@ def _estimates_line(r: dict[str, Any]) -> str:
     parts = []
     if e.get("echo_delay_s") is not None:
         removed = "removed" if e.get("echo_removed") else "left (below the echo stage's threshold or not confirmed)"
-        parts.append(f"echo measured at {e['echo_delay_s'] * 1e3:.0f} ms, gain {e.get('echo_gain') or 0:.2f}: {removed}")
+        feedback = f", feedback {e['echo_feedback']:.2f}" if e.get("echo_feedback") else ""
+        parts.append(f"echo measured at {e['echo_delay_s'] * 1e3:.0f} ms, gain {e.get('echo_gain') or 0:.2f}{feedback}: {removed}")
     if e.get("level_gain_db") is not None:
         parts.append(f"level model: the original master {e['level_gain_db']:+.1f} dB from the input"
                      + (f" ({e['predicted_lufs']:.1f} LUFS)" if e.get("predicted_lufs") is not None else ""))

@@ -312,9 +312,9 @@ def decode_raw(path: str, raw_path: str) -> tuple[RawAudio, int]:
     return raw, sr
 
 
-def _echo_pass(raw: RawAudio, sr: int, delay_s: float, gain: float, scratch: str) -> RawAudio:
+def _echo_pass(raw: RawAudio, sr: int, delay_s: float, gain: float, scratch: str, feedback: float = 0.0) -> RawAudio:
     """The echo inverse over the whole file, in order (its recursion carried), into a raw file."""
-    inverse = EchoInverseStream(raw.channels, sr, delay_s, gain)
+    inverse = EchoInverseStream(raw.channels, sr, delay_s, gain, feedback=feedback)
     out = RawAudio(os.path.join(scratch, "restored.f32"), raw.channels)
     for b0, b1, _, _ in plan(raw.frames, sr):
         out.append(inverse(raw.read(b0, b1)))
@@ -447,7 +447,7 @@ def _restore(masterer, raw: RawAudio, sr: int, scratch: str, settings: FinishSet
         note, gain = find_echo(_Mono(raw), n, sr, cfg.min_echo_gain, lazy=True)
         info.update(note)
         if gain is not None:
-            restored = _echo_pass(raw, sr, note["echo_delay_s"], gain, scratch)
+            restored = _echo_pass(raw, sr, note["echo_delay_s"], gain, scratch, note["echo_feedback"])
             measured = measure(restored.read, n, sr, channels)
     measured_restored = measured
     chunks = plan_chunks(n, sr, cfg.chunk_s, cfg.context_s, masterer.audio_cfg.hop_length)

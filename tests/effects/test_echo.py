@@ -100,3 +100,21 @@ def test_time_domain_inverse_agrees_with_the_fft_division(delay_s, gain):
 def test_time_domain_inverse_needs_a_delay():
     with pytest.raises(ValueError, match="delay"):
         echo_inverse_time(torch.zeros(1, 1000).numpy(), 44100, 10 / 44100, 0.5)
+
+
+@pytest.mark.parametrize(("delay_s", "zero", "feedback"), [(5000 / 44100, 0.2, 0.4), (0.0123456, -0.3, 0.6)])
+def test_time_domain_inverse_undoes_a_feedback_delay(delay_s, zero, feedback):
+    # (1 + zero z^-d) / (1 - feedback z^-d), built as a single echo of gain ``zero`` after the
+    # feedback loop's all-pole part; a fractional delay too.
+    noise = torch.randn(2, 40000, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    spec = torch.fft.rfft(noise)
+    spec[:, torch.fft.rfftfreq(40000, 1 / 44100) > 20000] = 0
+    x = (torch.fft.irfft(spec, 40000) * 0.1).float()
+    pole = echo_inverse_time(x.numpy().astype(np.float64), 44100, delay_s, -feedback)  # x / (1 - f z^-d)
+    y = echo(torch.from_numpy(pole)[None], 44100, delay_s, zero)[0].numpy().astype(np.float32)
+    ours = echo_inverse_time(y, 44100, delay_s, zero, feedback=feedback)
+    inner = slice(2000, 30000)  # away from the forward echo's wrap-around at the end
+    snr = 10 * math.log10((x.numpy()[:, inner] ** 2).sum() / ((ours - x.numpy())[:, inner] ** 2).sum())
+    single = echo_inverse_time(y, 44100, delay_s, zero + feedback)  # the single-echo inverse leaves echoes
+    snr_single = 10 * math.log10((x.numpy()[:, inner] ** 2).sum() / ((single - x.numpy())[:, inner] ** 2).sum())
+    assert snr > 60 and snr_single < 20

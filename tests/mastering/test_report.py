@@ -94,3 +94,11 @@ def test_silence_report_has_no_levels():
     assert report["lufs_in"] is None and report["lufs_out"] is None
     files = R.report_files("silence.wav", report)  # JSON without NaN, a PNG all the same
     assert json.loads(files["report/silence.wav.json"])["lufs_out"] is None and files["report/silence.wav.png"]
+
+
+def test_a_feedback_delay_is_reported_only_when_undone_as_one():
+    single = R.estimates({"echo_removed": True, "echo_delay_s": 0.2, "echo_gain": 0.4, "echo_feedback": 0.0})
+    fed = R.estimates({"echo_removed": True, "echo_delay_s": 0.2, "echo_gain": 0.4, "echo_feedback": 0.35})
+    assert "echo_feedback" not in single and fed["echo_feedback"] == 0.35
+    assert "feedback 0.35" in R._estimates_line({"estimates": fed})
+    assert "feedback" not in R._estimates_line({"estimates": single})

@@ -135,6 +135,15 @@ def test_the_echo_inverse_carries_its_recursion_across_blocks(music):
     assert np.abs(np.concatenate(blocks, axis=1) - whole).max() < 1e-6
 
 
+def test_the_feedback_echo_inverse_carries_its_comb_and_recursion_across_blocks(music):
+    y = music[:, : 10 * SR]
+    whole = echo_inverse_time(y, SR, 0.2104, 0.1, feedback=0.35)
+    inverse = EchoInverseStream(2, SR, 0.2104, 0.1, feedback=0.35)
+    blocks = [inverse(y[:, a : a + 7777]) for a in range(0, y.shape[1], 7777)]  # blocks shorter than the delay
+    assert np.abs(whole - echo_inverse_time(y, SR, 0.2104, 0.1)).max() > 0.01  # the feedback term acts
+    assert np.abs(np.concatenate(blocks, axis=1) - whole).max() < 1e-5
+
+
 def test_echo_detection_read_by_segment_is_the_whole_arrays(echoed, tmp_path):
     x, _ = read_audio(echoed)
     raw = RawAudio(str(tmp_path / "e.f32"), 2)
