@@ -29,8 +29,8 @@ from automaster.model.validate import mae_ratios
 MAX_FORECAST_ERROR = 0.8
 MIN_ECHO_GAIN = 0.15
 # A confirmed echo is treated as a feedback delay (1 + a z^-d) / (1 - f z^-d) when the cepstrum's
-# two harmonics put its feedback f at least this high (a single echo measures |f| < 0.05 on
-# validation, pedalboard's Delay 0.19-0.57: BENCHMARKS.md, "Damage by other implementations").
+# two harmonics put its feedback f at least this high (single and multi-tap echoes, ours and ffmpeg's,
+# measure |f| <= 0.055 on the validation clips, pedalboard's Delay 0.17-0.53: BENCHMARKS.md, "Damage by other implementations").
 MIN_ECHO_FEEDBACK = 0.1
 MAX_ECHO_FEEDBACK = 0.9
 ECHO_PARAMS = ("echo_delay_s", "echo_gain")
