@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", help="checkpoint directory or model.pt (default: models/reference of the checkout)")
     p.add_argument("--input", action="append", metavar="FILE|FOLDER",
-                   help="an audio file or a folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF); repeatable")
+                   help="an audio file or a folder of audio (recursive; WAV/FLAC/OGG/MP3/AIFF); repeatable (a file given "
+                   "twice, by any spelling or link, or also inside a folder given, is mastered once)")
     p.add_argument("--out", required=True,
                    help="an audio file (.wav/.flac/.ogg/.mp3) for one input file, else an output folder or URI "
                    "(audio/, report/, summary.json, overview.png)")
@@ -116,7 +117,8 @@ def _inputs(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``automaster master``; returns the exit code (a user's mistake raises :class:`UsageError`)."""
-    from automaster.pipelines.master_inputs import is_file_output  # light: no torch before the checks
+    from automaster import storage
+    from automaster.pipelines.master_inputs import distinct_inputs, is_file_output, repeat_reason  # light: no torch before the checks
 
     model = model_or_shipped(args.model)
     if not 0.0 <= args.amount <= 1.0:
@@ -124,10 +126,15 @@ def run(args: argparse.Namespace) -> int:
     check_workers(args.workers)
     inputs = _inputs(args)
     references = None if args.references is None else location(args.references, must_exist=True, flag="--references")
-    one_file = len(inputs) == 1 and not Path(inputs[0]).is_dir() and "://" not in inputs[0] and is_file_output(args.out)
+    distinct, repeats = distinct_inputs(inputs)  # a folder job lists its repeats in its summary
+    one_file = len(distinct) == 1 and not Path(distinct[0]).is_dir() and "://" not in distinct[0] and is_file_output(args.out)
     if is_file_output(args.out) and not one_file:
         raise UsageError(f"--out {args.out}: a file name takes exactly one input file; name a folder for "
-                         f"{'a folder' if len(inputs) == 1 else 'several inputs'}")
+                         f"{'a folder' if len(distinct) == 1 else 'several inputs'}")
+    if one_file and repeats:  # every --input is that one file: say so in the user's spellings
+        inputs = distinct
+        for value in args.input[1:]:
+            print(f"master: --input {storage.display_name(value)}: {repeat_reason(value, 'file', args.input[0])}")
     inversion = args.inversion or default_inversion(model)  # reads the model (torch): after the checks
     config_kwargs = dict(inversion=inversion, preset=args.preset, amount=args.amount, reference=_reference(args.reference))
     # torch comes in with these: after the checks above, so that a mistake is answered at once

@@ -443,6 +443,10 @@ def format_summary(job: str, summary: dict[str, Any], extra: str = "") -> str:
     if len(summary["failures"]) > 10:
         lines.append(f"  ... {len(summary['failures']) - 10} more in summary.json")
     lines += [f"  repaired: {kind.replace('_', ' ')}: {n['count']} in {n['files']} files" for kind, n in summary["repairs"].items()]
+    repeats = [p for p in summary.get("passed_over_files", []) if p.get("repeat_of")]  # a user's slip, worth a line
+    lines += [f"  passed over: {storage.display_name(p['path'])}: {p['reason']}" for p in repeats[:10]]
+    if len(repeats) > 10:
+        lines.append(f"  ... {len(repeats) - 10} more given twice in summary.json")
     lines += [f"  renamed: {storage.display_name(c['rel_path'])} -> {storage.display_name(c['output'])} ({c['reason']})"
               for c in summary["name_collisions"]]
     lines += [f"  outputs: {summary['out']}", f"  summary: {storage.join(summary['out'], SUMMARY)}", f"  log:     {summary['log_file']}"]

@@ -3,7 +3,9 @@
 ``--input`` may be given several times, each a file or a folder (recursive). One folder keeps
 today's layout (outputs mirror its relative paths). Several inputs name each output after its
 input: a file by its own name, a folder's files under the folder's name, so two inputs never
-write the same output (clashes get ``~2``, ``~3``... in input order). ``--references CSV`` lists
+write the same output (clashes get ``~2``, ``~3``... in input order). A file reached twice (the
+same ``--input`` twice, ``./a.flac`` beside ``a.flac``, a symbolic link, a file inside a folder
+also given) is mastered once; the repeat is passed over with the reason. ``--references CSV`` lists
 ``input,reference`` pairs: the inputs are the CSV's, each mastered toward its own reference
 (relative paths are read from the CSV's folder).
 """
@@ -96,35 +98,80 @@ def _base_name(path: str) -> str:
     return posixpath.basename(path.rstrip("/" + os.sep).replace(os.sep, "/")) or "input"
 
 
-def scan_inputs(inputs: list[str], exclude: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """``(audio, passed over)`` of every ``--input``: ``(path, relative name)`` per audio file.
+def _identity(path: str) -> str:
+    """What makes two inputs the same: a local file's real path (links and ``./`` resolved), else the URI."""
+    return os.path.realpath(storage.local_path(path)) if storage.is_local(path) else path
+
+
+def distinct_inputs(inputs: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``(inputs, repeats)``: each file or folder once, in the order given (by :func:`_identity`:
+    ``a.flac``, ``./a.flac`` and a link to it are one input); ``repeats`` are ``(input, the one it repeats)``."""
+    first: dict[str, str] = {}
+    kept, repeats = [], []
+    for value in inputs:
+        key = _identity(value)
+        if key in first:
+            repeats.append((value, first[key]))
+        else:
+            first[key] = value
+            kept.append(value)
+    return kept, repeats
+
+
+def repeat_reason(path: str, kind: str, first: str) -> str:
+    """Why ``path``, a repeat of ``first``, was passed over (one line of the summary)."""
+    if path == first:
+        return f"given twice: the {kind} is mastered once"
+    return f"the same {kind} as {storage.display(first)}: mastered once"
+
+
+def _repeat(path: str, kind: str, first: str) -> dict[str, str]:
+    """A passed-over entry for ``path``, which repeats ``first`` (``repeat_of``: the console lists these)."""
+    return {"path": path, "reason": repeat_reason(path, kind, first), "repeat_of": first}
+
+
+def scan_inputs(inputs: list[str], exclude: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
+    """``(audio, passed over)`` of every ``--input``: ``(path, relative name)`` per audio file,
+    ``{path, reason}`` per file seen and not taken (``repeat_of`` too for a repeat).
 
     One folder: names relative to it (today's layout, so resuming a folder job still works).
     Otherwise a file is named by its base name and a folder's files by ``<folder name>/<rel>``.
+    An input or a file reached a second time (:func:`distinct_inputs`, a folder holding a file
+    also given) is passed over, with the one it repeats in its reason: each file is mastered once.
 
     Raises:
         FileNotFoundError: an input that does not exist.
         ConfigError: a file input that is not audio (by its extension).
     """
     files: list[tuple[str, str]] = []
-    passed: list[tuple[str, str]] = []
+    passed: list[dict[str, str]] = []
     taken: set[str] = set()
-    for value in inputs:
+    inputs, repeats = distinct_inputs(inputs)
+    passed += [_repeat(value, "folder" if storage.is_dir(value) else "file", first) for value, first in repeats]
+    seen: dict[str, str] = {}  # identity -> the path that reached the file first
+
+    def add(path: str, name: str) -> None:
+        key = _identity(path)
+        if key in seen:
+            passed.append(_repeat(path, "file", seen[key]))
+            return
+        seen[key] = path
+        name = _unique(name, taken)
+        taken.add(name)
+        files.append((path, name))
+
+    for value in sorted(inputs, key=storage.is_dir):  # files first: a file given by itself keeps its own name
         if storage.is_dir(value):
             found, skipped = audio_files(value, exclude)
             prefix = "" if len(inputs) == 1 else _base_name(value) + "/"
             for path, rel in found:
-                name = _unique(prefix + rel, taken)
-                taken.add(name)
-                files.append((path, name))
-            passed.extend(skipped)
+                add(path, prefix + rel)
+            passed += [{"path": p, "reason": r} for p, r in skipped]
         elif storage.exists(value):
             if not is_audio_file(value):
                 raise ConfigError(f"--input {storage.display(value)}: not an audio file by its extension "
                                   "(WAV/FLAC/OGG/MP3/AIFF)")
-            name = _unique(_base_name(value), taken)
-            taken.add(name)
-            files.append((value, name))
+            add(value, _base_name(value))
         else:
             raise FileNotFoundError(f"--input {storage.display(value)}: no such file or folder")
     return files, passed
@@ -186,7 +233,7 @@ def plan_items(
         if references is not None:
             item["reference"] = references[path]
         items.append(item)
-    return items, [{"path": p, "reason": r} for p, r in passed], collisions
+    return items, passed, collisions
 
 
 def is_file_output(out: str) -> bool:

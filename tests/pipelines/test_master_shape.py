@@ -84,6 +84,17 @@ def test_a_file_output_takes_one_input_file(tmp_path, capsys):
     assert not (tmp_path / "x.wav").exists()
 
 
+def test_one_file_given_twice_is_mastered_once_and_said_once(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(MUSIC)
+    os.symlink(FAIRY, tmp_path / "link.flac")
+    assert _master("--input", FAIRY.name, "--input", f"./{FAIRY.name}", "--input", str(tmp_path / "link.flac"),
+                   "--out", str(tmp_path / "x.flac"), tmp_path=tmp_path) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == [f"master: --input ./{FAIRY.name}: the same file as {FAIRY.name}: mastered once",
+                       f"master: --input {tmp_path / 'link.flac'}: the same file as {FAIRY.name}: mastered once"]
+    assert sf.info(tmp_path / "x.flac").frames == sf.info(FAIRY).frames
+
+
 def test_several_inputs_pictures_on_request_and_one_overview(tmp_path):
     sub = tmp_path / "album"
     sub.mkdir()
