@@ -378,7 +378,7 @@ def _execute(
             bar.update(1)
             yield result
             if result.get("disk_full"):  # every later item would fail the same way: stop
-                log.warning("%s: stopping the job: %s", spec.job, result["reason"])
+                log.info("%s: stopping the job: %s", spec.job, result["reason"])  # the command's error line says it
                 results.close()  # the runner's own clean-up (Ray: its actors stopped)
                 folder.clear_staging()  # what the stopped items had begun to write
                 return

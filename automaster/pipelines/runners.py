@@ -65,7 +65,8 @@ def run_item(processor: Any, item: dict[str, Any], folder: OutputFolder) -> dict
             _disk_full(result, exc, staging.folder, folder.out)
         except Exception as exc:  # the per-item boundary of a batch job: record, never abort the batch
             if not _disk_full(result, exc, staging.folder, folder.out):
-                log.error("%s failed unexpectedly:\n%s", storage.display(item["path"]), traceback.format_exc())
+                # The traceback to the log file only: the summary's "failed:" line names the file and the error.
+                log.info("%s failed unexpectedly:\n%s", storage.display(item["path"]), traceback.format_exc())
                 result.update(status="error", reason=f"{type(exc).__name__}: {exc}")
         finally:
             staging.discard()
@@ -226,7 +227,8 @@ class RayRunner:
                 except (RayActorError, GetTimeoutError) as exc:
                     idle.append(self._start())
                     if attempt < self.cfg.max_attempts:
-                        log.warning("worker died on %s (attempt %d): %s", storage.display(item["path"]), attempt, exc)
+                        # In the log: the summary says it if the last attempt fails too.
+                        log.info("worker died on %s (attempt %d): %s", storage.display(item["path"]), attempt, exc)
                         pending.appendleft((item, attempt + 1))
                     else:
                         yield _failure(item, f"its worker process died {attempt} times while processing it "

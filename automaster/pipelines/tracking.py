@@ -257,7 +257,8 @@ class JobRun:
                     time.sleep(delay)
                     continue
                 self.problem = problem_reason(exc, self.uri)
-                log.warning("MLflow could not %s; the job goes on without recording: %s", what, self.problem)
+                # The log's line: the console's is the job summary's "not recorded in MLflow: <why>".
+                log.info("MLflow could not %s; the job goes on without recording: %s", what, self.problem)
                 log.info("MLflow error in full", exc_info=True)
                 return None
         return None
@@ -283,7 +284,7 @@ class JobRun:
             except Exception as exc:
                 if delay is None or not is_locked(exc):
                     self.problem = self.problem or problem_reason(exc, self.uri)
-                    log.warning("MLflow run %s could not be ended (%s); the next job into this folder ends it",
+                    log.info("MLflow run %s could not be ended (%s); the next job into this folder ends it",
                                 self.run_id, problem_reason(exc, self.uri))
                     return
                 time.sleep(delay)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import sqlite3
 import subprocess
@@ -154,11 +155,15 @@ def _store(tmp_path: Path) -> tuple[Path, str]:
     return db, uri
 
 
-def test_a_corrupt_store_keeps_the_outputs_and_says_why_in_one_line(tmp_path, quick_retries):
+def test_a_corrupt_store_keeps_the_outputs_and_says_why_in_one_line(tmp_path, quick_retries, caplog):
     db = tmp_path / "mlflow.db"
     db.write_bytes(b"this is not a database " * 100)
     items = make_items(tmp_path / "in", {"a": "alpha"})
-    summary = _run(tmp_path / "out", f"sqlite:///{db}", items)
+    with caplog.at_level(logging.INFO):
+        summary = _run(tmp_path / "out", f"sqlite:///{db}", items)
+    # The summary's line is the console's one word on it (before: a warning said it first); the log has it too.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "MLflow" in r.getMessage()] == []
+    assert "the job goes on without recording: file is not a database" in Path(summary["log_file"]).read_text()
     assert summary["ok"] == 1 and (tmp_path / "out/upper/a.txt").read_text() == "ALPHA"
     assert "file is not a database" in summary["mlflow_problem"] and "\n" not in summary["mlflow_problem"]
     assert json.loads((tmp_path / "out/summary.json").read_text())["mlflow_problem"] == summary["mlflow_problem"]
