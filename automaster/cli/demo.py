@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from automaster.audio import is_audio_file
 from automaster.cli.common import CHECKOUT, EXIT_OK, UsageError, add_common, announce
 from automaster.cli.repair import default_inversion
 from automaster.config import load_config
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"train: {train['wall_s']:.0f} s on Ray Train, model in {train['model']}\n{learned(best)}")
 
     # The folder's outputs were made by the previous run's model: redo them with this one.
-    mastered = run_master(train["model"], str(music), str(out / "mastered"), inversion=default_inversion(train["model"]), overwrite=True,
+    mastered = run_master(train["model"], demo_inputs(music), str(out / "mastered"), inversion=default_inversion(train["model"]), overwrite=True,
                           **common)  # fmt: skip
     print(format_summary("master", mastered))
     uri = train["tracking_uri"]
@@ -86,6 +87,17 @@ def run(args: argparse.Namespace) -> int:
         "For a real master of your own music: automaster master --input song.wav --out mastered.wav"
     )
     return EXIT_OK
+
+
+def demo_inputs(music: Path) -> list[str]:
+    """The bundled songs to master, one file per song: the music holds some songs twice (FLAC and
+    MP3, for the decoders' tests), and both would be mastered into the same FLAC name."""
+    lossless_first = sorted(music.iterdir(), key=lambda f: (f.stem, f.suffix.lower() == ".mp3", f.name))
+    songs: dict[str, str] = {}
+    for f in lossless_first:
+        if is_audio_file(f.name) and f.is_file():
+            songs.setdefault(f.stem, str(f))
+    return sorted(songs.values())
 
 
 def learned(best: dict[str, float]) -> str:
