@@ -107,7 +107,12 @@ def announce(job: str, what: str, out: str) -> None:
     """One console line before a job that says nothing until it ends: what it does, where its log is."""
     from automaster.pipelines.batch import job_log_file
 
-    print(f"{job}: {what}; logs: {job_log_file(out, job)}", file=sys.stderr, flush=True)
+    print(f"{job}: {what}; log: {job_log_file(out, job)}", file=sys.stderr, flush=True)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``2 epochs``."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def print_summary(job: str, summary: dict, extra: str = "") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automaster.cli.common import EXIT_OK, UsageError, add_tracking, announce, job_options, location, out_location
+from automaster.cli.common import EXIT_OK, UsageError, add_tracking, announce, job_options, location, out_location, plural
 
 DEFAULTS = {"epochs": 30, "hidden": 32, "layers": 2, "lr": 3e-3, "weight_decay": 1e-4, "dropout": 0.0, "batch_size": 512, "features": "all",
             "seed": 0}  # fmt: skip
@@ -50,11 +50,13 @@ def run(args: argparse.Namespace) -> int:
         spec.check()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.workers < 1 or args.samples < 0:
-        raise UsageError(f"--workers must be >= 1 and --samples >= 0, got {args.workers}, {args.samples}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
+    if args.samples < 0:
+        raise UsageError(f"--samples must be >= 0 (0: one Ray Train run), got {args.samples}")
     corpora = [location(c, must_exist=True, flag="--corpus") for c in args.corpus]
     out = out_location(args.out)
-    check_splits(corpora)
+    check_splits(corpora, args.seconds)
     options = job_options(args, "automaster-compressor")
     try:
         summary, head = _run(args, corpora, out, net, spec, options)
@@ -69,20 +71,23 @@ def _run(args: argparse.Namespace, corpora: list[str], out: str, net, spec, opti
     if args.samples:
         from automaster.pipelines.compressor_tune import JOB, run_search
 
-        announce(JOB, f"{args.samples} trials of up to {args.epochs} epochs", out)
+        announce(JOB, f"making the examples, then {plural(args.samples, 'trial')} of up to {plural(args.epochs, 'epoch')} "
+                 "on Ray Tune", out)
         summary = run_search(corpora, out, net, spec, samples=args.samples, use_gpu=args.gpu, **options)
         params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in summary["best_params"].items())
-        return summary, f"{JOB}: best trial {summary['best_trial']} ({params})"
+        return summary, f"{JOB}: {plural(len(summary['trials']), 'trial')} in {summary['wall_s']:.0f} s; the best, {summary['best_trial']}: {params}"
     from automaster.pipelines.compressor import JOB, run_fit
 
-    announce(JOB, f"{args.epochs} epochs on {args.workers} Ray Train worker(s)", out)
+    announce(JOB, f"making the examples, then {plural(args.epochs, 'epoch')} on {plural(args.workers, 'Ray Train worker')}", out)
     summary = run_fit(corpora, out, net, spec, workers=args.workers, use_gpu=args.gpu, **options)
-    return summary, f"{JOB}: run {summary['run_name']}"
+    return summary, f"{JOB}: trained in {summary['wall_s']:.0f} s (run {summary['run_name']})"
 
 
-def check_splits(corpora: list[str]) -> None:
+def check_splits(corpora: list[str], seconds: float | None = None) -> None:
     """Every example comes from the corpora's training split and every figure from their validation
-    split: a usage error, before Ray starts, when one of them is empty."""
+    split: a usage error, before Ray starts, when one of them is empty or (``seconds``) has no song
+    as long as a crop (read from the files' headers, until one is)."""
+    from automaster.audio import AudioError, audio_info
     from automaster.corpus import CorpusError, scan_corpus
 
     try:
@@ -90,19 +95,55 @@ def check_splits(corpora: list[str]) -> None:
     except CorpusError as exc:
         raise UsageError(str(exc)) from None
     for split in ("training", "validation"):
-        if not any(t.split == split for t in tracks):
+        songs = [t for t in tracks if t.split == split]
+        if not songs:
             raise UsageError(f"--corpus {' '.join(corpora)}: no {split} songs (the training split trains, the validation split selects)")
+        if seconds is None:
+            continue
+        longest = 0.0
+        for t in songs:
+            try:
+                longest = max(longest, audio_info(t.path).duration_s)
+            except (AudioError, OSError):  # unreadable: the job records it with the reason
+                continue
+            if longest >= seconds:
+                break
+        else:
+            raise UsageError(f"--seconds {seconds:g}: no {split} song is that long (the longest of {len(songs)} is "
+                             f"{longest:.1f} s); give a shorter crop")
 
 
 def _print_summary(summary: dict, head: str) -> None:
-    """The end-of-run lines: the validation figures and where the model, the MLflow run and the log are."""
-    best = summary["best"]
-    rows = {k: v["rows"] for k, v in summary["examples"].items()}
-    print(
-        f"{head} in {summary['wall_s']:.0f} s on {rows['training']} training / {rows['validation']} validation examples\n"
-        f"  validation: threshold MAE {best['val/mae_ratio/threshold_rel_db']:.2f}x the mean's, ratio "
-        f"{best['val/mae_ratio/log_ratio']:.2f}x, detector AUC {best['val/detector_auc']:.3f} "
-        f"(decision {best['decision']:.3f}: {best['val/false_positive_rate']:.1%} false positives)\n"
-        f"  model:  {summary['model']}\n  MLflow: run {summary['mlflow_run_id']} at {summary['tracking_uri']}\n"
-        f"  log:    {summary['log_file']}"
-    )
+    """The end-of-run lines: what it learned from, how it did on validation (against a constant
+    guess and chance), the songs it could not read, and where the model, the MLflow run and the log are."""
+    from automaster.pipelines.compressor import SUMMARY
+
+    best, examples = summary["best"], summary["examples"]
+
+    def made(split: str) -> str:
+        info = examples[split]
+        songs = " (cached)" if info.get("cached") else f" from {plural(info['songs'] - len(info['errors']), 'song')}"
+        return f"{plural(info['rows'], split + ' example')}{songs}"
+
+    lines = [
+        head,
+        f"  examples: {made('training')}, {made('validation')}",
+        f"  validation: threshold error {best['val/mae_ratio/threshold_rel_db']:.2f}x and ratio error "
+        f"{best['val/mae_ratio/log_ratio']:.2f}x a constant guess's (under 1x is skill); compression detected with "
+        f"AUC {best['val/detector_auc']:.3f} (0.5 is chance), {best['val/false_positive_rate']:.1%} false alarms",
+    ]
+    unreadable = [(split, *e) for split in examples for e in examples[split].get("errors", [])]
+    lines += [f"  left out: song {track} ({split}): {_reason(why)}" for split, track, why in unreadable[:10]]
+    if len(unreadable) > 10:
+        lines.append(f"  ... {len(unreadable) - 10} more songs left out in {SUMMARY}")
+    lines += [f"  model:   {summary['model']}", f"  MLflow:  run {summary['mlflow_run_id']} at {summary['tracking_uri']}",
+              f"  log:     {summary['log_file']}"]
+    print("\n".join(lines))
+
+
+def _reason(error: str) -> str:
+    """An example worker's error without its exception class when it is the audio reader's own."""
+    for prefix in ("AudioError: ", "FileError: "):
+        if error.startswith(prefix):
+            return error[len(prefix):]
+    return error

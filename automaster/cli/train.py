@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, check_tracking, demaster_output, job_options, location, overrides
+from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, check_tracking, demaster_output, job_options, location, overrides, plural
 from automaster.config import Config, load_config
 
 
@@ -53,4 +53,4 @@ def announce_training(config: Config, out: str) -> None:
     """One console line before a training run, which says nothing until it ends."""
     tc = config.train
     length = f"{tc.steps} steps" if tc.steps > 0 else f"{tc.epochs} epochs"
-    announce("train", f"{length} on {tc.workers} Ray Train worker(s)", out)
+    announce("train", f"{length} on {plural(tc.workers, 'Ray Train worker')}", out)

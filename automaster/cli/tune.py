@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, check_tracking, demaster_output, job_options, location, overrides
+from automaster.cli.common import EXIT_OK, UsageError, add_common, announce, check_tracking, demaster_output, job_options, location, overrides, plural
 from automaster.config import load_config
 
 
@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
         check_search(config)  # a bad setting: one line, before the announcement and Ray
         tc = config.tune
         announce("tune", f"{tc.samples} trials of up to {tc.epochs or config.train.epochs} epochs, "
-                 f"{tc.workers_per_trial} Ray Train worker(s) each", out)
+                 f"{plural(tc.workers_per_trial, 'Ray Train worker')} each", out)
         summary = run_tune(data, out, config, **job_options(args, "automaster-tune"))
     except ValueError as exc:
         raise UsageError(str(exc)) from None

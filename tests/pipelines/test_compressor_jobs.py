@@ -106,6 +106,7 @@ def test_the_search_records_a_parent_and_a_finished_child_per_trial(jobs):
     (["--samples", "-1"], "--samples"),
     (["--lr", "0"], "--lr must be > 0"),
     (["--dropout", "1"], "--dropout must be in"),
+    (["--seconds", "8"], "--seconds 8: no training song is that long (the longest of 4 is 5.0 s)"),  # before: after Ray started
 ])  # fmt: skip
 def test_bad_arguments_exit_2_with_one_line_before_anything_starts(tmp_path, capsys, args, message):
     assert main(["train-compressor", "--corpus", str(FMA), "--out", str(tmp_path / "o"), *args]) == 2
@@ -129,8 +130,8 @@ def test_the_command_fits_and_reports_where_everything_is(jobs, tmp_path, capsys
                  "--seconds", "2", "--example-seed", "3", "--epochs", "2", "--hidden", "8", "--tracking-uri", uri])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
-    assert text.startswith("train-compressor: run ") and "on 12 training / 6 validation examples" in text
-    assert f"model:  {tmp_path / 'out' / 'model'}" in text and (tmp_path / "out" / "model" / "model.pt").is_file()
+    assert text.startswith("train-compressor: trained in ") and "examples: 12 training examples (cached), 6 validation" in text
+    assert f"model:   {tmp_path / 'out' / 'model'}" in text and (tmp_path / "out" / "model" / "model.pt").is_file()
 
 
 def test_a_corpus_without_a_validation_split_is_a_usage_error(tmp_path, capsys):
@@ -138,3 +139,19 @@ def test_a_corpus_without_a_validation_split_is_a_usage_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no validation songs" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_the_summary_reads_plainly_and_names_the_songs_left_out(capsys):
+    from automaster.cli.compressor import _print_summary
+
+    best = {"val/mae_ratio/threshold_rel_db": 0.62, "val/mae_ratio/log_ratio": 0.7, "val/detector_auc": 0.91,
+            "val/false_positive_rate": 0.05}
+    examples = {"training": {"rows": 1, "songs": 2, "errors": [["000007", "AudioError: cannot read 'x.mp3': empty file (0 bytes)"]]},
+                "validation": {"rows": 20, "cached": True, "errors": []}}
+    _print_summary({"best": best, "examples": examples, "model": "/o/model", "mlflow_run_id": "r", "tracking_uri": "u",
+                    "log_file": "/o/log"}, "train-compressor: trained in 3 s (run x)")  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "  examples: 1 training example from 1 song, 20 validation examples (cached)"
+    assert "threshold error 0.62x and ratio error 0.70x a constant guess's (under 1x is skill)" in lines[2]
+    assert "AUC 0.910 (0.5 is chance), 5.0% false alarms" in lines[2]
+    assert lines[3] == "  left out: song 000007 (training): cannot read 'x.mp3': empty file (0 bytes)"
