@@ -422,7 +422,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        what = f"key(s) in [{where}]" if where else "section(s)"  # the top level has sections, not keys
+        raise ConfigError(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(sorted(names))})")
     kwargs = {}
     for key, value in data.items():
         typ = hints[key]

@@ -125,3 +125,13 @@ def test_an_input_that_is_a_pipe_or_a_device_is_refused(tmp_path):
     for name in ("pipe.wav", "zero.wav"):
         line = _mistake(tmp_path, "master", "--input", str(tmp_path / name), "--out", str(tmp_path / "o.wav"))
         assert "--input" in line and "pipe, a device" in line, line
+
+
+@pytest.mark.parametrize("args, line", [
+    (["demaster", "--variants", "0"], "automaster demaster: error: --variants 0: must be >= 1"),  # not demaster.variants
+    (["demaster", "--clip-seconds", "nan"], "automaster demaster: error: --clip-seconds: expected a number, got nan"),
+    (["demaster", "--set", "nope.x=1"], "automaster demaster: error: unknown section(s): nope (known: "),  # not "in []"
+])
+def test_a_settings_mistake_names_the_flag_the_user_typed(tmp_path, args, line):
+    command, *rest = args
+    assert _mistake(tmp_path, command, "--corpus", str(SONG.parent), "--out", "o", *rest).startswith(line)

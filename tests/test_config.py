@@ -30,7 +30,7 @@ def test_yaml_and_json_round_trip(tmp_path):
     "override, message",
     [
         ("train.lrr=1", "unknown key"),
-        ("nosuch.x=1", "unknown key"),
+        ("nosuch.x=1", r"unknown section\(s\): nosuch"),
         ("train.epochs=x", "expected int"),
         ("train.max_minutes=nan", "train.max_minutes: expected a number"),
         ("train.lr=NaN", "expected a number"),

@@ -61,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 def as_flag(message: str, args: argparse.Namespace) -> str:
     """A settings error in the user's words: a message that starts with a field the command has
     a flag for (``clip_seconds must be >= 1, got nan``) names the flag (``--clip-seconds must ...``)."""
-    field = message.split(" ", 1)[0]
+    head = message.split(" ", 1)[0].rstrip(":")
+    field = head.rsplit(".", 1)[-1] if head.count(".") == 1 else head  # "demaster.variants 0: ..." too
     if field.isidentifier() and field != "command" and field in vars(args):
-        return "--" + field.replace("_", "-") + message[len(field):]
+        return "--" + field.replace("_", "-") + message[len(head):]
     return message
 
 

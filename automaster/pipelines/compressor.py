@@ -49,8 +49,9 @@ class ExampleSpec:
     seed: int = 21
 
     def check(self) -> None:
-        if self.crops < 1 or self.val_crops < 1:
-            raise ValueError(f"crops and val_crops must be >= 1, got {self.crops}, {self.val_crops}")
+        for name, value in (("crops", self.crops), ("val_crops", self.val_crops)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if not 2.0 <= self.seconds <= 60.0:
             raise ValueError(f"seconds must be between 2 and 60, got {self.seconds}")
 
