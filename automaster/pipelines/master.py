@@ -21,6 +21,7 @@ import math
 import os
 import tempfile
 import time
+import unicodedata
 from typing import Any
 
 import numpy as np
@@ -403,15 +404,31 @@ def summary_table(summary: dict[str, Any], limit: int = 20) -> str:
     rows = [f for f in summary["files"] if f["status"] in ("ok", "skipped")][:limit]
     if not rows:
         return ""
-    width = min(max(len(storage.display_name(f["rel_path"])) for f in rows), 48)
+    width = min(max(columns(storage.display_name(f["rel_path"])) for f in rows), 48)
     lines = [f"  {'file':<{width}}  {'LUFS in -> out':>16}  {'dBTP':>6}  applied"]
     for f in rows:
         lufs = f"{_fmt(f.get('lufs_before'))} -> {_fmt(f.get('lufs_after'))}"
         note = f.get("loudness_note") or ""  # the soft clipper's note is long, and "applied" says it
         applied = ", ".join(a for a in (f.get("applied") or "", note if note.startswith(("refused", "silent")) else "") if a)
-        lines.append(f"  {storage.display_name(f['rel_path'])[:width]:<{width}}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
+        lines.append(f"  {padded(storage.display_name(f['rel_path']), width)}  {lufs:>16}  {_fmt(f.get('true_peak_after_dbtp')):>6}"
                      f"  {applied or '-'}")
     return "\n".join(lines)
+
+
+def columns(text: str) -> int:
+    """The terminal columns ``text`` takes: a combining accent none, a wide (CJK) character two."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def padded(text: str, width: int) -> str:
+    """``text`` cut or padded to ``width`` terminal columns (:func:`columns`), for a table's column."""
+    out, used = "", 0
+    for c in text:
+        w = columns(c)
+        if used + w > width:
+            break
+        out, used = out + c, used + w
+    return out + " " * (width - used)
 
 
 def _fmt(value: float | None) -> str:

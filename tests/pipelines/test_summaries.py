@@ -23,3 +23,15 @@ def test_master_and_batch_summaries_escape_hostile_names():
     text = format_summary("master", summary)
     assert "\x1b" not in text and "\t" not in text
     assert "failed: \\x1b[31mred.wav: empty file" in text and "renamed: c\\td.wav -> c\\td_2.wav" in text
+
+
+def test_the_master_table_keeps_its_columns_for_accents_and_wide_characters():
+    """Names in NFD (e + combining accent) and CJK took more or fewer terminal columns than their
+    length: the LUFS column of their rows moved (before: padded by len())."""
+    from automaster.pipelines.master import columns, summary_table
+
+    row = {"status": "ok", "lufs_before": -20.0, "lufs_after": -14.0, "true_peak_after_dbtp": -1.0, "applied": "x"}
+    names = ["plain.wav", "e\u0301te\u0301.flac", "\u00c6r\u00f8 \u2013 \u97f3\u697d.flac"]
+    lines = summary_table({"files": [{**row, "rel_path": n} for n in names]}).splitlines()[1:]
+    assert len({columns(line[: line.index("-20.0")]) for line in lines}) == 1, lines
+    assert columns("\u97f3") == 2 and columns("e\u0301") == 1
