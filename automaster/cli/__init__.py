@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
+    from automaster.pipelines.runtime import terminate_as_interrupt
+
+    terminate_as_interrupt()  # in-process jobs too; a Ray job sets it again after ray.init
     try:
         return args.func(args)
     except (UsageError, ConfigError) as exc:

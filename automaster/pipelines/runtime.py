@@ -68,6 +68,7 @@ def init_ray(
     if address:
         log.info("joining Ray at %s", address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=log_to_driver)
+        terminate_as_interrupt()
         return
     from ray._private import ray_constants
 
@@ -91,11 +92,29 @@ def init_ray(
         runtime_env={"env_vars": env_vars}, **kwargs,
     )
     start_reaper()
+    terminate_as_interrupt()
     node_ip = ray.util.get_node_ip_address()
     log.info("started a local Ray on %s (%s CPUs)", node_ip, num_cpus or os.cpu_count())
     if node_ip != "127.0.0.1":
         ray.shutdown()
         raise RuntimeError(f"the local Ray bound {node_ip}, not 127.0.0.1; refusing to run it on the network")
+
+
+TERMINATED = "terminated (SIGTERM); finished outputs are kept and a re-run of the same command resumes"
+
+
+def terminate_as_interrupt() -> None:
+    """SIGTERM (a ``kill``, ``ray job stop``, a scheduler) ends a job as Ctrl-C does: its clean-up
+    runs and the command says so in one line. ray.init puts abseil's handler first, which dumped
+    a C++ stack on the console and aborted (exit 134) when Ray's shutdown took over 3 s."""
+    import signal
+    import threading
+
+    def terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(TERMINATED)
+
+    if threading.current_thread() is threading.main_thread():  # signals are set from the main thread only
+        signal.signal(signal.SIGTERM, terminated)
 
 
 # ------------------------------------------------------------------------ a local Ray's reaper
