@@ -36,6 +36,7 @@ def _mistake(tmp_path, *args: str) -> str:
     (["demaster", "--corpus", str(SONG.parent), "--out", "o", "--seed", "x"], "--seed"),    # not a number
     (["train", "--data", "d", "--out", "o", "--mode", "bogus"], "--mode"),
     (["bogus"], "bogus"),
+    (["master", "--input", str(SONG), "--out", "x.wav", "--set", "a.b=1"], "automaster master: error: unrecognized arguments: --set"),
 ])
 def test_an_argument_the_parser_refuses_is_one_line(tmp_path, args, named):
     """(before: argparse's whole usage block, 8 to 15 lines, above the error)."""

@@ -71,7 +71,10 @@ def as_flag(message: str, args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command; a user's mistake is one line on stderr and exit code 2."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the command's own parser says it: 'automaster master: error: ... --set' and its --help
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     setup_logging(getattr(args, "verbose", False))
     from automaster.pipelines.runtime import terminate_as_interrupt
 
