@@ -48,22 +48,35 @@ def plan_output_names(rel_paths: list[str], audio_dir: str = "audio") -> tuple[d
     An input keeps its own name when its format is written as is (``a.flac`` -> ``a.flac``);
     one converted to FLAC (``a.mp3``) takes ``a.flac``, else ``a.mp3.flac``, else
     ``a.mp3~2.flac``, ``~3``... in sorted order, so the same inputs always get the same names.
+    Names differing only in case count as the same (``A.wav`` beside ``a.wav``: ``a~2.wav``).
     Each input that did not get its first choice is listed in ``collisions`` with the reason; a
     name too long for its report (:data:`MAX_OUTPUT_NAME`) is shortened (:func:`_shortened`).
     """
     first = {rel: output_rel_path(rel) for rel in rel_paths}
-    taken = {out for rel, out in first.items() if out == rel}
-    plan: dict[str, str] = {rel: rel for rel, out in first.items() if out == rel}
+    # Names are unique without regard to case: the output folder may be on a file system that
+    # ignores it (macOS, Windows, a FAT drive), where A.flac (from A.mp3) would overwrite a.flac.
+    taken: dict[str, str] = {}  # casefolded -> the output name that holds it
+    plan: dict[str, str] = {}
+    for rel in sorted(r for r, out in first.items() if out == r):
+        if rel.casefold() not in taken:
+            plan[rel] = rel
+            taken[rel.casefold()] = rel
     collisions = []
     for rel in sorted(r for r in rel_paths if r not in plan):
         stem, ext = posixpath.splitext(first[rel])
-        candidates = [first[rel], rel + ext] + [f"{rel}~{n}{ext}" for n in range(2, len(rel_paths) + 2)]
-        out = next(c for c in candidates if c not in taken)
-        taken.add(out)
+        if first[rel] == rel:  # its own name, taken by another case of it: a.wav beside A.wav
+            candidates = [rel] + [f"{stem}~{n}{ext}" for n in range(2, len(rel_paths) + 2)]
+        else:
+            candidates = [first[rel], rel + ext] + [f"{rel}~{n}{ext}" for n in range(2, len(rel_paths) + 2)]
+        holder = taken.get(first[rel].casefold(), first[rel])
+        out = next(c for c in candidates if c.casefold() not in taken)
+        taken[out.casefold()] = out
         plan[rel] = out
         if out != first[rel]:
             collisions.append({"rel_path": rel, "output": f"{audio_dir}/{out}",
-                               "reason": f"{audio_dir}/{first[rel]} is the output of another input"})
+                               "reason": f"{audio_dir}/{holder} is the output of another input"
+                               + ("" if holder == first[rel] else f" (the same name as {posixpath.basename(first[rel])} "
+                                  "but for case: one file on macOS and Windows)")})
     for rel in sorted(rel_paths):
         if len(os.fsencode(posixpath.basename(plan[rel]))) > MAX_OUTPUT_NAME:
             plan[rel] = _shortened(plan[rel], rel)

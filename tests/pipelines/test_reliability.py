@@ -20,6 +20,7 @@ from automaster.cli import main
 from automaster.config import load_config
 from automaster.corpus import folder_track_id
 from automaster.dsp.limiter import MASTER_MAX_GAIN_DB, master_loudness
+from automaster.pipelines.batch import format_summary
 from automaster.pipelines.demaster import run_demaster
 from automaster.pipelines.master import dc_dbfs, level_notes, plan_output_names, run_master
 from automaster.pipelines.outfolder import OutputFolder
@@ -153,6 +154,19 @@ def test_a_second_run_into_a_busy_folder_exits_2(ckpt, good, tmp_path, uri, caps
 # 4. ---------------------------------------------------------------------- output names
 
 
+def test_output_names_differ_in_more_than_case():
+    """On macOS, Windows or a FAT drive A.flac and a.flac are one file: A.mp3's output would have
+    overwritten a.flac's (found by the session 9 audit)."""
+    plan, collisions = plan_output_names(["A.mp3", "a.flac", "b.wav", "B.WAV", "c.flac"])
+    assert plan == {"a.flac": "a.flac", "A.mp3": "A.mp3.flac", "B.WAV": "B.WAV", "b.wav": "b~2.wav", "c.flac": "c.flac"}
+    assert len({out.casefold() for out in plan.values()}) == len(plan)
+    reasons = {c["rel_path"]: c["reason"] for c in collisions}
+    assert reasons == {
+        "A.mp3": "audio/a.flac is the output of another input (the same name as A.flac but for case: one file on macOS and Windows)",
+        "b.wav": "audio/B.WAV is the output of another input (the same name as b.wav but for case: one file on macOS and Windows)",
+    }
+
+
 def test_output_names_unique_by_construction_and_collisions_reported(ckpt, good, tmp_path, uri):
     plan, collisions = plan_output_names(["z.mp3", "z.flac", "z.mp3.flac"])
     assert plan == {"z.flac": "z.flac", "z.mp3.flac": "z.mp3.flac", "z.mp3": "z.mp3~2.flac"}
@@ -257,6 +271,7 @@ def test_fifo_skipped_unreadable_reasons_repairs_and_passed_over_all_in_the_summ
     assert "FIFO" in reasons["pipe.wav"] and "hidden" in reasons["..wav"]
     assert "not an audio file" in reasons["notes.txt"] and "symbolic link" in reasons["linked"]
     assert summary["repairs"] == {"nonfinite_zeroed": {"files": 1, "count": 20}}
+    assert "  repaired: 20 non-finite samples set to 0 in 1 file" in format_summary("master", summary).splitlines()
     assert summary["total"] == 6
 
 
