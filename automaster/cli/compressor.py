@@ -122,8 +122,8 @@ def _print_summary(summary: dict, head: str) -> None:
 
     def made(split: str) -> str:
         info = examples[split]
-        songs = " (cached)" if info.get("cached") else f" from {plural(info['songs'] - len(info['errors']), 'song')}"
-        return f"{plural(info['rows'], split + ' example')}{songs}"
+        songs = f" from {plural(info['songs_used'], 'song')}" if "songs_used" in info else ""  # the songs that gave a crop
+        return f"{plural(info['rows'], split + ' example')}{songs}{' (cached)' if info.get('cached') else ''}"
 
     lines = [
         head,

@@ -20,7 +20,9 @@ The search over the network's settings is :mod:`automaster.pipelines.compressor_
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -92,10 +94,17 @@ def build_examples(corpora: list[str], split: str, spec: ExampleSpec, out: str) 
     meta = {"corpora": sorted(corpora), "split": split, "crops": crops, "seconds": spec.seconds, "seed": seed, "version": 1}
     cache = Path(storage.local_path(out)) / "examples" / f"{split}.npz"
     t0 = time.time()
+    songs_file = cache.with_name(cache.name + ".songs.json")  # which songs made it, and which could not be read
     cached = load_examples(cache, meta)
     if cached is not None:
         log.info("examples of %s: %d rows from %s", split, len(cached["key"]), cache)
-        return cached, {"split": split, "rows": int(len(cached["key"])), "cached": True, "path": str(cache), "errors": []}
+        try:
+            songs = json.loads(songs_file.read_text())
+        except (OSError, ValueError):  # a cache from before the songs were kept beside it
+            songs = {"errors": []}
+        return cached, {"split": split, "rows": int(len(cached["key"])), "cached": True, "path": str(cache),
+                        "songs_used": len(np.unique(cached["track"])), **({"songs": songs["songs"]} if "songs" in songs else {}),
+                        "errors": [tuple(e) for e in songs["errors"]]}  # fmt: skip
     tracks = [t for root in corpora for t in scan_corpus(root).tracks if t.split == split]
     if not tracks:
         raise ValueError(f"no {split} songs in {', '.join(corpora)}")
@@ -108,8 +117,12 @@ def build_examples(corpora: list[str], split: str, spec: ExampleSpec, out: str) 
     if not len(data["key"]):
         raise ValueError(f"no usable {split} crop of {seconds_text(spec)} in {', '.join(corpora)} ({len(tracks)} songs; {len(errors)} unreadable)")
     save_examples(data, cache, meta)
+    tmp = songs_file.with_name("." + songs_file.name + ".tmp")
+    tmp.write_text(json.dumps({"songs": len(tracks), "errors": errors}))
+    os.replace(tmp, songs_file)
     wall = time.time() - t0
-    info = {"split": split, "songs": len(tracks), "rows": int(len(data["key"])), "cached": False, "path": str(cache),
+    info = {"split": split, "songs": len(tracks), "songs_used": len(np.unique(data["track"])), "rows": int(len(data["key"])),
+            "cached": False, "path": str(cache),
             "wall_s": wall, "examples_per_s": len(data["key"]) / max(wall, 1e-9), "errors": errors}  # fmt: skip
     log.info("examples of %s: %d rows from %d songs in %.0f s (%d unreadable)", split, info["rows"], len(tracks), wall, len(errors))
     return data, info

@@ -39,6 +39,8 @@ def test_examples_are_made_once_and_bad_songs_recorded(jobs):
     train = fitted["examples"]["training"]
     assert not train["cached"] and searched["examples"]["training"]["cached"]
     assert [e[0] for e in train["errors"]] == ["001666"]  # header only; the 1.5 s song gives no 2 s crop
+    # the cache remembers the songs it could not read (before: a cached run forgot them)
+    assert searched["examples"]["training"]["errors"] == train["errors"] and searched["examples"]["training"]["songs"] == train["songs"]
     data = load_examples(out / "examples" / "training.npz")
     assert train["rows"] == len(data["key"]) == 2 * SPEC.crops  # the two good 5 s training songs
     assert set(data["track"]) == {"000002", "000003"}
@@ -130,7 +132,8 @@ def test_the_command_fits_and_reports_where_everything_is(jobs, tmp_path, capsys
                  "--seconds", "2", "--example-seed", "3", "--epochs", "2", "--hidden", "8", "--tracking-uri", uri])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
-    assert text.startswith("train-compressor: trained in ") and "examples: 12 training examples (cached), 6 validation" in text
+    assert text.startswith("train-compressor: trained in ") and "examples: 12 training examples from 2 songs (cached), 6 validation" in text
+    assert "  left out: song 001666 (training): " in text
     assert f"model:   {tmp_path / 'out' / 'model'}" in text and (tmp_path / "out" / "model" / "model.pt").is_file()
 
 
@@ -146,7 +149,7 @@ def test_the_summary_reads_plainly_and_names_the_songs_left_out(capsys):
 
     best = {"val/mae_ratio/threshold_rel_db": 0.62, "val/mae_ratio/log_ratio": 0.7, "val/detector_auc": 0.91,
             "val/false_positive_rate": 0.05}
-    examples = {"training": {"rows": 1, "songs": 2, "errors": [["000007", "AudioError: cannot read 'x.mp3': empty file (0 bytes)"]]},
+    examples = {"training": {"rows": 1, "songs": 2, "songs_used": 1, "errors": [["000007", "AudioError: cannot read 'x.mp3': empty file (0 bytes)"]]},
                 "validation": {"rows": 20, "cached": True, "errors": []}}
     _print_summary({"best": best, "examples": examples, "model": "/o/model", "mlflow_run_id": "r", "tracking_uri": "u",
                     "log_file": "/o/log"}, "train-compressor: trained in 3 s (run x)")  # fmt: skip
