@@ -381,7 +381,8 @@ class Masterer:
         """``(whether restoration changed the audio, what it did in words)``."""
         if not restoring:
             return False, "amount 0: no restoration"
-        parts = [f"echo removed ({echo['echo_delay_s'] * 1e3:.0f} ms)"] if echo["echo_removed"] else []
+        delays = ", ".join(f"{t['delay_s'] * 1e3:.0f}" for t in echo.get("echo_taps") or [])
+        parts = [f"echo removed ({delays} ms)"] if echo["echo_removed"] and delays else []
         if self.restores(inversion):
             parts.append(f"{inversion} inversion")
         elif not parts:

@@ -2,7 +2,8 @@
 
 * Echo stage (every inversion, before the model): the strongest echo is measured from the input's
   own cepstrum and undone (the exact IIR inverse) when its gain is at least ``min_echo_gain`` and
-  it is confirmed as an echo, not the music's own repetition (:func:`automaster.dsp.cepstrum.detect_echo`).
+  it is confirmed as an echo, not the music's own repetition (:func:`automaster.dsp.cepstrum.detect_echo`);
+  then the next in what is left, up to ``MAX_ECHO_TAPS`` (a multi-tap echo, :func:`undo_echoes`).
 * Forecast policy (chain): a forecast whose validation error (recorded in the checkpoint) is not
   clearly below the predict-the-mean baseline's takes its effect's neutral value: a correction the
   model cannot make is not applied.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,8 @@ MIN_ECHO_GAIN = 0.15
 # measure |f| <= 0.055 on the validation clips, pedalboard's Delay 0.17-0.53: BENCHMARKS.md, "Damage by other implementations").
 MIN_ECHO_FEEDBACK = 0.1
 MAX_ECHO_FEEDBACK = 0.9
+# Echoes undone one after the other (multi-tap delays: ffmpeg's aecho takes several), at most this many.
+MAX_ECHO_TAPS = 3
 ECHO_PARAMS = ("echo_delay_s", "echo_gain")
 
 
@@ -129,12 +132,37 @@ def find_echo(signal: Any, n_samples: int, sr: int, min_echo_gain: float, *, laz
     return note, float(np.clip(echo.gain - note["echo_feedback"], -gain.high, gain.high))
 
 
-def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float) -> tuple[np.ndarray, dict[str, Any]]:
-    """The echo stage: ``(audio without the echo, what was measured)`` (:func:`find_echo`)."""
-    note, gain = find_echo(audio, audio.shape[-1], sr, min_echo_gain)
-    if gain is None:
-        return audio, note
-    return echo_inverse_time(audio, sr, note["echo_delay_s"], gain, feedback=note["echo_feedback"]), note
+def undo_echoes(signal: Any, find: Callable[[Any], tuple[dict[str, Any], float | None]],
+                undo: Callable[[Any, dict[str, Any], float], Any], max_taps: int = MAX_ECHO_TAPS
+                ) -> tuple[Any, dict[str, Any]]:
+    """Undo up to ``max_taps`` echoes one after the other: ``find`` (:func:`find_echo` on a signal)
+    decides, ``undo`` applies the inverse; the next echo is sought in what the last inverse left.
+    A multi-tap echo ``1 + g1 z^-d1 + g2 z^-d2`` puts a peak at each delay; once the strongest is
+    undone, the next is the strongest of the rest, with the same confirmation. Clean music costs one
+    detection: the search stops at the first echo not confirmed.
+
+    Returns ``(signal, note)``: ``note`` is the first detection's (its ``echo_*`` fields, as before)
+    with ``echo_taps``, every echo undone as ``{"delay_s", "gain", "feedback"}`` (measured gain)."""
+    note, gain = find(signal)
+    taps: list[dict[str, float]] = []
+    current = note
+    while gain is not None:
+        signal = undo(signal, current, gain)
+        taps.append({"delay_s": current["echo_delay_s"], "gain": current["echo_gain"], "feedback": current["echo_feedback"]})
+        if len(taps) == max_taps:
+            break
+        current, gain = find(signal)
+    note["echo_taps"] = taps
+    return signal, note
+
+
+def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float, max_taps: int = MAX_ECHO_TAPS
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """The echo stage: ``(audio without its echoes, what was measured)`` (:func:`undo_echoes`)."""
+    def undo(x: np.ndarray, note: dict[str, Any], gain: float) -> np.ndarray:
+        return echo_inverse_time(x, sr, note["echo_delay_s"], gain, feedback=note["echo_feedback"])
+
+    return undo_echoes(audio, lambda x: find_echo(x, x.shape[-1], sr, min_echo_gain), undo, max_taps)
 
 
 def parameter_stats(params_norm: np.ndarray, sources: dict[str, str] | None = None) -> dict[str, Any]:

@@ -115,7 +115,8 @@ def build_report(name: str, original: np.ndarray, output: np.ndarray, sample_rat
 def estimates(info: dict[str, Any], param_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the restoration measured in one file, for the report: the echo stage's measurement
     (``echo_delay_s``, ``echo_gain``, whether it was removed, ``echo_feedback`` when it was
-    undone as a feedback delay), the level model's estimate
+    undone as a feedback delay, ``echo_taps``: every echo undone, ``{delay_s, gain, feedback}``),
+    the level model's estimate
     (``level_gain_db``, ``predicted_lufs``) and the reverb the chain applied (``reverb_rt60_s``,
     ``reverb_wet``, from :func:`automaster.mastering.policy.parameter_stats`) only when its wet
     share was forecast: a neutral default is not an estimate."""
@@ -124,6 +125,8 @@ def estimates(info: dict[str, Any], param_stats: dict[str, Any] | None = None) -
         out["echo_removed"] = bool(info["echo_removed"])
     if info.get("echo_feedback"):  # undone as a feedback delay (a single echo has none)
         out["echo_feedback"] = float(info["echo_feedback"])
+    if info.get("echo_taps"):  # every echo undone, the first as above
+        out["echo_taps"] = [{k: float(v) for k, v in tap.items()} for tap in info["echo_taps"]]
     for k in ("level_gain_db", "predicted_lufs"):
         if info.get(k) is not None:
             out[k] = float(info[k])
@@ -145,6 +148,7 @@ def _estimates_line(r: dict[str, Any]) -> str:
         removed = "removed" if e.get("echo_removed") else "left (below the echo stage's threshold or not confirmed)"
         feedback = f", feedback {e['echo_feedback']:.2f}" if e.get("echo_feedback") else ""
         parts.append(f"echo measured at {e['echo_delay_s'] * 1e3:.0f} ms, gain {e.get('echo_gain') or 0:.2f}{feedback}: {removed}")
+        parts += [f"then echo at {t['delay_s'] * 1e3:.0f} ms, gain {t['gain']:.2f}: removed" for t in e.get("echo_taps", [])[1:]]
     if e.get("level_gain_db") is not None:
         parts.append(f"level model: the original master {e['level_gain_db']:+.1f} dB from the input"
                      + (f" ({e['predicted_lufs']:.1f} LUFS)" if e.get("predicted_lufs") is not None else ""))

@@ -45,7 +45,7 @@ from automaster.mastering.finishing import (
 )
 from automaster.dsp.limiter import MASTER_LOUDNESS_AIM_LU
 from automaster.mastering.levels import HEADROOM_PEAK_DBFS, abs_max, finite_or_none
-from automaster.mastering.policy import find_echo
+from automaster.mastering.policy import find_echo, undo_echoes
 
 STREAM_ABOVE_S = 300.0  # files longer than this are mastered a block at a time (when their path allows)
 CORE_S = 20.0  # seconds of output per block
@@ -313,12 +313,25 @@ def decode_raw(path: str, raw_path: str) -> tuple[RawAudio, int]:
 
 
 def _echo_pass(raw: RawAudio, sr: int, delay_s: float, gain: float, scratch: str, feedback: float = 0.0) -> RawAudio:
-    """The echo inverse over the whole file, in order (its recursion carried), into a raw file."""
+    """The echo inverse over the whole file, in order (its recursion carried), into a new raw file
+    (one per echo undone; the previous pass's is removed, the decoded input kept)."""
     inverse = EchoInverseStream(raw.channels, sr, delay_s, gain, feedback=feedback)
-    out = RawAudio(os.path.join(scratch, "restored.f32"), raw.channels)
+    earlier = os.path.basename(raw.path).startswith("restored-")
+    count = int(os.path.basename(raw.path)[9:-4]) + 1 if earlier else 1
+    out = RawAudio(os.path.join(scratch, f"restored-{count}.f32"), raw.channels)
     for b0, b1, _, _ in plan(raw.frames, sr):
         out.append(inverse(raw.read(b0, b1)))
+    if earlier:
+        raw.close()
     return out
+
+
+def echo_stage(raw: RawAudio, sr: int, min_echo_gain: float, scratch: str) -> tuple[RawAudio, dict[str, Any]]:
+    """:func:`automaster.mastering.policy.remove_echo` on a raw file: each echo found in the
+    downmix read by segment, each inverse a pass over the file (``raw`` itself when none)."""
+    return undo_echoes(
+        raw, lambda r: find_echo(_Mono(r), r.frames, sr, min_echo_gain, lazy=True),
+        lambda r, tap, gain: _echo_pass(r, sr, tap["echo_delay_s"], gain, scratch, tap["echo_feedback"]))
 
 
 def _level_stages(stage: StreamStage, levels, level_gain_db: float | None, report: dict[str, Any],
@@ -444,10 +457,9 @@ def _restore(masterer, raw: RawAudio, sr: int, scratch: str, settings: FinishSet
     info: dict[str, Any] = {"echo_removed": False, "echo_delay_s": None, "echo_gain": None}
     restored, measured = raw, measured_in
     if cfg.echo_removal and restoring:
-        note, gain = find_echo(_Mono(raw), n, sr, cfg.min_echo_gain, lazy=True)
+        restored, note = echo_stage(raw, sr, cfg.min_echo_gain, scratch)
         info.update(note)
-        if gain is not None:
-            restored = _echo_pass(raw, sr, note["echo_delay_s"], gain, scratch, note["echo_feedback"])
+        if restored is not raw:
             measured = measure(restored.read, n, sr, channels)
     measured_restored = measured
     chunks = plan_chunks(n, sr, cfg.chunk_s, cfg.context_s, masterer.audio_cfg.hop_length)

@@ -1,5 +1,6 @@
 """The echo stage on real music: a single echo is undone as one, a feedback delay (a delay pedal,
-pedalboard's Delay) as a feedback delay, from the cepstrum's first two harmonics."""
+pedalboard's Delay) as a feedback delay, from the cepstrum's first two harmonics, and a multi-tap
+echo (ffmpeg's aecho with several delays) one tap after the other."""
 
 from __future__ import annotations
 
@@ -53,5 +54,31 @@ def test_a_single_echo_is_undone_without_feedback(path, delay_s, gain):
 def test_clean_music_is_left_alone(path):
     clean, sr = _music(path)
     restored, note = remove_echo(clean, sr, MIN_ECHO_GAIN)
-    assert not note["echo_removed"] and note["echo_feedback"] == 0.0
+    assert not note["echo_removed"] and note["echo_feedback"] == 0.0 and note["echo_taps"] == []
     assert restored is clean
+
+
+def _taps(audio: np.ndarray, sr: int, taps: list[tuple[float, float]]) -> np.ndarray:
+    """``x + sum g x(t - d)``: a multi-tap echo (whole-sample delays)."""
+    out = audio.copy()
+    for delay_s, gain in taps:
+        d = round(delay_s * sr)
+        out[:, d:] += gain * audio[:, :-d]
+    return out
+
+
+@pytest.mark.parametrize(("path", "taps"), [
+    (D01, [(0.13, 0.4), (0.31, 0.3)]),
+    (D02, [(0.08, 0.35), (0.21, 0.3), (0.37, 0.25)]),
+    (D01, [(0.25, 0.5), (0.4, 0.45)]),
+])
+def test_a_multi_tap_echo_is_undone_tap_by_tap(path, taps):
+    clean, sr = _music(path)
+    damaged = _taps(clean, sr, taps)
+    restored, note = remove_echo(damaged, sr, MIN_ECHO_GAIN)
+    single, first = remove_echo(damaged, sr, MIN_ECHO_GAIN, max_taps=1)  # the strongest tap alone
+    found = sorted(t["delay_s"] for t in note["echo_taps"])
+    assert found == pytest.approx([d for d, _ in taps], abs=0.5e-3)
+    assert note["echo_delay_s"] == first["echo_delay_s"] == note["echo_taps"][0]["delay_s"]  # the report's first tap
+    assert all(t["gain"] == pytest.approx(g, abs=0.1) for t, (_, g) in zip(sorted(note["echo_taps"], key=lambda t: t["delay_s"]), taps))
+    assert _si_sdr(restored, clean) > max(10.0, _si_sdr(single, clean) + 4.0)

@@ -102,3 +102,11 @@ def test_a_feedback_delay_is_reported_only_when_undone_as_one():
     assert "echo_feedback" not in single and fed["echo_feedback"] == 0.35
     assert "feedback 0.35" in R._estimates_line({"estimates": fed})
     assert "feedback" not in R._estimates_line({"estimates": single})
+
+
+def test_every_echo_undone_is_reported():
+    taps = [{"delay_s": 0.13, "gain": 0.4, "feedback": 0.0}, {"delay_s": 0.31, "gain": 0.3, "feedback": 0.0}]
+    e = R.estimates({"echo_removed": True, "echo_delay_s": 0.13, "echo_gain": 0.4, "echo_feedback": 0.0, "echo_taps": taps})
+    assert e["echo_taps"] == taps and e["echo_delay_s"] == 0.13  # the first tap's fields stay
+    assert "then echo at 310 ms, gain 0.30: removed" in R._estimates_line({"estimates": e})
+    assert "echo_taps" not in R.estimates({"echo_removed": False, "echo_delay_s": 0.2, "echo_gain": 0.1, "echo_taps": []})

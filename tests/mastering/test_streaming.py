@@ -19,7 +19,8 @@ from automaster.config import MasterConfig
 from automaster.dsp.cepstrum import detect_echo, detect_echo_in
 from automaster.dsp.loudness import integrated_loudness, true_peak_dbtp
 from automaster.effects.echo import EchoInverseStream, echo_inverse_time
-from automaster.mastering import streaming
+from automaster.mastering import MIN_ECHO_GAIN, streaming
+from automaster.mastering.policy import remove_echo
 from automaster.mastering.streaming import Meter, RawAudio, plan
 from automaster.pipelines.master import MasterProcessor
 
@@ -153,6 +154,25 @@ def test_echo_detection_read_by_segment_is_the_whole_arrays(echoed, tmp_path):
     assert lazy.confirmed and whole.confirmed
     assert lazy.delay_s == pytest.approx(whole.delay_s, abs=1e-6) and lazy.delay_s == pytest.approx(0.21, abs=1e-3)
     assert lazy.gain == pytest.approx(whole.gain, abs=1e-5)
+
+
+def test_the_streamed_echo_stage_undoes_the_same_taps_as_the_whole(music, tmp_path):
+    """A three-tap echo on 50 s (blocks and detection segments at their seams): the same taps,
+    the same audio as :func:`remove_echo` on the whole array, and no scratch file left behind."""
+    x = np.tile(music, (1, -(-50 * SR // music.shape[1])))[:, : 50 * SR]
+    y = x.copy()
+    for delay_s, gain in ((0.09, 0.35), (0.2, 0.3), (0.33, 0.25)):
+        d = round(delay_s * SR)
+        y[:, d:] += gain * x[:, :-d]
+    y *= np.float32(0.4)
+    whole, note = remove_echo(y, SR, MIN_ECHO_GAIN)
+    raw = RawAudio(str(tmp_path / "input.f32"), 2)
+    raw.append(y)
+    streamed, streamed_note = streaming.echo_stage(raw, SR, MIN_ECHO_GAIN, str(tmp_path))
+    assert len(note["echo_taps"]) == 3
+    assert [t["delay_s"] for t in streamed_note["echo_taps"]] == pytest.approx([t["delay_s"] for t in note["echo_taps"]], abs=1e-6)
+    assert np.abs(streamed.read(0, streamed.frames) - whole).max() < 1e-5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.f32", "restored-3.f32"]
 
 
 _PEAK_RSS = """
