@@ -4,6 +4,7 @@ The time-domain inverse (:func:`echo_inverse_time`, :class:`EchoInverseStream`) 
 feedback delay ``y = x + g x(t - d) + feedback (y(t - d) - x(t - d))``, i.e. ``(1 + a z^-d) / (1 -
 feedback z^-d)`` with ``a = g - feedback`` (pedalboard's Delay and most delay pedals): the
 feed-forward comb ``y - feedback y(t - d)`` undoes the pole, the IIR with gain ``a`` the zero.
+:class:`MultiEchoInverseStream` undoes a multi-tap echo ``1 + sum g_i z^-d_i`` exactly.
 
 The delay is a phase ramp ``exp(-j 2 pi f delay_s)``, so fractional delays are exact (band-limited)
 and differentiable w.r.t. ``delay_s``. The inverse ``x = y - gain x(t - delay_s)`` is the division
@@ -212,3 +213,64 @@ class EchoInverseStream:
         _echo_inverse_iir_carry(np.ascontiguousarray(y, dtype=self.dtype), self.dtype.type(1.0), self.gain, self.taps, buf)
         self.history = buf[:, -reach:].copy()
         return buf[:, reach:]
+
+
+@numba.njit(cache=True, fastmath=True)
+def _multi_tap_iir_carry(y, gains, taps, reaches, buf):  # pragma: no cover - compiled
+    """``x(n) = y(n) - sum_j gains[j] x(n - delay_j)`` on one block ``y`` ``(C, n)``: ``buf``
+    ``(C, R + n)`` holds the last ``R`` outputs before the block and gets the block's after them;
+    echo ``j``'s fractional delay ``taps[j]`` reads ``buf[R + i - reaches[j] + k]`` (``reaches[j]``:
+    its whole delay plus half the taps, more than the taps' length: only finished outputs)."""
+    n_ch, n = y.shape
+    n_echoes, n_taps = taps.shape
+    first = buf.shape[1] - n
+    for c in range(n_ch):
+        x = buf[c]
+        src = y[c]
+        for i in range(n):
+            acc = taps[0, 0] - taps[0, 0]
+            for j in range(n_echoes):
+                start = first + i - reaches[j]
+                tap = taps[0, 0] - taps[0, 0]
+                for k in range(n_taps):
+                    tap += taps[j, k] * x[start + k]
+                acc += gains[j] * tap
+            x[first + i] = src[i] - acc
+    return buf
+
+
+class MultiEchoInverseStream:
+    """The exact inverse of a multi-tap echo ``y = x + sum_i gains[i] x(t - delays_s[i])``, the IIR
+    ``x = y - sum_i gains[i] x(t - delays_s[i])`` with :func:`echo_inverse_time`'s fractional delay,
+    a block at a time (consecutive ``(C, n)`` blocks of one signal; the recursion carried).
+
+    Raises:
+        ValueError: a delay under ``2 * FRACTIONAL_HALF_TAPS`` samples, or ``sum |gains| >= 1`` (the
+            sufficient condition for a stable inverse: the FIR has no zero on or outside the unit circle).
+    """
+
+    def __init__(self, channels: int, sample_rate: float, delays_s: list[float], gains: list[float], dtype=np.float32):
+        delays = [d * sample_rate for d in delays_s]
+        wholes = [int(math.floor(d)) for d in delays]
+        if min(wholes) < 2 * FRACTIONAL_HALF_TAPS:
+            raise ValueError(f"the time-domain echo inverse needs delays of >= {2 * FRACTIONAL_HALF_TAPS} samples, got {min(delays):.1f}")
+        if sum(abs(g) for g in gains) >= 1.0:
+            raise ValueError(f"the multi-tap echo inverse needs sum |gain| < 1, got {sum(abs(g) for g in gains):.3f}")
+        self.dtype = np.dtype(dtype)
+        self.taps = np.stack([_fractional_taps(round(d - w, 6)) for d, w in zip(delays, wholes)]).astype(self.dtype)
+        self.reaches = np.array([w + FRACTIONAL_HALF_TAPS for w in wholes], np.int64)
+        self.gains = np.array(gains, self.dtype)
+        self.history = np.zeros((channels, int(self.reaches.max())), self.dtype)
+
+    def __call__(self, y: np.ndarray) -> np.ndarray:
+        reach = self.history.shape[1]
+        buf = np.empty((y.shape[0], reach + y.shape[1]), self.dtype)
+        buf[:, :reach] = self.history
+        _multi_tap_iir_carry(np.ascontiguousarray(y, dtype=self.dtype), self.gains, self.taps, self.reaches, buf)
+        self.history = buf[:, -reach:].copy()
+        return buf[:, reach:]
+
+
+def multi_echo_inverse_time(y: np.ndarray, sample_rate: float, delays_s: list[float], gains: list[float]) -> np.ndarray:
+    """:class:`MultiEchoInverseStream` on one whole clip ``(C, T)``."""
+    return MultiEchoInverseStream(y.shape[0], sample_rate, delays_s, gains, y.dtype)(y)

@@ -3,7 +3,8 @@
 * Echo stage (every inversion, before the model): the strongest echo is measured from the input's
   own cepstrum and undone (the exact IIR inverse) when its gain is at least ``min_echo_gain`` and
   it is confirmed as an echo, not the music's own repetition (:func:`automaster.dsp.cepstrum.detect_echo`);
-  then the next in what is left, up to ``MAX_ECHO_TAPS`` (a multi-tap echo, :func:`undo_echoes`).
+  then the next in what is left, up to ``MAX_ECHO_TAPS``; several are then undone together, the exact
+  inverse of a multi-tap echo (:func:`undo_echoes`).
 * Forecast policy (chain): a forecast whose validation error (recorded in the checkpoint) is not
   clearly below the predict-the-mean baseline's takes its effect's neutral value: a correction the
   model cannot make is not applied.
@@ -20,7 +21,7 @@ import torch
 
 from automaster.dsp.cepstrum import detect_echo, detect_echo_in
 from automaster.dsp.constants import HOP_LENGTH, MODEL_RATE
-from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time
+from automaster.effects.echo import FRACTIONAL_HALF_TAPS, echo_inverse_time, multi_echo_inverse_time
 from automaster.effects.params import BY_NAME, PARAM_NAMES, PARAMS
 from automaster.model.validate import mae_ratios
 
@@ -34,8 +35,10 @@ MIN_ECHO_GAIN = 0.15
 # measure |f| <= 0.055 on the validation clips, pedalboard's Delay 0.17-0.53: BENCHMARKS.md, "Damage by other implementations").
 MIN_ECHO_FEEDBACK = 0.1
 MAX_ECHO_FEEDBACK = 0.9
-# Echoes undone one after the other (multi-tap delays: ffmpeg's aecho takes several), at most this many.
+# Echoes undone (multi-tap delays: ffmpeg's aecho takes several), at most this many; several are
+# undone together when their gains sum to at most this (below 1: a stable inverse, peaking at 20 dB).
 MAX_ECHO_TAPS = 3
+MAX_JOINT_ECHO_GAIN = 0.9
 ECHO_PARAMS = ("echo_delay_s", "echo_gain")
 
 
@@ -133,25 +136,34 @@ def find_echo(signal: Any, n_samples: int, sr: int, min_echo_gain: float, *, laz
 
 
 def undo_echoes(signal: Any, find: Callable[[Any], tuple[dict[str, Any], float | None]],
-                undo: Callable[[Any, dict[str, Any], float], Any], max_taps: int = MAX_ECHO_TAPS
+                undo: Callable[[Any, dict[str, Any], float], Any],
+                undo_jointly: Callable[[Any, list[float], list[float]], Any], max_taps: int = MAX_ECHO_TAPS
                 ) -> tuple[Any, dict[str, Any]]:
-    """Undo up to ``max_taps`` echoes one after the other: ``find`` (:func:`find_echo` on a signal)
-    decides, ``undo`` applies the inverse; the next echo is sought in what the last inverse left.
-    A multi-tap echo ``1 + g1 z^-d1 + g2 z^-d2`` puts a peak at each delay; once the strongest is
-    undone, the next is the strongest of the rest, with the same confirmation. Clean music costs one
+    """Undo up to ``max_taps`` echoes: ``find`` (:func:`find_echo` on a signal) decides, ``undo``
+    applies one inverse, and the next echo is sought in what it left. A multi-tap echo ``1 + g1
+    z^-d1 + g2 z^-d2`` puts a peak of ``g_i`` at each delay, and once the strongest is undone, the next
+    measures ``g2`` in the rest (with the same confirmation). Undone one after the other, the inverses
+    leave the cross terms of their product (``g1 g2`` at ``d1 + d2``), so several taps without feedback
+    are then undone together from the input, ``undo_jointly(signal, delays_s, gains)``: the exact
+    inverse of the FIR, when ``sum |g_i| <= MAX_JOINT_ECHO_GAIN`` keeps it stable. Clean music costs one
     detection: the search stops at the first echo not confirmed.
 
     Returns ``(signal, note)``: ``note`` is the first detection's (its ``echo_*`` fields, as before)
     with ``echo_taps``, every echo undone as ``{"delay_s", "gain", "feedback"}`` (measured gain)."""
+    original = signal
     note, gain = find(signal)
     taps: list[dict[str, float]] = []
+    gains: list[float] = []  # the inverses' gains (clipped)
     current = note
     while gain is not None:
         signal = undo(signal, current, gain)
         taps.append({"delay_s": current["echo_delay_s"], "gain": current["echo_gain"], "feedback": current["echo_feedback"]})
+        gains.append(gain)
         if len(taps) == max_taps:
             break
         current, gain = find(signal)
+    if len(taps) > 1 and not any(t["feedback"] for t in taps) and sum(abs(g) for g in gains) <= MAX_JOINT_ECHO_GAIN:
+        signal = undo_jointly(original, [t["delay_s"] for t in taps], gains)
     note["echo_taps"] = taps
     return signal, note
 
@@ -162,7 +174,8 @@ def remove_echo(audio: np.ndarray, sr: int, min_echo_gain: float, max_taps: int 
     def undo(x: np.ndarray, note: dict[str, Any], gain: float) -> np.ndarray:
         return echo_inverse_time(x, sr, note["echo_delay_s"], gain, feedback=note["echo_feedback"])
 
-    return undo_echoes(audio, lambda x: find_echo(x, x.shape[-1], sr, min_echo_gain), undo, max_taps)
+    return undo_echoes(audio, lambda x: find_echo(x, x.shape[-1], sr, min_echo_gain), undo,
+                       lambda x, delays, gains: multi_echo_inverse_time(x, sr, delays, gains), max_taps)
 
 
 def parameter_stats(params_norm: np.ndarray, sources: dict[str, str] | None = None) -> dict[str, Any]:

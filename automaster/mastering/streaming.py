@@ -38,7 +38,7 @@ from automaster.audio.read import _blocks
 from automaster.audio.write import BlockWriter
 from automaster.dsp import loudness as meter
 from automaster.dsp.limiter import GainReduction, _limit, loudness_and_limit
-from automaster.effects.echo import EchoInverseStream
+from automaster.effects.echo import EchoInverseStream, MultiEchoInverseStream
 from automaster.mastering.finishing import (
     GAIN_REDUCTION_HOP_S, MAX_DRIVE_DB, SATURATION_STEPS, FinishSettings, _applied, _loudness_and_limit,
     _loudness_stage, _shifted, gain_reduction_db, levels_info, limiter_aim, loudness_source, limiter_record, soft_clip,
@@ -312,26 +312,31 @@ def decode_raw(path: str, raw_path: str) -> tuple[RawAudio, int]:
     return raw, sr
 
 
-def _echo_pass(raw: RawAudio, sr: int, delay_s: float, gain: float, scratch: str, feedback: float = 0.0) -> RawAudio:
-    """The echo inverse over the whole file, in order (its recursion carried), into a new raw file
-    (one per echo undone; the previous pass's is removed, the decoded input kept)."""
-    inverse = EchoInverseStream(raw.channels, sr, delay_s, gain, feedback=feedback)
-    earlier = os.path.basename(raw.path).startswith("restored-")
-    count = int(os.path.basename(raw.path)[9:-4]) + 1 if earlier else 1
-    out = RawAudio(os.path.join(scratch, f"restored-{count}.f32"), raw.channels)
+def _echo_pass(raw: RawAudio, sr: int, inverse: Callable[[np.ndarray], np.ndarray], path: str) -> RawAudio:
+    """An echo inverse (:class:`EchoInverseStream`, :class:`MultiEchoInverseStream`) over the whole
+    file, in order (its recursion carried), into a raw file at ``path``."""
+    out = RawAudio(path, raw.channels)
     for b0, b1, _, _ in plan(raw.frames, sr):
         out.append(inverse(raw.read(b0, b1)))
-    if earlier:
-        raw.close()
     return out
 
 
 def echo_stage(raw: RawAudio, sr: int, min_echo_gain: float, scratch: str) -> tuple[RawAudio, dict[str, Any]]:
     """:func:`automaster.mastering.policy.remove_echo` on a raw file: each echo found in the
-    downmix read by segment, each inverse a pass over the file (``raw`` itself when none)."""
+    downmix read by segment, each inverse a pass over the file into a new raw file (the previous
+    pass's removed; ``raw`` itself returned when nothing was undone)."""
+    passes: list[RawAudio] = []
+
+    def run(source: RawAudio, inverse) -> RawAudio:
+        passes.append(_echo_pass(source, sr, inverse, os.path.join(scratch, f"restored-{len(passes) + 1}.f32")))
+        if len(passes) > 1:
+            passes[-2].close()  # read to its end by now
+        return passes[-1]
+
     return undo_echoes(
         raw, lambda r: find_echo(_Mono(r), r.frames, sr, min_echo_gain, lazy=True),
-        lambda r, tap, gain: _echo_pass(r, sr, tap["echo_delay_s"], gain, scratch, tap["echo_feedback"]))
+        lambda r, tap, gain: run(r, EchoInverseStream(r.channels, sr, tap["echo_delay_s"], gain, feedback=tap["echo_feedback"])),
+        lambda r, delays, gains: run(r, MultiEchoInverseStream(r.channels, sr, delays, gains)))
 
 
 def _level_stages(stage: StreamStage, levels, level_gain_db: float | None, report: dict[str, Any],

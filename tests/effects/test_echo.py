@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from automaster.effects import echo, echo_inverse
-from automaster.effects.echo import echo_inverse_time
+from automaster.effects.echo import MultiEchoInverseStream, echo_inverse_time, multi_echo_inverse_time
 
 RATES = [44100, 48000]
 CHANNELS = [1, 2]
@@ -118,3 +118,26 @@ def test_time_domain_inverse_undoes_a_feedback_delay(delay_s, zero, feedback):
     single = echo_inverse_time(y, 44100, delay_s, zero + feedback)  # the single-echo inverse leaves echoes
     snr_single = 10 * math.log10((x.numpy()[:, inner] ** 2).sum() / ((single - x.numpy())[:, inner] ** 2).sum())
     assert snr > 60 and snr_single < 20
+
+
+def test_multi_tap_inverse_undoes_a_multi_tap_echo_exactly():
+    # 1 + sum g_i z^-d_i (fractional delays, built from single echoes by the FFT) against the joint
+    # IIR, whole and a block at a time; one tap is echo_inverse_time's IIR.
+    noise = torch.randn(2, 40000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    spec = torch.fft.rfft(noise)
+    spec[:, torch.fft.rfftfreq(40000, 1 / 44100) > 20000] = 0
+    x = (torch.fft.irfft(spec, 40000) * 0.1).float()[None]
+    delays, gains = [0.0123456, 0.05, 0.1711], [0.3, -0.25, 0.35]
+    y = (x + sum(echo(x, 44100, d, g) - x for d, g in zip(delays, gains)))[0].numpy()
+    ours = multi_echo_inverse_time(y, 44100, delays, gains)
+    inner = slice(2000, 30000)  # away from the forward echoes' wrap-around at the end
+    snr = 10 * math.log10((x[0].numpy()[:, inner] ** 2).sum() / ((ours - x[0].numpy())[:, inner] ** 2).sum())
+    assert snr > 60
+    stream = MultiEchoInverseStream(2, 44100, delays, gains)
+    assert np.abs(np.concatenate([stream(y[:, i : i + 7000]) for i in range(0, 40000, 7000)], axis=1) - ours).max() < 1e-6
+    one = multi_echo_inverse_time(y, 44100, [0.05], [0.4])
+    assert np.abs(one - echo_inverse_time(y, 44100, 0.05, 0.4)).max() < 1e-5
+    with pytest.raises(ValueError, match="sum"):
+        MultiEchoInverseStream(2, 44100, delays, [0.5, 0.3, 0.2])  # an inverse that may not be stable
+    with pytest.raises(ValueError, match="delay"):
+        MultiEchoInverseStream(2, 44100, [0.05, 10 / 44100], [0.2, 0.2])

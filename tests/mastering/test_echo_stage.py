@@ -81,4 +81,4 @@ def test_a_multi_tap_echo_is_undone_tap_by_tap(path, taps):
     assert found == pytest.approx([d for d, _ in taps], abs=0.5e-3)
     assert note["echo_delay_s"] == first["echo_delay_s"] == note["echo_taps"][0]["delay_s"]  # the report's first tap
     assert all(t["gain"] == pytest.approx(g, abs=0.1) for t, (_, g) in zip(sorted(note["echo_taps"], key=lambda t: t["delay_s"]), taps))
-    assert _si_sdr(restored, clean) > max(10.0, _si_sdr(single, clean) + 4.0)
+    assert _si_sdr(restored, clean) > max(15.0, _si_sdr(single, clean) + 8.0)

@@ -172,7 +172,7 @@ def test_the_streamed_echo_stage_undoes_the_same_taps_as_the_whole(music, tmp_pa
     assert len(note["echo_taps"]) == 3
     assert [t["delay_s"] for t in streamed_note["echo_taps"]] == pytest.approx([t["delay_s"] for t in note["echo_taps"]], abs=1e-6)
     assert np.abs(streamed.read(0, streamed.frames) - whole).max() < 1e-5
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.f32", "restored-3.f32"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.f32", "restored-4.f32"]  # three taps, then all three at once
 
 
 _PEAK_RSS = """
