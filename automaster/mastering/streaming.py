@@ -14,7 +14,8 @@ later pass reads it back ``CORE_S`` at a time with ``LEFT_S`` before and ``RIGHT
 that the K-weighting, the 4x true-peak interpolator, the soft clipper's resampler and the
 limiter (whose release is over well within ``LEFT_S``) see each block as they would in the whole
 file; only the echo inverse, a recursion, carries its state from block to block. Memory holds a
-few blocks; the disk holds the raw input, the echo stage's output when it ran, and at most three
+few blocks; the disk holds the raw input, the echo stage's output when it ran (two while it undoes
+a further echo, a pass over the file each), and at most three
 renders of the limiter (21 MB per minute of stereo each), removed at the end.
 """
 
