@@ -185,6 +185,11 @@ def display_name(name: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in display(name))
 
 
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``: a count for a console line."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def open_input_file(uri: str | os.PathLike) -> pafs.NativeFile:
     """A seekable, readable binary file object for ``uri`` (close it, or use ``with``)."""
     fs, path = resolve(uri)

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from automaster.storage import plural  # noqa: F401 (the commands import it from here)
+
 log = logging.getLogger("automaster")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -108,11 +110,6 @@ def announce(job: str, what: str, out: str) -> None:
     from automaster.pipelines.batch import job_log_file
 
     print(f"{job}: {what}; log: {job_log_file(out, job)}", file=sys.stderr, flush=True)
-
-
-def plural(n: int, word: str) -> str:
-    """``1 epoch``, ``2 epochs``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def print_summary(job: str, summary: dict, extra: str = "") -> None:

@@ -437,10 +437,6 @@ REPAIR_WORDS = {  # what note_repair's kinds did, in the user's words
 }
 
 
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 def _repair_words(kind: str, count: int) -> str:
     """'45 non-finite samples set to 0' (an unknown kind: its name, spaced)."""
     one, many = REPAIR_WORDS.get(kind, (kind.replace("_", " "),) * 2)
@@ -458,7 +454,7 @@ def format_summary(job: str, summary: dict[str, Any], extra: str = "") -> str:
     lines += [f"  failed: {storage.display_name(f['rel_path'])}: {f['reason']}" for f in summary["failures"][:10]]
     if len(summary["failures"]) > 10:
         lines.append(f"  ... {len(summary['failures']) - 10} more in summary.json")
-    lines += [f"  repaired: {_repair_words(kind, n['count'])} in {_count(n['files'], 'file')}" for kind, n in summary["repairs"].items()]
+    lines += [f"  repaired: {_repair_words(kind, n['count'])} in {storage.plural(n['files'], 'file')}" for kind, n in summary["repairs"].items()]
     repeats = [p for p in summary.get("passed_over_files", []) if p.get("repeat_of")]  # a user's slip, worth a line
     lines += [f"  passed over: {storage.display_name(p['path'])}: {p['reason']}" for p in repeats[:10]]
     if len(repeats) > 10:
