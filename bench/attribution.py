@@ -9,7 +9,8 @@ damages it (seed 1 with the track id; the clean clip's peak brought to 0.999 fir
 every effect (``ours``), with one effect alone (``eq``, ``compressor``, ``reverb``, ``echo``: the
 others neutral, the same draw), and pedalboard's chain (``pedalboard``). Paths:
 
-* ``identity``: the damaged input; ``normalised``: plain loudness normalisation (-14 LUFS, -1 dBTP);
+* ``identity``: the damaged input; ``oracle-gain``: the damaged input at the clean clip's loudness
+  (one gain, no limiter: the bound of any level stage); ``normalised``: plain loudness normalisation (-14 LUFS, -1 dBTP);
 * ``echo``: the echo stage alone (:func:`automaster.mastering.policy.remove_echo`);
 * ``chain``, ``mask``: the shipped model's inversion alone (no echo stage, no level gain, no limiter);
 * ``level``: the level model's gain alone (the ``restore`` preset's gain, no limiter);
@@ -51,7 +52,7 @@ from automaster.config import DAMAGE_EFFECTS, AudioConfig, DegradeConfig, Master
 from automaster.dsp.constants import MODEL_RATE  # noqa: E402
 
 DAMAGES = ("ours", *DAMAGE_EFFECTS, "pedalboard")
-PATHS = ("identity", "normalised", "echo", "chain", "mask", "level", "ceiling", "level+ceiling", "default", "default-noceiling")
+PATHS = ("identity", "oracle-gain", "normalised", "echo", "chain", "mask", "level", "ceiling", "level+ceiling", "default", "default-noceiling")
 PEAK_CEILING = 0.999  # as the evaluate job's EvalConfig.peak_ceiling
 NO_CEILING_DBTP = 30.0
 
@@ -227,7 +228,13 @@ def measure_paths(reference: Any, x: np.ndarray, paths: list[str], **fields: Any
     rows = []
     for path in paths:
         t = time.process_time()
-        y, info = render(path, x)
+        if path == "oracle-gain":  # the damaged clip at the clean clip's loudness: what a perfect level stage does
+            from automaster.dsp.loudness import integrated_loudness
+
+            gain = reference.lufs - integrated_loudness(x, MODEL_RATE)
+            y, info = x * np.float32(10.0 ** (gain / 20.0)), {"loudness_gain_db": gain}
+        else:
+            y, info = render(path, x)
         seconds = time.process_time() - t
         m = reference.measure(np.asarray(y, dtype=np.float32), aligned=True)
         rows.append({**fields, "path": path, "cpu_s": seconds, **m, **info})
