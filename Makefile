@@ -2,7 +2,7 @@
 # first into .venv); `make clean` removes what they wrote (results/, mlflow.db, mlruns/), not .venv.
 # One command retrains each model (docs/training.md, "Retraining each model"):
 #   make retrain-reference CORPUS=<fma root>            models/reference (demaster, tune, train, evaluate)
-#   make retrain-level CORPUS="<corpus> [<corpus> ...]"  models/spectral (the level model)
+#   make retrain-level CORPUS="<fma root> <debian corpus>"  models/level (the level model)
 #   make retrain-compressor CORPUS="<corpus> ..."       results/compressor/model (not shipped: BENCHMARKS.md)
 PYTHON ?= python3
 VENV   ?= .venv
@@ -43,7 +43,7 @@ retrain-reference: $(STAMP)
 	PYTHON=$(abspath $(PY)) bash models/train_reference.sh $(firstword $(CORPUS)) results/reference
 
 retrain-level: $(STAMP)
-	PYTHON=$(abspath $(PY)) bash models/train_spectral.sh $(CORPUS)
+	PYTHON=$(abspath $(PY)) bash models/train_level.sh $(CORPUS)
 
 retrain-compressor: $(STAMP)
 	$(VENV)/bin/automaster train-compressor $(foreach c,$(CORPUS),--corpus $(c)) --out results/compressor \

@@ -69,7 +69,7 @@ def common_arguments(p: argparse.ArgumentParser, damages: tuple[str, ...], paths
     p.add_argument("--damages", default=",".join(damages))
     p.add_argument("--paths", default=",".join(paths))
     p.add_argument("--model", default=str(REPO / "models" / "reference"))
-    p.add_argument("--level-model", default=str(REPO / "models" / "spectral"))
+    p.add_argument("--level-model", default=str(REPO / "models" / "level"))
     p.add_argument("--bounds", default="", help="comma-separated max_limiting_db values: adds a default@<bound> path each")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--tables", metavar="JSON", help="print the tables of an earlier run's output, nothing else")
@@ -121,8 +121,6 @@ def _init(args: argparse.Namespace) -> None:
     import torch
 
     from automaster.mastering import Masterer
-    from automaster.model.checkpoint import load_model_cached
-
     torch.set_num_threads(1)
     base = MasterConfig(level_model=args.level_model, chunk_s=max(30.0, args.seconds))
     alone = dict(echo_removal=False, level_model=None, preset="none")
@@ -132,9 +130,9 @@ def _init(args: argparse.Namespace) -> None:
         noceiling=Masterer(args.model, "chain", config=base, true_peak_dbtp=NO_CEILING_DBTP),
         chain=Masterer(args.model, "chain", config=base, **alone),
         mask=Masterer(args.model, "mask", config=base, **alone),
-        level_model=load_model_cached(args.level_model)[0],
         audio_cfg=AudioConfig(),
     )
+    _STATE["level_model"] = _STATE["default"].level_model  # the one the default loaded (trees or a checkpoint)
     # until masterer.py passes MasterConfig.max_limiting_db on to FinishSettings
     if args.max_limiting_db is not None:
         for name in ("default", "noceiling"):
@@ -244,11 +242,15 @@ def measure_paths(reference: Any, x: np.ndarray, paths: list[str], **fields: Any
 def measure_clip(clip: dict[str, str]) -> list[dict[str, Any]]:
     """Every damage and path of one clip: one row each."""
     args = _STATE["args"]
-    clean, reference = load_clean(clip, args.seconds)
     rows = []
-    for kind in args.damages:
-        x = damage(clean, clip["track_id"], kind, args.seed)
-        rows += measure_paths(reference, x, args.paths, **clip, damage=kind)
+    try:
+        clean, reference = load_clean(clip, args.seconds)
+        for kind in args.damages:
+            x = damage(clean, clip["track_id"], kind, args.seed)
+            rows += measure_paths(reference, x, args.paths, **clip, damage=kind)
+    except ValueError as exc:  # an excerpt that cannot be measured (silent, or its damage not finite): left out, said
+        print(f"{clip['set']}/{clip['track_id']} skipped: {exc}", file=sys.stderr, flush=True)
+        return [{**clip, "skipped": str(exc)}]
     print(f"{clip['set']}/{clip['track_id']} done", file=sys.stderr, flush=True)
     return rows
 
@@ -320,13 +322,15 @@ def main(argv: list[str] | None = None) -> None:
     else:
         _init(args)
         rows = [r for clip in clips for r in measure_clip(clip)]
+    skipped = [r for r in rows if "skipped" in r]
+    rows = [r for r in rows if "skipped" not in r]
     means = summarise(rows)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     run = {"wall_s": time.time() - start, "cpu_s_paths": sum(r["cpu_s"] for r in rows), "load": os.getloadavg(),
-           "clips": len(clips), "driver_cpu_s": time.process_time() - cpu}
+           "clips": len(clips) - len(skipped), "skipped": skipped, "driver_cpu_s": time.process_time() - cpu}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"settings": settings, "run": run, "means": means, "rows": rows}, indent=1, default=float))
-    print(f"{len(clips)} clips, {run['wall_s']:.0f} s wall, {run['cpu_s_paths']:.0f} CPU s in the paths, load {run['load']}")
+    print(f"{run['clips']} clips ({len(skipped)} skipped), {run['wall_s']:.0f} s wall, {run['cpu_s_paths']:.0f} CPU s in the paths, load {run['load']}")
     print_tables(means, args.paths)
 
 

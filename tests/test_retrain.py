@@ -26,7 +26,7 @@ def _plan(target: str, corpus: str) -> str:
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make on this machine")
 def test_each_model_has_a_retrain_target():
     assert "models/train_reference.sh /data/fma results/reference" in _plan("retrain-reference", "/data/fma /data/debian")
-    assert "models/train_spectral.sh /data/fma /data/debian" in _plan("retrain-level", "/data/fma /data/debian")
+    assert "models/train_level.sh /data/fma /data/debian" in _plan("retrain-level", "/data/fma /data/debian")
     line = _plan("retrain-compressor", "/data/fma /data/debian").strip()
     argv = shlex.split(line)
     assert argv[0].endswith("automaster")

@@ -27,10 +27,10 @@ def add_repair_options(p: argparse.ArgumentParser, init_phase_help: str, levels_
                    help="chain path: apply a forecast parameter only if its validation MAE is at most this share "
                    f"of the predict-the-mean baseline's (default {MASTER_DEFAULTS.max_forecast_error:g}; others stay "
                    "neutral); 'inf': apply every forecast")
-    p.add_argument("--level-model", metavar="CHECKPOINT|none",
-                   help="a checkpoint whose level head estimates the original master's loudness for the restore "
-                   "preset when --model has none (default: models/spectral of the checkout); 'none': keep the "
-                   "restored level")
+    p.add_argument("--level-model", metavar="MODEL|none",
+                   help="a level model (a folder with trees.npz, or a spectral checkpoint) that estimates the original "
+                   "master's loudness for the restore preset when --model has none (default: models/level of the "
+                   "checkout); 'none': keep the restored level")
 
 
 def master_config(args: argparse.Namespace, **fields: Any) -> MasterConfig:
@@ -57,15 +57,15 @@ def model_or_shipped(model: str | None) -> str:
 
 
 def level_model_or_shipped(level_model: str | None) -> str | None:
-    """``--level-model``: None for ``none``, the checkout's ``models/spectral`` when not given
+    """``--level-model``: None for ``none``, the checkout's ``models/level`` when not given
     (None if the checkout has none), else the path, which must exist."""
     if level_model is None:
-        shipped = CHECKOUT / "models" / "spectral"
+        shipped = CHECKOUT / "models" / "level"
         return str(shipped) if shipped.exists() else None
     if level_model.lower() == "none":
         return None
     if not Path(level_model).exists():
-        raise UsageError(f"--level-model {level_model!r} does not exist; pass a checkpoint directory or 'none'")
+        raise UsageError(f"--level-model {level_model!r} does not exist; pass a level model's folder or 'none'")
     return level_model
 
 

@@ -135,13 +135,17 @@ class Masterer:
         if self.mode == SPECTRAL or not self.cfg.level_model:
             return None
         path = self.cfg.level_model
+        from automaster.model.level_trees import LevelTrees, is_trees_dir
+
         try:
+            if is_trees_dir(path):  # the shipped kind: boosted trees over statistics of the input
+                return LevelTrees.load(path)
             model, _, _ = load_model_cached(path, map_location=self.device)
         except (OSError, ValueError) as exc:
             raise MasteringError(f"level model {path!r}: {exc}") from None
         if model.mode != SPECTRAL:
             raise MasteringError(
-                f"level model {path!r} has no level head (model mode {model.mode!r}); use a spectral checkpoint such as models/spectral"
+                f"level model {path!r} has no level head (model mode {model.mode!r}); use a level model such as models/level"
             )
         return model
 

@@ -211,9 +211,9 @@ def prepare(spec: JobSpec, options: RunOptions) -> tuple[OutputFolder, dict[str,
         model_hash = None if spec.model is None else file_sha256(spec.model)
         settings = dict(spec.settings)
         if settings.get("level_model"):  # the level model's weights change the outputs too
-            from automaster.model.checkpoint import checkpoint_paths
+            from automaster.model.level_trees import level_model_file
 
-            settings["level_model_sha256"] = file_sha256(str(checkpoint_paths(settings["level_model"])[0]))
+            settings["level_model_sha256"] = file_sha256(str(level_model_file(settings["level_model"])))
         manifest = make_manifest(spec.job, settings, model_hash, input_roots(spec), decisive_files(spec))
         if not options.overwrite:
             folder.check_foreign((*spec.outputs, SUMMARY))

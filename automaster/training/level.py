@@ -1,21 +1,23 @@
-"""Fit the spectral restorer's level head offline, on many damaged crops of many songs.
+"""Fit the level model offline: boosted trees on many damaged crops of many songs.
 
-The level head reads only statistics of its input (:func:`automaster.model.spectral.level_features`),
-not the trunk, so its training set can be computed once: crops of clean songs are damaged afresh
-(our chain and pedalboard's: two implementations, so the head learns the level of the original
-master, not one chain's habits; and none, so a clip that already sounds mastered keeps its
-level), and each gives its features and its target,
-the loudness gap ``LUFS(clean) - LUFS(damaged)`` in LU (what ``automaster evaluate`` scores). Then
-the head is fitted in seconds. Compared with fitting it through the waveform losses, this sees
-hundreds of songs instead of a few minutes of them in the same CPU time.
+The level model (:mod:`automaster.model.level_trees`) reads only statistics of its input, so its
+training set can be computed once: crops of clean songs are damaged afresh (our chain with every
+effect and with each effect alone, pedalboard's chain: two implementations, so the model learns
+the level of the original master, not one chain's habits; and none, so a clip that already
+sounds mastered keeps its level), and each gives its features and its target, the loudness gap
+``LUFS(clean) - LUFS(damaged)`` in LU (what ``automaster evaluate`` scores). Then the trees are
+fitted in seconds (scikit-learn's histogram gradient boosting, absolute error).
 
     python -m automaster.training.level --audio CORPUS [--audio CORPUS ...] --out DIR
-        [--crops-per-track 6] [--seconds 15] [--damages ours pedalboard] [--workers 2] [--config FILE]
+        [--crops-per-track 4,1] [--val-crops-per-track 3,2] [--seconds 15] [--workers 2]
 
-Example ``(track, crop, damage)`` is drawn from generators seeded by ``(seed, track_id, crop)``;
-the training split of every corpus trains, the validation split of every corpus validates, the
-test split is never read. Writes a checkpoint (``DIR/model``: the level head alone, the project's
-checkpoint format) and ``DIR/level_fit.json`` (errors in LU next to the identity and a constant).
+``--crops-per-track``: one count, or one per ``--audio`` (a small corpus can give more crops a
+song than a large one). Example ``(track, crop, damage)`` is drawn from generators seeded by
+``(seed, track_id, crop)``; the training split of every corpus trains, the validation split of
+every corpus validates, the test split is never read. Writes ``DIR/trees.npz`` (the model, which
+``automaster master --level-model DIR`` takes), ``DIR/level_fit.json`` (errors in LU per damage
+next to the identity and a constant) and ``DIR/level_examples.npz`` (the examples; a rerun with
+the same settings reuses them and only refits).
 """
 
 from __future__ import annotations
@@ -32,17 +34,30 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from automaster.audio import AudioError, FileError, audio_info, read_audio
-from automaster.config import ConfigError, load_config
+from automaster.config import DAMAGE_EFFECTS
 from automaster.degrade import degrade_clip, seed_for
 from automaster.dsp.constants import MODEL_RATE
 from automaster.dsp.loudness import integrated_loudness
-from automaster.model.spectral import SpectralRestorer, level_features, mono_log_magnitude, stft_mono
+from automaster.model.level_trees import LevelTrees, input_features
 
-DAMAGES = ("ours", "pedalboard", "none")  # none: the clean master itself (its level is right)
+# ours: our chain, every effect; each of DAMAGE_EFFECTS: our chain with that effect alone (the
+# others neutral, the same draw); pedalboard: another implementation; none: the clean master itself.
+DAMAGES = ("ours", "pedalboard", "none", *DAMAGE_EFFECTS)
+# gain: the master turned down (a mix with headroom, a quiet export), uniform over GAIN_RANGE_DB.
+# Not a default: with it the trees cannot tell a quiet master from a damaged one, and every other
+# damage's validation error grew (clean masters 0.29 -> 1.12 LU, compressor 1.85 -> 2.20; BENCHMARKS.md).
+CHOICES = (*DAMAGES, "gain")
+GAIN_RANGE_DB = (-18.0, -1.0)
 _QUIET_LUFS = -50.0  # a clean crop quieter than this is not a master: skipped
+# The trees: absolute error (the evaluation's loudness error), shallow and with large leaves
+# (a leaf must hold many songs' crops, or it learns songs, not damage).
+# No early stopping: every row trains, whatever their number (it would hold out a random tenth).
+TREE_SETTINGS = {"loss": "absolute_error", "max_iter": 300, "learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40,
+                 "early_stopping": False}
+_EXAMPLES_VERSION = 3
+_ARRAYS = ("x", "y", "lufs", "damage", "track", "crop")
 
 
 @dataclass(frozen=True)
@@ -59,23 +74,31 @@ class Job:
 
 
 def damage_crop(clean: np.ndarray, damage: str, seed: int, key: str) -> np.ndarray:
-    """``clean`` ``(C, T)`` damaged by our chain or pedalboard's, drawn from ``(seed, key)``, or
-    itself (``none``)."""
+    """``clean`` ``(C, T)`` damaged by our chain (every effect, or one of
+    :data:`~automaster.config.DAMAGE_EFFECTS` alone) or pedalboard's, drawn from ``(seed, key)``,
+    or itself (``none``)."""
     if damage == "none":
         return clean
+    if damage == "gain":
+        from automaster.degrade import make_generator
+
+        low, high = GAIN_RANGE_DB
+        gain_db = low + (high - low) * float(torch.rand(1, generator=make_generator(seed, f"gain:{key}")))
+        return clean * np.float32(10.0 ** (gain_db / 20.0))
     if damage == "ours":
         return degrade_clip(clean, MODEL_RATE, seed, key).audio[0].numpy()
-    from automaster.pedalboard_damage import pedalboard_degrade
+    if damage in DAMAGE_EFFECTS:
+        return degrade_clip(clean, MODEL_RATE, seed, key, effects=(damage,)).audio[0].numpy()
+    if damage == "pedalboard":
+        from automaster.pedalboard_damage import pedalboard_degrade
 
-    return pedalboard_degrade(clean, MODEL_RATE, seed, key).audio
+        return pedalboard_degrade(clean, MODEL_RATE, seed, key).audio
+    raise ValueError(f"unknown damage {damage!r}; expected one of {', '.join(CHOICES)}")
 
 
 def features_of(audio: np.ndarray) -> np.ndarray:
-    """The level head's features ``(66,)`` of ``(C, T)`` audio at the model rate."""
-    wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None]
-    with torch.no_grad():
-        _, mono = stft_mono(wave)
-        return level_features(mono_log_magnitude(mono), wave)[0].numpy()
+    """The level model's features of ``(C, T)`` audio at the model rate (:func:`input_features`)."""
+    return input_features(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))[None])[0].astype(np.float32)
 
 
 def make_example(job: Job) -> tuple[np.ndarray, float, float] | None:
@@ -126,7 +149,7 @@ def plan_jobs(
 
 
 def make_examples(jobs: list[Job], workers: int) -> dict[str, np.ndarray]:
-    """Run ``jobs`` (in a fork pool when ``workers`` > 1) -> arrays ``x``, ``y``, ``lufs``, ``damage``, ``track``."""
+    """Run ``jobs`` (in a fork pool when ``workers`` > 1) -> arrays ``x``, ``y``, ``lufs``, ``damage``, ``track``, ``crop``."""
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             results = pool.map(make_example, jobs, chunksize=4)
@@ -141,66 +164,65 @@ def make_examples(jobs: list[Job], workers: int) -> dict[str, np.ndarray]:
         "lufs": np.array([r[2] for _, r in kept], np.float32),
         "damage": np.array([j.damage for j, _ in kept]),
         "track": np.array([j.track_id for j, _ in kept]),
+        "crop": np.array([j.crop for j, _ in kept], np.int32),
     }
 
 
-def fit_head(model: SpectralRestorer, x: np.ndarray, y: np.ndarray, steps: int, lr: float, seed: int) -> list[float]:
-    """Fit ``model.level_mlp`` to ``(x, y)`` with the L1 loss in LU (full batch, AdamW, cosine)."""
-    torch.manual_seed(seed)
-    head = model.level_mlp
-    for layer in head:
-        if isinstance(layer, nn.Linear):
-            layer.reset_parameters()
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.02)
-    losses = []
-    for _ in range(steps):
-        pred = model.level_from_features(xs)
-        loss = (pred - ys).abs().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return losses
+def canonical(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``data``'s rows in one order (track, crop, damage), whatever order they were made in."""
+    order = np.lexsort((data["damage"], data["crop"], data["track"]))
+    return {k: v[order] for k, v in data.items()}
 
 
-def predict(model: SpectralRestorer, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model.level_from_features(torch.from_numpy(x)).numpy()
+def fit_trees(x: np.ndarray, y: np.ndarray, seed: int, max_level_db: float = 24.0, meta: dict[str, Any] | None = None) -> LevelTrees:
+    """Boosted trees (:data:`TREE_SETTINGS`) fitted to ``(x, y)``; deterministic for a seed."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    estimator = HistGradientBoostingRegressor(**TREE_SETTINGS, random_state=seed).fit(x.astype(np.float64), y)
+    return LevelTrees.from_sklearn(estimator, x.shape[1], max_level_db, meta)
 
 
 def errors(pred: np.ndarray, data: dict[str, np.ndarray], constant_lufs: float) -> dict[str, dict[str, float]]:
-    """Mean absolute loudness error (LU) per damage: the head, the identity, a constant target."""
+    """Mean absolute loudness error (LU) per damage: the model, the identity, a constant target."""
     out = {}
     for damage in sorted(set(data["damage"].tolist())):
         m = data["damage"] == damage
         y = data["y"][m]
         out[damage] = {
             "n": int(m.sum()),
-            "head_lu": float(np.mean(np.abs(pred[m] - y))),
+            "model_lu": float(np.mean(np.abs(pred[m] - y))),
             "identity_lu": float(np.mean(np.abs(y))),
             "constant_lu": float(np.mean(np.abs(constant_lufs - data["lufs"][m] - y))),
         }
     return out
 
 
+def _counts(text: str, n_corpora: int, flag: str) -> list[int]:
+    """``"4"`` or ``"4,1"`` -> one count per corpus."""
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} takes whole numbers joined by commas, got {text!r}") from None
+    if len(counts) == 1:
+        counts *= n_corpora
+    if len(counts) != n_corpora or min(counts) < 1:
+        raise ValueError(f"{flag} needs one count >= 1, or one per --audio ({n_corpora}), got {text!r}")
+    return counts
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m automaster.training.level", description=__doc__.splitlines()[0])
     p.add_argument("--audio", action="append", required=True, metavar="FOLDER", help="clean corpus (repeatable)")
     p.add_argument("--out", required=True)
-    p.add_argument("--crops-per-track", type=int, default=6)
-    p.add_argument("--val-crops-per-track", type=int, default=3)
+    p.add_argument("--crops-per-track", default="6", help="training crops per song: one count, or one per --audio")
+    p.add_argument("--val-crops-per-track", default="3", help="validation crops per song: one count, or one per --audio")
     p.add_argument("--seconds", type=float, default=15.0)
-    p.add_argument("--damages", nargs="+", default=list(DAMAGES), choices=DAMAGES)
-    p.add_argument("--clean-share", type=float, default=0.25,
-                   help="share of the crops that are also examples undamaged (damage 'none', target 0 LU)")
+    p.add_argument("--damages", nargs="+", default=list(DAMAGES), choices=CHOICES)
+    p.add_argument("--clean-share", type=float, default=1.0,
+                   help="share of the training crops that are also examples undamaged (damage 'none', target 0 LU)")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--max-level-db", type=float, default=24.0, help="the prediction's soft bound (dB)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config", help="a TOML/YAML/JSON config (its [model] section; the level head alone is kept)")
     return p.parse_args(argv)
 
 
@@ -209,12 +231,37 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _cached(path: Path, meta: dict[str, Any]) -> tuple[dict[str, dict[str, np.ndarray]], list[str]]:
+    """The examples saved at ``path`` by a run with the same settings but perhaps other damages
+    (only the rows of ``meta["damages"]``), and the damages they hold; ``({}, [])`` if none."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            saved = json.loads(str(z["meta"]))
+            if {k: v for k, v in saved.items() if k != "damages"} != {k: v for k, v in meta.items() if k != "damages"}:
+                return {}, []
+            have = [d for d in saved["damages"] if d in meta["damages"]]
+            sets = {}
+            for s in ("training", "validation"):
+                keep = np.isin(z[f"{s}_damage"], have)
+                sets[s] = {k: z[f"{s}_{k}"][keep] for k in _ARRAYS}
+            return sets, have
+    except (OSError, KeyError, ValueError):
+        return {}, []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.crops_per_track < 1 or args.seconds < 3 or args.workers < 1 or args.steps < 1:
-        return _fail("--crops-per-track, --workers and --steps must be >= 1 and --seconds >= 3")
+    try:
+        crops = _counts(args.crops_per_track, len(args.audio), "--crops-per-track")
+        val_crops = _counts(args.val_crops_per_track, len(args.audio), "--val-crops-per-track")
+    except ValueError as exc:
+        return _fail(str(exc))
+    if args.seconds < 3 or args.workers < 1:
+        return _fail("--workers must be >= 1 and --seconds >= 3")
     if not 0.0 <= args.clean_share <= 1.0:
         return _fail(f"--clean-share must be in [0, 1], got {args.clean_share:g}")
+    if not args.max_level_db > 0:
+        return _fail(f"--max-level-db must be > 0, got {args.max_level_db:g}")
     if Path(args.out).exists() and not Path(args.out).is_dir():
         return _fail(f"--out {args.out!r} is a file, not a folder")
     if "pedalboard" in args.damages:
@@ -224,47 +271,64 @@ def main(argv: list[str] | None = None) -> int:
             _pedalboard()
         except Exception as exc:  # noqa: BLE001 - the message says what to install
             return _fail(f"--damages pedalboard: {exc}")
-    try:
-        config = load_config(args.config, ["model.mode=spectral", "model.spectral_width=0"])
-    except ConfigError as exc:
-        return _fail(str(exc))
     from automaster.corpus import CorpusError, scan_corpus
-    from automaster.model.checkpoint import save_checkpoint
 
     try:
         scans = [scan_corpus(root) for root in args.audio]
     except (CorpusError, OSError) as exc:
         return _fail(str(exc))
     damages = tuple(args.damages)
+    out = Path(args.out)
+    cache = out / "level_examples.npz"
+    meta = {"version": _EXAMPLES_VERSION, "corpora": [str(Path(a).resolve()) for a in args.audio], "crops": crops,
+            "val_crops": val_crops, "seconds": args.seconds, "damages": list(damages), "clean_share": args.clean_share,
+            "seed": args.seed}
     t0 = time.time()
-    sets = {}
-    for split, crops in (("training", args.crops_per_track), ("validation", args.val_crops_per_track)):
-        tracks = [t for scan in scans for t in scan.tracks if t.split == split]
-        share = args.clean_share if split == "training" else 1.0  # validation: every crop clean too
-        jobs = plan_jobs(tracks, crops, args.seconds, damages, args.seed if split == "training" else args.seed + 7919, share)
-        try:
-            sets[split] = make_examples(jobs, args.workers)
-        except ValueError as exc:
-            return _fail(f"--audio: the {split} split of {', '.join(args.audio)} ({len(tracks)} tracks): {exc}")
-        print(f"{split}: {len(sets[split]['y'])} examples from {len(tracks)} tracks ({time.time() - t0:.0f} s)", flush=True)
-    model = SpectralRestorer.from_config(config)
+    sets, have = _cached(cache, meta)
+    missing = tuple(d for d in damages if d not in have)
+    if have:
+        print(f"examples: {cache} holds {', '.join(have)} (the same settings; delete it to make them afresh)", flush=True)
+    if missing:
+        for split, counts in (("training", crops), ("validation", val_crops)):
+            share = args.clean_share if split == "training" else 1.0  # validation: every crop clean too
+            seed = args.seed if split == "training" else args.seed + 7919
+            jobs, n_tracks = [], 0
+            for scan, count in zip(scans, counts):
+                tracks = [t for t in scan.tracks if t.split == split]
+                n_tracks += len(tracks)
+                jobs += plan_jobs(tracks, count, args.seconds, missing, seed, share)
+            try:
+                made = make_examples(jobs, args.workers)
+            except ValueError as exc:
+                return _fail(f"--audio: the {split} split of {', '.join(args.audio)} ({n_tracks} tracks): {exc}")
+            sets[split] = {k: np.concatenate([sets[split][k], made[k]]) for k in _ARRAYS} if split in sets else made
+            print(f"{split}: {len(made['y'])} examples ({', '.join(missing)}) from {n_tracks} tracks ({time.time() - t0:.0f} s)", flush=True)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / ".level_examples.tmp.npz"
+        np.savez_compressed(tmp, meta=np.array(json.dumps(meta)), **{f"{s}_{k}": v for s, d in sets.items() for k, v in d.items()})
+        tmp.replace(cache)
+    sets = {s: canonical(d) for s, d in sets.items()}
     train, val = sets["training"], sets["validation"]
-    losses = fit_head(model, train["x"], train["y"], args.steps, args.lr, args.seed)
+    t_fit = time.time()
+    model = fit_trees(train["x"], train["y"], args.seed, args.max_level_db,
+                      {"damages": list(damages), "seconds": args.seconds, "examples": int(len(train["y"]))})
+    fit_s = time.time() - t_fit
     constant = float(np.median(train["lufs"] + train["y"]))  # the training masters' median loudness
     report = {
-        "settings": {k: v for k, v in vars(args).items()},
-        "train_loss_lu": losses[-1],
+        "settings": {**{k: v for k, v in vars(args).items()}, "crops": crops, "val_crops": val_crops},
+        "trees": {**TREE_SETTINGS, "trees": len(model.roots), "depth": model.depth, "features": model.n_features},
         "constant_lufs": constant,
-        "training": errors(predict(model, train["x"]), train, constant),
-        "validation": errors(predict(model, val["x"]), val, constant),
+        "tracks": {s: int(len(set(d["track"].tolist()))) for s, d in sets.items()},
+        "training": errors(model.level_from_features(train["x"]), train, constant),
+        "validation": errors(model.level_from_features(val["x"]), val, constant),
+        "fit_seconds": fit_s,
         "seconds": time.time() - t0,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "level_examples.npz", **{f"{s}_{k}": v for s, d in sets.items() for k, v in d.items()})
-    save_checkpoint(out / "model", model, config, epoch=0, extra={"level_fit": report["validation"]})
+    model.save(out)
     (out / "level_fit.json").write_text(json.dumps(report, indent=1))
-    print(json.dumps(report["validation"], indent=1))
+    for damage, e in report["validation"].items():
+        print(f"validation {damage:>10}: {e['model_lu']:.2f} LU (input {e['identity_lu']:.2f}; {e['n']} crops)")
     return 0
 
 

@@ -179,14 +179,16 @@ def _ray_package(tree: Path, runtime_env: dict, zip_path: Path) -> list[str]:
 
 
 def test_runtime_env_ships_the_shipped_models_and_no_other_weights(tmp_path):
-    """The reference model and the level model (models/spectral, the restore preset's default:
-    before, a submitted master job ran without it and kept the restored level, silently)."""
+    """The reference model and the level model (models/level, the restore preset's default:
+    before, a submitted master job ran without it and kept the restored level, silently), and the
+    previous level model (models/spectral)."""
     env = _load(CLUSTER / "runtime_env.yaml")
     tree = tmp_path / "checkout"
     files = [
         "automaster/__init__.py", "jobs/master.py", "README.md", "cluster/runtime_env.yaml",
         "models/reference/model.pt", "models/reference/config.json", "models/reference/MODEL_CARD.md",
         "models/reference/metrics.json", "models/spectral/model.pt", "models/spectral/config.json",
+        "models/level/trees.npz", "models/level/MODEL_CARD.md",
         # never shipped: other models and weights anywhere, checkpoints, data, results, environments
         "models/run7/model.pt", "models/run7/config.json", "models/notes.md", "bench/models/x/config.json",
         "top.pt", "automaster/stray.ckpt", "checkpoints/epoch1/state.json", "results/train/model/model.pt",
@@ -201,6 +203,7 @@ def test_runtime_env_ships_the_shipped_models_and_no_other_weights(tmp_path):
     assert shipped == sorted([
         ".gitignore", "README.md", "automaster/__init__.py", "cluster/runtime_env.yaml", "jobs/master.py",
         "models/reference/MODEL_CARD.md", "models/reference/config.json", "models/reference/metrics.json",
+        "models/level/MODEL_CARD.md", "models/level/trees.npz",
         "models/reference/model.pt", "models/spectral/config.json", "models/spectral/model.pt",
     ])  # fmt: skip
 
@@ -211,7 +214,7 @@ def test_runtime_env_upload_of_this_checkout_is_small_and_complete(tmp_path):
     assert size < 20 * 2**20, f"{size / 2**20:.1f} MiB"
     assert "automaster/pipelines/runtime.py" in shipped and "jobs/master.py" in shipped
     assert not [n for n in shipped if n.startswith((".venv/", ".git/", "mlruns/", "results/")) or n.endswith(".parquet")]
-    for shipped_model in ("reference", "spectral"):  # every file of the shipped models goes with the job
+    for shipped_model in ("reference", "level", "spectral"):  # every file of the shipped models goes with the job
         folder = REPO / "models" / shipped_model
         expected = {p.relative_to(REPO).as_posix() for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
         assert expected and expected <= set(shipped), expected - set(shipped)

@@ -68,7 +68,7 @@ def _master(path: Path, folder: Path, stream_above_s: float, **config) -> tuple[
 
 @pytest.mark.parametrize("preset", ["restore", "streaming", "club"])
 def test_a_streamed_file_is_the_whole_file_path_output(echoed, tmp_path, preset):
-    config = {"preset": preset, "level_model": str(REPO / "models" / "spectral")}
+    config = {"preset": preset, "level_model": str(REPO / "models" / "level")}
     whole, a, _ = _master(echoed, tmp_path / "whole", 1e9, **config)
     streamed, b, _ = _master(echoed, tmp_path / "streamed", 1.0, **config)
     assert a.shape == b.shape
