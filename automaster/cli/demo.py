@@ -3,8 +3,8 @@ master the music with it (local Ray, local MLflow).
 
 The model the demo trains is the spectral restorer's level head (``model.mode = "spectral"``,
 ``spectral_width = 0``): it hears a damaged clip and estimates how loud its original master was.
-That is the part of restoration that learns on a CPU in a minute (models/spectral/MODEL_CARD.md),
-so the demo can end by saying how much better than the damaged input its model does on the
+That is the part of restoration that learns on a CPU in a minute (the previous shipped level
+model, models/spectral/MODEL_CARD.md; the shipped one is now boosted trees, models/level), so the demo can end by saying how much better than the damaged input its model does on the
 validation pairs. Every run trains afresh (a new MLflow run); the demaster step resumes and the
 mastering step redoes its folder with the new model, so the demo can be run again and again.
 """
