@@ -5,7 +5,7 @@
 #                          [--client-port 10001] [--temp-dir DIR]
 #   cluster/local.sh status [--port 6379] [--temp-dir DIR]
 #   cluster/local.sh stop   [--port 6379] [--temp-dir DIR]
-#   cluster/local.sh env    [--port 6379] [--temp-dir DIR]     # print the client environment again
+#   eval "$(cluster/local.sh env [--port 6379] [--temp-dir DIR])"   # set the client environment in this shell
 #
 # What `start` does:
 #   * every Ray listener (GCS, raylet, object manager, dashboard + job server, dashboard agent,
@@ -434,9 +434,10 @@ cmd_start() {
     print_client_env
 }
 
-cmd_env() {
+cmd_env() { # only what `eval` runs: the two exports of the client environment (nothing else on stdout)
     load_state
-    print_client_env
+    printf 'export RAY_ADDRESS=%q RAY_AUTH_MODE=token\n' "http://$HOST:$DASHBOARD_PORT"
+    printf 'export MLFLOW_TRACKING_URI=%q\n' "${MLFLOW_URI:-sqlite:///$PWD/mlflow.db}"
 }
 
 "cmd_$CMD"

@@ -198,6 +198,11 @@ def test_start_reports_loopback_token_and_client_env(cluster):
     assert len(token) >= 16
     assert token not in out and token not in cluster.start.stderr
     assert (token_file.stat().st_mode & 0o077) == 0, oct(token_file.stat().st_mode)
+    # `env` prints only what a shell evaluates: eval "$(cluster/local.sh env)" sets the client environment
+    cmd = f'eval "$({SCRIPT} env --port {cluster.port} --temp-dir {cluster.temp_dir})" && echo "$RAY_ADDRESS|$RAY_AUTH_MODE|$MLFLOW_TRACKING_URI"'
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=cluster.env, cwd=cluster.workdir, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"http://127.0.0.1:{cluster.dashboard_port}|token|sqlite:///{cluster.workdir}/mlflow.db"
 
 
 def test_every_listener_is_on_loopback(cluster):
