@@ -101,7 +101,7 @@ def add_batch_options(p: argparse.ArgumentParser) -> None:
 
 def add_workers(p: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--gpu`` of the batch jobs that run one model per actor."""
-    p.add_argument("--workers", type=int, default=0, help="parallel actors (default: every CPU, or GPU with --gpu; at most 4 per CPU of this machine, and at least 64 allowed)")
+    p.add_argument("--workers", type=int, default=0, help="parallel actors (0, the default: every CPU, or GPU with --gpu; at most 4 per CPU of this machine, and at least 64 allowed)")
     p.add_argument("--gpu", action="store_true", help="one GPU per actor")
 
 
