@@ -185,7 +185,24 @@ def _echo_inverse_iir_carry(y, scale, gain, taps, buf):  # pragma: no cover - co
     return buf
 
 
-class EchoInverseStream:
+class _CarriedRecursion:
+    """A recursion run on consecutive ``(C, n)`` blocks of one signal: ``history`` ``(C, reach)``
+    holds its last outputs, which the next block's first outputs read."""
+
+    dtype: np.dtype
+    history: np.ndarray
+
+    def _carry(self, y: np.ndarray, kernel) -> np.ndarray:
+        """``kernel(y, buf)`` on ``buf`` ``(C, reach + n)`` = the history then the block's outputs."""
+        reach = self.history.shape[1]
+        buf = np.empty((y.shape[0], reach + y.shape[1]), self.dtype)
+        buf[:, :reach] = self.history
+        kernel(np.ascontiguousarray(y, dtype=self.dtype), buf)
+        self.history = buf[:, -reach:].copy()
+        return buf[:, reach:]
+
+
+class EchoInverseStream(_CarriedRecursion):
     """:func:`echo_inverse_time` a block at a time: call it with consecutive ``(C, n)`` blocks of
     one signal; it carries the recursion's last outputs from block to block."""
 
@@ -203,16 +220,11 @@ class EchoInverseStream:
         self.history = np.zeros((channels, whole + self.taps.size // 2), dtype)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
-        reach = self.history.shape[1]
-        buf = np.empty((y.shape[0], reach + y.shape[1]), self.dtype)
-        buf[:, :reach] = self.history
         if self.comb is not None:
             full = np.concatenate([self.inputs, np.asarray(y, dtype=self.dtype)], axis=1)
             self.inputs = full[:, full.shape[1] - self.inputs.shape[1]:].copy()
             y = oaconvolve(full, self.comb[None], mode="valid", axes=-1).astype(self.dtype)
-        _echo_inverse_iir_carry(np.ascontiguousarray(y, dtype=self.dtype), self.dtype.type(1.0), self.gain, self.taps, buf)
-        self.history = buf[:, -reach:].copy()
-        return buf[:, reach:]
+        return self._carry(y, lambda block, buf: _echo_inverse_iir_carry(block, self.dtype.type(1.0), self.gain, self.taps, buf))
 
 
 @numba.njit(cache=True, fastmath=True)
@@ -239,7 +251,7 @@ def _multi_tap_iir_carry(y, gains, taps, reaches, buf):  # pragma: no cover - co
     return buf
 
 
-class MultiEchoInverseStream:
+class MultiEchoInverseStream(_CarriedRecursion):
     """The exact inverse of a multi-tap echo ``y = x + sum_i gains[i] x(t - delays_s[i])``, the IIR
     ``x = y - sum_i gains[i] x(t - delays_s[i])`` with :func:`echo_inverse_time`'s fractional delay,
     a block at a time (consecutive ``(C, n)`` blocks of one signal; the recursion carried).
@@ -263,12 +275,7 @@ class MultiEchoInverseStream:
         self.history = np.zeros((channels, int(self.reaches.max())), self.dtype)
 
     def __call__(self, y: np.ndarray) -> np.ndarray:
-        reach = self.history.shape[1]
-        buf = np.empty((y.shape[0], reach + y.shape[1]), self.dtype)
-        buf[:, :reach] = self.history
-        _multi_tap_iir_carry(np.ascontiguousarray(y, dtype=self.dtype), self.gains, self.taps, self.reaches, buf)
-        self.history = buf[:, -reach:].copy()
-        return buf[:, reach:]
+        return self._carry(y, lambda block, buf: _multi_tap_iir_carry(block, self.gains, self.taps, self.reaches, buf))
 
 
 def multi_echo_inverse_time(y: np.ndarray, sample_rate: float, delays_s: list[float], gains: list[float]) -> np.ndarray:

@@ -83,7 +83,6 @@ class LevelTrees(nn.Module):
     """Boosted regression trees ``features -> LU`` (see the module doc); no trainable parameters."""
 
     mode = MODE
-    has_mask = False
 
     def __init__(self, nodes: dict[str, np.ndarray], roots: np.ndarray, baseline: float, n_features: int,
                  max_level_db: float = 24.0, meta: dict[str, Any] | None = None) -> None:
